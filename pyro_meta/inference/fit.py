@@ -1,0 +1,240 @@
+"""``fit``: meta-training of a ``MetaModel`` over batches of tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from typing import Any, Callable, List, Optional, Union
+
+import pyro
+import torch
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..data.batch import TaskBatch
+from ..data.tasks import SizeSpec
+from ..model import MetaModel, check_model, local_params
+
+__all__ = ["FitResult", "fit"]
+
+OptimizerSpec = Union[str, Callable[..., torch.optim.Optimizer]]
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    losses : list of float
+        The loss per task at every step (``model.loss(batch)``; the negative ELBO per task
+        by default).
+    num_steps : int
+        Steps run in total (including any resumed from a checkpoint).
+    seconds : float
+        Wall time of this call.
+    interrupted : bool
+        True when a ``KeyboardInterrupt`` stopped training early (the model keeps the
+        parameters of the last completed step; a checkpoint was written if asked for).
+    optimizer : torch.optim.Optimizer
+        The optimizer, to continue training by hand.
+    """
+
+    losses: List[float]
+    num_steps: int
+    seconds: float
+    interrupted: bool = False
+    optimizer: Optional[torch.optim.Optimizer] = dataclasses.field(default=None, repr=False)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss over the last 10% of steps (at least one)."""
+        if not self.losses:
+            return float("nan")
+        k = max(1, len(self.losses) // 10)
+        return sum(self.losses[-k:]) / k
+
+
+def _make_optimizer(spec: OptimizerSpec, params, lr: float) -> torch.optim.Optimizer:
+    if isinstance(spec, str):
+        table = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
+        if spec.lower() not in table:
+            raise ValueError(f"optimizer must be one of {sorted(table)} or a torch.optim class, got {spec!r}")
+        return table[spec.lower()](params, lr=lr)
+    if callable(spec):
+        return spec(params, lr=lr)
+    raise TypeError(f"optimizer must be a name or a torch.optim.Optimizer class, got {type(spec).__name__}")
+
+
+class _TaskSource:
+    """Draws a training batch per step from a task distribution or a fixed ``TaskBatch``."""
+
+    def __init__(self, tasks: Any, tasks_per_batch: int, num_context: SizeSpec, num_target: SizeSpec, generator: torch.Generator):
+        self.tasks, self.generator = tasks, generator
+        self.tasks_per_batch, self.num_context, self.num_target = tasks_per_batch, num_context, num_target
+        if isinstance(tasks, TaskBatch):
+            if tasks.target_y is None:
+                raise ValueError("tasks: a fixed TaskBatch used for training needs target_y (observed targets)")
+            if tasks_per_batch > tasks.num_tasks:
+                raise ValueError(
+                    f"tasks_per_batch={tasks_per_batch} exceeds the {tasks.num_tasks} tasks of the TaskBatch"
+                )
+        elif not callable(getattr(tasks, "sample", None)):
+            raise TypeError(
+                "tasks must be a TaskBatch or a task distribution with "
+                f".sample(num_tasks, num_context, num_target, generator=), got {type(tasks).__name__}"
+            )
+
+    def next(self) -> TaskBatch:
+        if isinstance(self.tasks, TaskBatch):
+            idx = torch.randperm(self.tasks.num_tasks, generator=self.generator)[: self.tasks_per_batch]
+            return self.tasks.select(idx)
+        batch = self.tasks.sample(
+            num_tasks=self.tasks_per_batch, num_context=self.num_context, num_target=self.num_target, generator=self.generator
+        )
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"tasks.sample(...) must return a TaskBatch, got {type(batch).__name__}")
+        return batch
+
+
+def fit(
+    model: MetaModel,
+    tasks: Any,
+    num_steps: int = 1000,
+    tasks_per_batch: int = 16,
+    num_context: SizeSpec = (3, 10),
+    num_target: SizeSpec = (10, 20),
+    optimizer: OptimizerSpec = "adam",
+    lr: float = 1e-3,
+    seed: Optional[int] = 0,
+    progress: bool = True,
+    clip_norm: Optional[float] = None,
+    lr_decay: Optional[float] = None,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    checkpoint_every: int = 500,
+    resume: bool = False,
+    callback: Optional[Callable[[int, float, MetaModel], Optional[bool]]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+) -> FitResult:
+    """Meta-train ``model``: minimise ``model.loss(batch)`` over a fresh batch of tasks per step.
+
+    ``loss`` is the negative ELBO per task by default (``Trace_ELBO`` of ``model.model`` and
+    ``model.guide``); meta-objectives that are not an ELBO override ``MetaModel.loss``.
+    All of the model's parameters (global and guide) are optimised with ``torch.optim``,
+    kept local to the instance (never in Pyro's global param store).
+
+    Parameters
+    ----------
+    model : MetaModel
+    tasks : task distribution or TaskBatch
+        Anything with ``.sample(num_tasks, num_context, num_target, generator=)`` returning a
+        ``TaskBatch`` (a fresh batch per step), or a fixed ``TaskBatch`` of real tasks from
+        which ``tasks_per_batch`` tasks are drawn without replacement at every step.
+    num_steps, tasks_per_batch : int
+    num_context, num_target : int or (min, max)
+        Set sizes per task (inclusive ranges are drawn per task; ragged sets are masked).
+    optimizer : "adam" | "adamw" | "sgd" | "rmsprop" | torch.optim class
+    lr : float
+    seed : int or None
+        Seeds Pyro/torch (``pyro.set_rng_seed``) and the task generator.
+    progress : bool
+        Show a tqdm progress bar.
+    clip_norm : float, optional
+        Clip the gradient norm.
+    lr_decay : float, optional
+        Multiply the learning rate by this factor over the whole run (exponential schedule).
+    checkpoint : path, optional
+        Write model, optimizer and RNG state there atomically every ``checkpoint_every`` steps,
+        at the end, and on ``KeyboardInterrupt``. With ``resume=True`` training continues
+        from it when it exists.
+    callback : callable ``(step, loss, model) -> bool | None``
+        Called after each step; returning True stops training.
+    device : torch device, optional
+        Move each batch there (the model must already be there).
+    """
+    check_model(model)
+    if not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    if not isinstance(tasks_per_batch, int) or tasks_per_batch < 1:
+        raise ValueError(f"tasks_per_batch must be a positive int, got {tasks_per_batch!r}")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+    source = _TaskSource(tasks, tasks_per_batch, num_context, num_target, generator)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters to meta-learn")
+    opt = _make_optimizer(optimizer, params, lr)
+    sched = None
+    if lr_decay is not None:
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=lr_decay ** (1.0 / max(num_steps, 1)))
+
+    losses: List[float] = []
+    start_step = 0
+    if checkpoint is not None and resume and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint, model, opt)
+        losses = list(state.get("losses", []))
+        start_step = int(state.get("step", 0))
+        if "generator" in state:
+            generator.set_state(state["generator"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+
+    def write(step: int) -> None:
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint, model, opt,
+                extra={"step": step, "losses": torch.tensor(losses), "generator": generator.get_state(),
+                       "torch_rng": torch.get_rng_state()},
+            )
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, initial=min(start_step, num_steps), desc=f"fit {type(model).__name__}")
+    t0 = time.perf_counter()
+    interrupted = False
+    step = start_step
+    model.train()
+    try:
+        with local_params():
+            while step < num_steps:
+                batch = source.next()
+                if device is not None:
+                    batch = batch.to(device)
+                opt.zero_grad(set_to_none=True)
+                loss = model.loss(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"fit: non-finite loss {loss.item()} at step {step}; lower lr or check the model/data"
+                    )
+                loss.backward()
+                if clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                value = float(loss.detach())
+                losses.append(value)
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                    if step % 25 == 0:
+                        bar.set_postfix(loss=f"{value:.4g}")
+                if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                    write(step)
+                if callback is not None and callback(step, value, model):
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+        warnings.warn(f"fit interrupted at step {step}; the model keeps its last parameters", stacklevel=2)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.eval()
+    write(step)
+    return FitResult(losses=losses, num_steps=step, seconds=time.perf_counter() - t0, interrupted=interrupted, optimizer=opt)

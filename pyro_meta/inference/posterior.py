@@ -1,0 +1,107 @@
+"""``Posterior``: draws of the task latents with named sample dims ``[C, S, T, ...]``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from ..data.batch import TaskBatch
+from ..model import MetaModel, SiteInfo
+from .draws import to_site_values
+from .predictive import Predictive, predictive_trace
+
+__all__ = ["Posterior"]
+
+
+@dataclasses.dataclass
+class Posterior:
+    """Posterior over each task's latents given its context set.
+
+    Attributes
+    ----------
+    method : str
+        ``"amortized"``, ``"svi"``, ``"importance"``, ``"nuts"``, ``"hmc"`` or ``"prior"``.
+    samples : dict ``site -> Tensor [C, S, T, *event]``
+        ``C`` chains (1 unless MCMC), ``S`` draws per chain, ``T`` tasks.
+    diagnostics : dict
+        Method-specific: MCMC ``divergences [C]``, ``acceptance_rate [C]``, ``step_size``,
+        per-task ``r_hat [T]`` / ``ess [T]`` and ``bad_tasks``; importance ``ess [T]``; ...
+    sample_stats : dict ``name -> Tensor [C, S]``
+        Per-draw MCMC statistics (``diverging``, ``acceptance_rate``, ``step_size``, ``lp``).
+    batch : TaskBatch
+        The batch conditioned on (its context) and predicted (its target x).
+    seconds : float
+        Wall time of the inference.
+    """
+
+    model: MetaModel
+    batch: TaskBatch
+    method: str
+    samples: Dict[str, torch.Tensor]
+    sites: Mapping[str, SiteInfo]
+    diagnostics: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    sample_stats: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def num_chains(self) -> int:
+        return next(iter(self.samples.values())).shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        """Draws per chain ``S``."""
+        return next(iter(self.samples.values())).shape[1]
+
+    def mean(self, site: Optional[str] = None) -> torch.Tensor:
+        """Posterior mean of a site, ``[T, *event]`` (default: the first site)."""
+        s = self.samples[site or next(iter(self.samples))]
+        return s.reshape((-1,) + s.shape[2:]).mean(0)
+
+    def std(self, site: Optional[str] = None) -> torch.Tensor:
+        """Posterior standard deviation of a site, ``[T, *event]``."""
+        s = self.samples[site or next(iter(self.samples))]
+        return s.reshape((-1,) + s.shape[2:]).std(0)
+
+    def site_values(self, num_samples: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Draws in the model's shape ``{site: [N, T, 1, *event]}``, thinned evenly to ``num_samples``."""
+        values = to_site_values(self.samples, self.sites)
+        n = next(iter(values.values())).shape[0]
+        if num_samples is not None and num_samples < n:
+            idx = torch.linspace(0, n - 1, num_samples).round().long()
+            values = {k: v[idx] for k, v in values.items()}
+        return values
+
+    def predict(self, batch: Optional[TaskBatch] = None, num_samples: Optional[int] = None) -> Predictive:
+        """Posterior predictive of ``y_target`` at ``batch.target_x`` (default: the inferred batch).
+
+        ``batch`` must hold the same tasks (its ``target_y`` is ignored: draws are sampled).
+        ``num_samples`` thins the posterior draws evenly. Returns :class:`Predictive` with
+        ``samples [C, S, T, Nt, Dy]``.
+        """
+        batch = self.batch if batch is None else batch
+        if batch.num_tasks != self.batch.num_tasks:
+            raise ValueError(
+                f"batch has {batch.num_tasks} tasks but the posterior was inferred for {self.batch.num_tasks}"
+            )
+        if batch.num_points("target") == 0:
+            raise ValueError("batch has no target points to predict (target_x is [T, 0, Dx])")
+        values = self.site_values(num_samples)
+        n = next(iter(values.values())).shape[0]
+        trace = predictive_trace(self.model, batch.without_target_y(), values)
+        site = trace.nodes["y_target"]
+        y = site["value"]
+        C = self.num_chains if num_samples is None or num_samples >= self.num_chains * self.num_samples else 1
+        y = y.reshape((C, n // C) + tuple(y.shape[1:]))
+        return Predictive(samples=y.detach(), batch=batch, _fn=site["fn"])
+
+    def to_arviz(self, **kwargs: Any):
+        """This posterior as ``arviz.InferenceData`` (see :mod:`pyro_meta.arviz`)."""
+        from .. import arviz as _az
+
+        return _az.to_inference_data(self, **kwargs)
+
+    def __repr__(self) -> str:
+        shapes = {k: list(v.shape) for k, v in self.samples.items()}
+        return f"Posterior(method={self.method!r}, samples={shapes}, seconds={self.seconds:.2f})"
