@@ -73,7 +73,7 @@ def infer(
             samples, diagnostics = svi_posterior(problem, num_samples, **kwargs)
         elif method == "importance":
             samples, diagnostics = importance_posterior(problem, num_samples, **kwargs)
-            _warn_low_ess(diagnostics["ess"], num_samples)
+            _warn_low_ess(diagnostics["ess"], min(50.0, diagnostics["num_proposals"] / 10))
         else:
             samples, diagnostics, stats = mcmc_posterior(problem, method, num_samples=num_samples, **kwargs)
     finally:
@@ -89,7 +89,7 @@ def _no_kwargs(method: str, kwargs: dict) -> None:
         raise TypeError(f"method={method!r} takes no options, got {sorted(kwargs)}")
 
 
-def _warn_low_ess(ess, num_samples: int, threshold: float = 50.0) -> None:
+def _warn_low_ess(ess, threshold: float) -> None:
     import warnings
 
     bad = (ess < threshold).nonzero().flatten().tolist()

@@ -108,7 +108,8 @@ def per_task_convergence(samples: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor
         r = split_gelman_rubin(x, chain_dim=0, sample_dim=1)  # [T, E]
         e = effective_sample_size(x, chain_dim=0, sample_dim=1)
         rhats.append(torch.nan_to_num(r, nan=1.0).amax(-1))
-        esss.append(torch.nan_to_num(e, nan=float(C * S)).amin(-1))
+        # Pyro's estimator can go negative for antithetic chains (fixed-length HMC): floor at 1
+        esss.append(torch.nan_to_num(e, nan=float(C * S)).clamp_min(1.0).amin(-1))
     return torch.stack(rhats).amax(0).float(), torch.stack(esss).amin(0).float()
 
 

@@ -1,0 +1,167 @@
+"""A contract test class that every zoo model's tests subclass (as GPyTorch's base test cases).
+
+Usage in ``tests/models/test_my_model.py``::
+
+    from pyro_meta.testing import MetaModelContract
+
+    class TestMyModel(MetaModelContract):
+        def make_model(self):
+            return MyModel()
+
+The contract: task latents are found by tracing; the model runs on a context-only batch and
+broadcasts over draws; ``fit`` steps stay finite and move the parameters; every supported
+``infer`` method gives samples ``[C, S, T, ...]`` and a finite predictive ``[C, S, T, Nt, Dy]``;
+the same seed gives the same numbers; two instances never share parameters.
+Requires pytest (a test dependency, not a runtime one).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import pyro
+import pytest
+import torch
+
+from .data.batch import TaskBatch
+from .data.tasks import Sinusoid
+from .inference import METHODS, fit, infer
+from .model import MetaModel, task_latent_sites
+
+__all__ = ["MetaModelContract", "assert_close"]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 0.0, rtol: float = 0.0, what: str = "value") -> None:
+    """Assert ``|actual - expected| <= atol + rtol |expected|`` elementwise; the message shows the worst error."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    err = (actual - expected).abs()
+    bound = atol + rtol * expected.abs()
+    excess = err - bound
+    if bool((excess > 0).any()) or not bool(torch.isfinite(actual).all()):
+        i = int(torch.nan_to_num(excess, nan=float("inf")).flatten().argmax())
+        raise AssertionError(
+            f"{what}: worst error {float(err.flatten()[i]):.4g} at flat index {i} "
+            f"(actual {float(actual.flatten()[i]):.4g}, expected {float(expected.flatten()[i]):.4g}, "
+            f"allowed {float(bound.flatten()[i]):.4g})"
+        )
+
+
+class MetaModelContract:
+    """Base class of every zoo model's tests. Subclasses define :meth:`make_model`.
+
+    Class attributes to adjust: ``methods`` (the ``infer`` methods the model supports),
+    ``method_options`` (small, fast settings per method), ``num_tasks``, ``num_context``,
+    ``num_target``, ``num_samples``; override :meth:`make_tasks` for non-sinusoid data.
+    """
+
+    methods: Tuple[str, ...] = METHODS
+    method_options: Dict[str, Dict[str, Any]] = {
+        "svi": {"num_steps": 5, "num_particles": 2},
+        "importance": {"num_proposals": 64},
+        "nuts": {"num_warmup": 10, "num_chains": 2, "max_tree_depth": 4},
+        "hmc": {"num_warmup": 10, "num_chains": 1, "num_steps": 4},
+    }
+    num_tasks: int = 3
+    num_context: Any = (2, 4)
+    num_target: int = 5
+    num_samples: int = 8
+    fit_options: Dict[str, Any] = {"lr": 1e-2}
+
+    # ------------------------------------------------------------ hooks
+    def make_model(self) -> MetaModel:
+        raise NotImplementedError("subclasses return a fresh model instance")
+
+    def make_tasks(self):
+        return Sinusoid(noise_std=0.1)
+
+    # ------------------------------------------------------------ helpers
+    def new_model(self, seed: int = 0) -> MetaModel:
+        pyro.set_rng_seed(seed)
+        return self.make_model()
+
+    def batch(self, seed: int = 0) -> TaskBatch:
+        g = torch.Generator().manual_seed(seed)
+        return self.make_tasks().sample(self.num_tasks, self.num_context, self.num_target, generator=g)
+
+    def _fit(self, model: MetaModel, steps: int = 2, seed: int = 0):
+        return fit(model, self.make_tasks(), num_steps=steps, tasks_per_batch=self.num_tasks,
+                   num_context=self.num_context, num_target=self.num_target, seed=seed, progress=False,
+                   **self.fit_options)
+
+    # ------------------------------------------------------------ tests
+    def test_is_meta_model(self):
+        assert isinstance(self.new_model(), MetaModel)
+
+    def test_site_discovery(self):
+        model, batch = self.new_model(), self.batch()
+        sites = task_latent_sites(model, batch)
+        assert sites, "no task latent found"
+        assert "y_context" not in sites and "y_target" not in sites
+        again = task_latent_sites(model, batch.context_only())
+        shapes = {k: tuple(v.event_shape) for k, v in sites.items()}
+        assert shapes == {k: tuple(v.event_shape) for k, v in again.items()}, "sites differ on a context-only batch"
+
+    def test_model_and_guide_shapes(self):
+        model, batch = self.new_model(), self.batch()
+        T = batch.num_tasks
+        tr = pyro.poutine.trace(model.model).get_trace(batch)
+        for name, info in task_latent_sites(model, batch).items():
+            assert tuple(tr.nodes[name]["value"].shape) == (T, 1) + tuple(info.event_shape), name
+        gtr = pyro.poutine.trace(model.guide).get_trace(batch)
+        for name, info in task_latent_sites(model, batch).items():
+            assert tuple(gtr.nodes[name]["value"].shape[-len(info.event_shape) - 2:]) == (T, 1) + tuple(info.event_shape)
+        ytr = pyro.poutine.trace(model.model).get_trace(batch.without_target_y())
+        y = ytr.nodes["y_target"]["value"]
+        expected = tuple(batch.target_x.shape[:2]) + ((batch.y_dim,) if not batch.is_classification else ())
+        assert tuple(y.shape) == expected, f"y_target {tuple(y.shape)} != {expected}"
+
+    def test_fit_step_is_finite_and_moves_parameters(self):
+        model = self.new_model()
+        before = [p.detach().clone() for p in model.parameters()]
+        result = self._fit(model, steps=2)
+        assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+        after = list(model.parameters())
+        assert all(bool(torch.isfinite(p).all()) for p in after)
+        assert any(not torch.equal(a, b) for a, b in zip(after, before)), "fit changed no parameter"
+
+    @pytest.mark.parametrize("method", METHODS)
+    def test_infer_method(self, method):
+        if method not in self.methods:
+            pytest.skip(f"{type(self).__name__} does not support method={method!r}")
+        model, batch = self.new_model(), self.batch()
+        self._fit(model, steps=2)
+        post = infer(model, batch, method=method, num_samples=self.num_samples, seed=0, **self.method_options.get(method, {}))
+        T = batch.num_tasks
+        for name, info in post.sites.items():
+            s = post.samples[name]
+            assert s.shape[1:] == (self.num_samples, T) + tuple(info.event_shape), (name, s.shape)
+            assert bool(torch.isfinite(s.float()).all()), name
+        pred = post.predict()
+        expected = (post.num_chains, self.num_samples) + tuple(batch.target_x.shape[:2])
+        assert tuple(pred.samples.shape[:4]) == expected
+        assert bool(torch.isfinite(pred.samples.float()).all())
+        lp = pred.log_prob(batch.target_y)
+        assert lp.shape == batch.target_mask.shape and bool(torch.isfinite(lp).all())
+        assert bool((lp[~batch.target_mask] == 0).all()), "padded target points must not count"
+
+    def test_same_seed_same_numbers(self):
+        runs = []
+        for _ in range(2):
+            model = self.new_model(seed=3)
+            res = self._fit(model, steps=2, seed=3)
+            post = infer(model, self.batch(), method="amortized", num_samples=4, seed=5)
+            runs.append((res.losses, {k: v.clone() for k, v in post.samples.items()}))
+        assert runs[0][0] == runs[1][0], "fit losses differ for the same seed"
+        for k in runs[0][1]:
+            assert torch.equal(runs[0][1][k], runs[1][1][k]), f"amortized draws of {k} differ for the same seed"
+
+    def test_two_instances_keep_their_own_parameters(self):
+        a, b = self.new_model(seed=0), self.new_model(seed=1)
+        self._fit(a, steps=2)
+        a_state = {k: v.detach().clone() for k, v in a.state_dict().items()}
+        self._fit(b, steps=3, seed=1)
+        for k, v in a.state_dict().items():
+            assert torch.equal(v, a_state[k]), f"training the second instance changed the first's {k}"
+        assert len(pyro.get_param_store()) == 0, "parameters leaked into Pyro's global param store"
