@@ -2,15 +2,15 @@
 
 from .batch import TaskBatch
 from .features import FourierFeatures, PolynomialFeatures
+from .line_or_sine import LineOrSine
 from .tasks import LinearTasks, Sinusoid, TaskDistribution
 
-__all__ = sorted(
-    [
-        "FourierFeatures",
-        "LinearTasks",
-        "PolynomialFeatures",
-        "Sinusoid",
-        "TaskBatch",
-        "TaskDistribution",
-    ]
-)
+__all__ = [
+    "FourierFeatures",
+    "LineOrSine",
+    "LinearTasks",
+    "PolynomialFeatures",
+    "Sinusoid",
+    "TaskBatch",
+    "TaskDistribution",
+]
