@@ -1,5 +1,6 @@
 """The meta-learner zoo, installed as ``pyro_meta.models``."""
 
 from .bayesian_linear import BayesianLinear
+from .neural_process import NeuralProcess
 
-__all__ = sorted(["BayesianLinear"])
+__all__ = ["BayesianLinear", "NeuralProcess"]

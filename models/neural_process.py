@@ -1,0 +1,191 @@
+"""``NeuralProcess``: the latent Neural Process (Garnelo et al. 2018) as a Pyro model and guide.
+
+Model (per task ``t``; decoder weights ``theta`` meta-learned, point estimates)::
+
+    z_t ~ N(0, I)                                                   # task latent, [T, 1, D]
+    y_tn ~ N(mu_theta(x_tn, z_t[, r_C]), sigma_theta(x_tn, z_t[, r_C])^2)   # [T, N, Dy]
+
+with ``sigma = min_std + (1 - min_std) softplus(.)`` (a learned heteroscedastic scale bounded
+below) and, with ``deterministic_path=True``, ``r_C`` the masked mean of a per-point embedding of
+the task's context set fed to the decoder as well. The amortized guide is a masked mean-pooled
+set encoder ``q(z_t | D) = N(m_phi(D), diag s_phi(D)^2)`` over the observed points ``D``
+(``batch.observed()``: context and target while meta-training, the context only at inference).
+
+Two meta-training objectives:
+
+* ``objective="elbo"`` (default): ``-ELBO = E_q[-log p(y_{C+T} | x, z)] + KL(q(z | C, T) || N(0, I))``,
+  a proper generative model, so ``infer(..., method="nuts")`` samples the exact posterior
+  ``p(z_t | context_t)`` of the trained model;
+* ``objective="np"``: the NP paper's ``E_q[-log p(y_{C+T} | x, z)] + KL(q(z | C, T) || q(z | C))``
+  (the conditional prior ``q(z | C)`` replaces ``N(0, I)``). ``model`` keeps the ``N(0, I)`` prior,
+  which this objective does not train the decoder against: exact inference in it is then only
+  as good as ``N(0, I)`` is a match for the encoder's aggregate posterior.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.distributions import kl_divergence
+from torch.nn.functional import softplus
+
+from pyro_meta.data.batch import TaskBatch
+from pyro_meta.model import MetaModel, check_batch, observe, task_plate
+
+__all__ = ["NeuralProcess"]
+
+OBJECTIVES = ("elbo", "np")
+
+
+def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """``Linear -> ReLU -> ... -> Linear`` over the last dim."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``h [T, N, H]`` over the points where ``mask [T, N]`` is True: ``[T, H]`` (zeros if none)."""
+    m = mask.to(h.dtype)[..., None]
+    return (h * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+
+
+def _cat_broadcast(*tensors: torch.Tensor) -> torch.Tensor:
+    """Concatenate on the last dim after broadcasting every other dim (``[S, T, 1, D]`` with ``[T, N, Dx]``)."""
+    shape = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(shape + t.shape[-1:]) for t in tensors], -1)
+
+
+class NeuralProcess(MetaModel):
+    """Latent Neural Process with a mean-pooled set encoder and an optional deterministic path.
+
+    Parameters
+    ----------
+    x_dim, y_dim : int
+        Input and output sizes ``Dx``, ``Dy``.
+    latent_dim : int
+        Size ``D`` of the task latent ``z_t ~ N(0, I_D)``.
+    hidden : int or sequence of int
+        Widths of the hidden layers of every network (an int means ``num_layers`` layers of it).
+    num_layers : int
+        Hidden layers per network when ``hidden`` is an int.
+    deterministic_path : bool
+        Also feed ``r_C`` (mean-pooled embedding of the context, ``[T, 1, H]``) to the decoder.
+    objective : "elbo" | "np"
+        Meta-training loss (see the module docstring).
+    min_std : float
+        Lower bound of the decoder's scale ``sigma = min_std + (1 - min_std) softplus(.)``.
+    min_latent_std : float
+        Lower bound of the encoder's scale ``s = min_latent_std + softplus(.)``.
+    """
+
+    def __init__(
+        self,
+        x_dim: int = 1,
+        y_dim: int = 1,
+        latent_dim: int = 16,
+        hidden: Union[int, Sequence[int]] = 64,
+        num_layers: int = 2,
+        deterministic_path: bool = False,
+        objective: str = "elbo",
+        min_std: float = 0.01,
+        min_latent_std: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        for name, value in (("x_dim", x_dim), ("y_dim", y_dim), ("latent_dim", latent_dim), ("num_layers", num_layers)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        widths = [hidden] * num_layers if isinstance(hidden, int) else list(hidden)
+        if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"hidden must be a positive int or a non-empty sequence of them, got {hidden!r}")
+        if not 0 < min_std < 1:
+            raise ValueError(f"min_std must be in (0, 1), got {min_std}")
+        self.x_dim, self.y_dim, self.latent_dim = x_dim, y_dim, latent_dim
+        self.deterministic_path = bool(deterministic_path)
+        self.objective = objective
+        self.min_std, self.min_latent_std = float(min_std), float(min_latent_std)
+        H = widths[-1]
+        # guide: per-point embedding h([x, y]), masked mean, then (m, s) of q(z | D)
+        self.latent_encoder = _mlp([x_dim + y_dim] + widths)
+        self.latent_head = _mlp([H, H, 2 * latent_dim])
+        # model: optional deterministic path r_C and the decoder
+        self.det_dim = H if self.deterministic_path else 0
+        self.det_encoder = _mlp([x_dim + y_dim] + widths) if self.deterministic_path else None
+        self.decoder = _mlp([x_dim + latent_dim + self.det_dim] + widths + [2 * y_dim])
+
+    # ------------------------------------------------------------------ networks
+    def encode(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> dist.Distribution:
+        """``q(z | D)``: ``Normal(m [T, D], s [T, D]).to_event(1)`` from points ``x [T, N, Dx]``, ``y [T, N, Dy]``, ``mask [T, N]``."""
+        h = _masked_mean(self.latent_encoder(torch.cat([x, y], -1)), mask)
+        loc, raw = self.latent_head(h).chunk(2, -1)
+        return dist.Normal(loc, self.min_latent_std + softplus(raw)).to_event(1)
+
+    def deterministic(self, batch: TaskBatch) -> Optional[torch.Tensor]:
+        """``r_C [T, 1, H]``: masked mean of ``h([x, y])`` over the context set (``None`` without the path)."""
+        if self.det_encoder is None:
+            return None
+        h = self.det_encoder(torch.cat([batch.context_x, batch.context_y], -1))
+        return _masked_mean(h, batch.context_mask)[:, None, :]
+
+    def decode(self, x: torch.Tensor, z: torch.Tensor, r: Optional[torch.Tensor] = None) -> dist.Distribution:
+        """``p(y | x, z[, r])``: ``Normal(mu, sigma).to_event(1)``, batch ``[..., T, N]``, event ``[Dy]``.
+
+        ``x [T, N, Dx]``, ``z [..., T, 1, D]``, ``r [T, 1, H]``; leading draw dims broadcast.
+        """
+        inputs = (x, z) if r is None else (x, z, r)
+        loc, raw = self.decoder(_cat_broadcast(*inputs)).chunk(2, -1)
+        return dist.Normal(loc, self.min_std + (1.0 - self.min_std) * softplus(raw)).to_event(1)
+
+    def _check(self, batch: TaskBatch) -> TaskBatch:
+        check_batch(batch)
+        if batch.is_classification or batch.x_dim != self.x_dim or batch.y_dim != self.y_dim:
+            raise ValueError(
+                f"NeuralProcess(x_dim={self.x_dim}, y_dim={self.y_dim}) takes regression batches x [T, N, {self.x_dim}], "
+                f"y [T, N, {self.y_dim}]; got x_dim={batch.x_dim}, y_dim={batch.y_dim}"
+                + (" (class labels)" if batch.is_classification else "")
+            )
+        return batch
+
+    # ------------------------------------------------------------------ Pyro
+    def model(self, batch: TaskBatch) -> None:
+        """``z_t ~ N(0, I)`` ([T, 1, D]); ``y ~ N(mu(x, z[, r_C]), sigma(x, z[, r_C])^2)`` ([T, N, Dy])."""
+        self._check(batch)
+        r = self.deterministic(batch)
+        with task_plate(batch):
+            prior = dist.Normal(batch.context_x.new_zeros(self.latent_dim), 1.0).to_event(1)
+            z = pyro.sample("z", prior)
+            observe(batch, lambda x: self.decode(x, z, r))
+
+    def guide(self, batch: TaskBatch) -> None:
+        """``q(z_t | observed_t) = N(m(D_t), diag s(D_t)^2)`` with ``D_t = batch.observed()``."""
+        self._check(batch)
+        q = self.encode(*batch.observed())
+        with task_plate(batch):
+            pyro.sample("z", dist.Normal(q.base_dist.loc[:, None], q.base_dist.scale[:, None]).to_event(1))
+
+    def loss(self, batch: TaskBatch) -> torch.Tensor:
+        """Per task: ``-ELBO`` (``"elbo"``) or ``E_q(z|C,T)[-log p(y_{C+T} | x, z)] + KL(q(z|C,T) || q(z|C))`` (``"np"``)."""
+        if self.objective == "elbo":
+            return super().loss(batch)
+        self._check(batch)
+        x, y, mask = batch.observed()
+        q_all = self.encode(x, y, mask)
+        q_context = self.encode(batch.context_x, batch.context_y, batch.context_mask)
+        z = q_all.rsample()[:, None, :]  # [T, 1, D]
+        log_lik = (self.decode(x, z, self.deterministic(batch)).log_prob(y) * mask.to(y.dtype)).sum(-1)
+        return (kl_divergence(q_all, q_context) - log_lik).mean()
+
+    def extra_repr(self) -> str:
+        return (
+            f"latent_dim={self.latent_dim}, deterministic_path={self.deterministic_path}, "
+            f"objective={self.objective!r}, min_std={self.min_std}"
+        )
