@@ -88,12 +88,17 @@ def observe(
 
 @contextlib.contextmanager
 def local_params() -> Iterator[None]:
-    """Keep ``PyroModule`` parameters in their module, not in Pyro's global param store.
+    """Run a block against a fresh, private Pyro param store (``ParamStore.scope``).
 
-    Every pyro_meta entry point runs under it, so two instances of one model class never
-    share or overwrite each other's parameters (DESIGN section 7).
+    ``PyroModule`` parameters live in their module; under Pyro's global param store two
+    instances of one class register the same names (``decoder.weight``) and the second
+    silently reads the first's tensors (DESIGN section 7). Every pyro_meta entry point runs
+    under this scope, so the store only ever holds the one model's own parameters for the
+    duration of a call and is restored afterwards: two instances never share or overwrite
+    each other's parameters, whatever the global store holds. (Pyro's
+    ``module_local_params`` setting is not used: it must be on when a module is *built*.)
     """
-    with pyro.settings.context(module_local_params=True):
+    with pyro.get_param_store().scope():
         yield
 
 

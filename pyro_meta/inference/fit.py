@@ -98,6 +98,18 @@ class _TaskSource:
         return batch
 
 
+def _check_no_bare_params(model: MetaModel) -> None:
+    """Refuse bare ``pyro.param`` statements: fit optimises the module's own parameters only."""
+    own = {id(p) for p in model.parameters()}
+    store = pyro.get_param_store()
+    stray = [name for name in store.keys() if id(store._params[name]) not in own]
+    if stray:
+        raise ValueError(
+            f"{type(model).__name__} uses bare pyro.param statements {stray}: declare global parameters as "
+            "nn.Parameter or PyroParam attributes of the model so that they belong to this instance"
+        )
+
+
 def fit(
     model: MetaModel,
     tasks: Any,
@@ -213,6 +225,8 @@ def fit(
                         f"fit: non-finite loss {loss.item()} at step {step}; lower lr or check the model/data"
                     )
                 loss.backward()
+                if step == start_step:
+                    _check_no_bare_params(model)
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 opt.step()

@@ -12,7 +12,6 @@ from pyro import poutine
 
 from ..data.batch import TaskBatch
 from ..model import MetaModel, local_params
-from .draws import trace_with_draws
 
 __all__ = ["Predictive", "predictive_trace"]
 
