@@ -8,8 +8,7 @@ from .model import MetaModel, local_params, observe, point_plate, task_latent_si
 
 __version__ = "0.1.0"
 
-__all__ = sorted(
-    [
+__all__ = [
         "FitResult",
         "METHODS",
         "MetaModel",
@@ -27,4 +26,3 @@ __all__ = sorted(
         "task_latent_sites",
         "task_plate",
     ]
-)

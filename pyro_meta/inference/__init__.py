@@ -5,4 +5,4 @@ from .infer import METHODS, infer
 from .posterior import Posterior
 from .predictive import Predictive
 
-__all__ = sorted(["FitResult", "METHODS", "Posterior", "Predictive", "fit", "infer"])
+__all__ = ["FitResult", "METHODS", "Posterior", "Predictive", "fit", "infer"]

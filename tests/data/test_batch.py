@@ -91,5 +91,5 @@ def test_select_context_only_and_observed():
 
 def test_frozen():
     b = make()
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         b.context_x = torch.zeros(2, 3, 1)

@@ -119,7 +119,7 @@ def test_interrupt_keeps_progress_and_writes_checkpoint(tmp_path):
 
 
 def test_callback_can_stop_and_non_finite_loss_raises():
-    res = pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=50, progress=False, callback=lambda s, l, m: s >= 3)
+    res = pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=50, progress=False, callback=lambda step, loss, m: step >= 3)
     assert res.num_steps == 3
 
     class Broken(BayesianLinear):
