@@ -1,0 +1,209 @@
+"""Batched functional networks: weights as one flat tensor with leading task (and particle) dims.
+
+Gradient-based meta-learners (MAML, ABML, BMAML, PLATIPUS) hold a different copy of the base
+network's weights per task -- and per particle or posterior draw. :class:`FunctionalMLP` keeps
+those weights in one flat tensor ``phi [..., T, P]`` and evaluates every copy at once by batched
+matrix products (no Python loop over tasks); :func:`inner_loop` runs gradient steps on such
+tensors with ``torch.autograd.grad`` (second order through ``create_graph=True``, or first order).
+Pyro's ``SVI.step`` is not differentiable, so inner loops are written with autograd directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = ["FunctionalMLP", "inner_loop"]
+
+_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "elu": nn.functional.elu, "sigmoid": torch.sigmoid}
+
+Tensors = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+class FunctionalMLP(nn.Module):
+    """A multilayer perceptron whose weights are an argument: ``f(x; phi)`` for a flat ``phi``.
+
+    Layer ``l`` maps ``h -> act(h @ W_l + b_l)`` (no activation after the last layer), with
+    ``W_l [d_l, d_{l+1}]`` and ``b_l [d_{l+1}]`` stored one after the other in ``phi`` (``P``
+    numbers in all, :attr:`num_params`). The module itself has no parameters.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths ``(Dx, h_1, ..., Dy)``, at least two.
+    activation : "relu" | "tanh" | "elu" | "sigmoid" | callable
+        Hidden-layer nonlinearity.
+
+    Examples
+    --------
+    >>> net = FunctionalMLP((1, 40, 40, 1))
+    >>> phi = net.init_params().expand(8, -1)            # [T, P], one copy per task
+    >>> net(torch.randn(8, 5, 1), phi).shape              # x [T, N, Dx] -> [T, N, Dy]
+    torch.Size([8, 5, 1])
+    """
+
+    def __init__(self, sizes: Sequence[int], activation: Union[str, Callable[[torch.Tensor], torch.Tensor]] = "relu") -> None:
+        super().__init__()
+        sizes = tuple(sizes)
+        if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+            raise ValueError(f"sizes must be at least two positive ints (Dx, ..., Dy), got {sizes!r}")
+        if isinstance(activation, str):
+            if activation not in _ACTIVATIONS:
+                raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)} or a callable, got {activation!r}")
+            self.activation_name = activation
+            self._act = _ACTIVATIONS[activation]
+        elif callable(activation):
+            self.activation_name = getattr(activation, "__name__", type(activation).__name__)
+            self._act = activation
+        else:
+            raise TypeError(f"activation must be a str or a callable, got {type(activation).__name__}")
+        self.sizes = sizes
+        self._slices: List[Tuple[int, int, int, int]] = []  # (offset of W, d_in, d_out, offset of b)
+        offset = 0
+        for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+            self._slices.append((offset, d_in, d_out, offset + d_in * d_out))
+            offset += d_in * d_out + d_out
+        self.num_params = offset
+
+    @property
+    def in_features(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.sizes[-1]
+
+    def init_params(self, num: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """A flat weight vector ``[P]`` (or ``num`` independent ones, ``[num, P]``).
+
+        ``nn.Linear``'s default scheme: ``W, b ~ U(-1/sqrt(d_in), 1/sqrt(d_in))``.
+        """
+        lead = () if num is None else (int(num),)
+        parts = []
+        for _, d_in, d_out, _ in self._slices:
+            bound = 1.0 / math.sqrt(d_in)
+            parts.append((torch.rand(lead + (d_in * d_out + d_out,), generator=generator) * 2 - 1) * bound)
+        return torch.cat(parts, -1)
+
+    def unflatten(self, flat: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """``phi [..., P]`` -> ``[(W_l [..., d_l, d_{l+1}], b_l [..., d_{l+1}]), ...]`` (views where possible)."""
+        self._check_flat(flat)
+        lead = flat.shape[:-1]
+        out = []
+        for w0, d_in, d_out, b0 in self._slices:
+            out.append((flat[..., w0:b0].reshape(lead + (d_in, d_out)), flat[..., b0:b0 + d_out]))
+        return out
+
+    def flatten(self, layers: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Inverse of :meth:`unflatten`: ``[(W [..., d_in, d_out], b [..., d_out]), ...]`` -> ``[..., P]``."""
+        if len(layers) != len(self._slices):
+            raise ValueError(f"layers must hold {len(self._slices)} (W, b) pairs, got {len(layers)}")
+        parts = []
+        for (W, b), (_, d_in, d_out, _) in zip(layers, self._slices):
+            if tuple(W.shape[-2:]) != (d_in, d_out) or b.shape[-1] != d_out:
+                raise ValueError(f"layers: expected W [..., {d_in}, {d_out}] and b [..., {d_out}], got "
+                                 f"{tuple(W.shape)} and {tuple(b.shape)}")
+            parts += [W.reshape(W.shape[:-2] + (d_in * d_out,)), b]
+        return torch.cat(_broadcast_lead(parts), -1)
+
+    def forward(self, x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """``f(x; phi)``: ``x [..., T, N, Dx]`` with weights ``phi [..., T, P]`` or ``[..., T, 1, P]`` -> ``[..., T, N, Dy]``.
+
+        The ``[..., T, 1, P]`` form is a task latent with its singleton points dim (Pyro's
+        task plate at dim -2); it is recognised by ``phi.shape[-2] == 1`` and
+        ``phi.shape[-3] == x.shape[-3]`` (``T``). Leading dims of ``x`` and ``phi`` (draws,
+        particles) broadcast against each other.
+        """
+        if x.dim() < 3 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape [..., T, N, {self.in_features}], got {tuple(x.shape)}")
+        self._check_flat(flat)
+        if flat.dim() >= 3 and flat.shape[-2] == 1 and flat.shape[-3] == x.shape[-3]:
+            flat = flat.squeeze(-2)
+        if flat.dim() < 2:
+            raise ValueError(f"phi must have a task dim, [..., T, P]; got {tuple(flat.shape)}")
+        h = x
+        last = len(self._slices) - 1
+        fast = flat.dim() == 2 and x.dim() == 3
+        for i, (W, b) in enumerate(self.unflatten(flat)):
+            if fast:
+                h = torch.baddbmm(b.unsqueeze(-2), h.expand(W.shape[0], -1, -1), W)
+            else:
+                h = torch.matmul(h, W) + b.unsqueeze(-2)
+            if i < last:
+                h = self._act(h)
+        return h
+
+    def _check_flat(self, flat: torch.Tensor) -> None:
+        if not isinstance(flat, torch.Tensor):
+            raise TypeError(f"phi must be a tensor [..., {self.num_params}], got {type(flat).__name__}")
+        if flat.dim() < 1 or flat.shape[-1] != self.num_params:
+            raise ValueError(f"phi must have shape [..., {self.num_params}] (num_params), got {tuple(flat.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, activation={self.activation_name}, num_params={self.num_params}"
+
+
+def _broadcast_lead(parts: List[torch.Tensor]) -> List[torch.Tensor]:
+    lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+    return [p.expand(lead + p.shape[-1:]) for p in parts]
+
+
+def inner_loop(
+    loss_fn: Callable[..., torch.Tensor],
+    params: Tensors,
+    steps: int,
+    lr: Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]],
+    first_order: bool = False,
+    create_graph: Optional[bool] = None,
+) -> Tensors:
+    """``steps`` gradient-descent steps ``p <- p - lr * grad_p sum(loss_fn(*p))``, differentiable.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(*params) -> losses``, e.g. per-task losses ``[..., T]``. The step uses the
+        gradient of their sum: tasks do not interact, so every task moves by its own gradient.
+    params : Tensor or sequence of Tensors
+        Starting point, e.g. ``theta`` expanded to ``[T, P]``.
+    steps : int
+        Number of steps ``K >= 0``.
+    lr : float, Tensor or a sequence of them (one per param)
+        Step sizes; tensors broadcast against their param (scalar, ``[P]``...), and may be
+        meta-learned (they stay in the graph).
+    first_order : bool
+        Drop second derivatives (first-order MAML): the gradients are detached, the result
+        still depends on ``params`` through the identity path.
+    create_graph : bool, optional
+        Keep the graph of every step so that the result is twice differentiable. Default
+        ``not first_order`` when any param or lr requires grad, otherwise False (inference).
+
+    Returns
+    -------
+    The adapted params (a Tensor if ``params`` was one, otherwise a tuple).
+    """
+    single = isinstance(params, torch.Tensor)
+    ps = [params] if single else list(params)
+    if not ps or not all(isinstance(p, torch.Tensor) for p in ps):
+        raise TypeError("params must be a Tensor or a non-empty sequence of Tensors")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(ps)
+    if len(lrs) != len(ps):
+        raise ValueError(f"lr must be one value or one per param ({len(ps)}), got {len(lrs)}")
+    if steps == 0:
+        return params
+    with torch.enable_grad():
+        tracked = any(p.requires_grad for p in ps) or any(isinstance(a, torch.Tensor) and a.requires_grad for a in lrs)
+        if create_graph is None:
+            create_graph = tracked and not first_order
+        for _ in range(steps):
+            ps = [p if p.requires_grad else p.detach().requires_grad_(True) for p in ps]
+            loss = loss_fn(*ps).sum()
+            grads = torch.autograd.grad(loss, ps, create_graph=bool(create_graph))
+            ps = [p - a * g for p, a, g in zip(ps, lrs, grads)]
+            if not create_graph and not tracked:
+                ps = [p.detach() for p in ps]
+    return ps[0] if single else tuple(ps)
