@@ -1,0 +1,414 @@
+"""Matplotlib figures: predictive bands per task and method, prior functions, posterior pairs.
+
+Every function returns a ``matplotlib.figure.Figure`` (made with ``pyplot``, so notebooks show
+it; close it with ``plt.close(fig)`` in scripts). Regression plots are for 1-D inputs and
+1-D outputs (``Dx = Dy = 1``); anything else raises ``ValueError``.
+
+What is drawn as *functions*: for a posterior draw ``z_s`` the thin lines are the mean of the
+model's likelihood at dense inputs, ``E[y | x, z_s]`` (the noise-free function for a Gaussian
+likelihood); where the likelihood has no ``mean`` they are draws of ``y`` instead (noise
+included). Bands and the predictive mean come from :meth:`Posterior.predict`, i.e. they
+include the observation noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import matplotlib.pyplot as plt
+import pyro
+import torch
+from matplotlib.figure import Figure
+from pyro import poutine
+
+from .data.batch import TaskBatch
+from .inference import Posterior, infer
+from .model import MetaModel, check_model, local_params
+
+__all__ = ["function_draws", "plot_posterior_pairs", "plot_predictive", "plot_prior_functions"]
+
+Posteriors = Union[Posterior, Sequence[Posterior], Mapping[str, Posterior]]
+
+
+# ---------------------------------------------------------------------------- helpers
+def _named(posteriors: Posteriors, name: str = "posteriors") -> Dict[str, Posterior]:
+    """``{label: Posterior}`` from one posterior, a list (labelled by method) or a dict."""
+    if isinstance(posteriors, Posterior):
+        posteriors = [posteriors]
+    if isinstance(posteriors, Mapping):
+        named = {str(k): v for k, v in posteriors.items()}
+    elif isinstance(posteriors, (list, tuple)):
+        named = {}
+        for i, p in enumerate(posteriors):
+            label = getattr(p, "method", str(i))
+            named[label if label not in named else f"{label} ({i})"] = p
+    else:
+        raise TypeError(
+            f"{name} must be a Posterior, a list of them or a dict {{label: Posterior}}, got {type(posteriors).__name__}"
+        )
+    if not named:
+        raise ValueError(f"{name} is empty: pass at least one Posterior")
+    for label, p in named.items():
+        if not isinstance(p, Posterior):
+            raise TypeError(f"{name}[{label!r}] must be a pyro_meta.Posterior, got {type(p).__name__}")
+    return named
+
+
+def _check_1d_regression(batch: TaskBatch, what: str) -> None:
+    if batch.is_classification or batch.x_dim != 1 or batch.y_dim != 1:
+        kind = "class labels" if batch.is_classification else f"Dx = {batch.x_dim}, Dy = {batch.y_dim}"
+        raise ValueError(f"{what}: plots are for 1-D regression (Dx = Dy = 1), got {kind}")
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _dense_batch(batch: TaskBatch, grid: torch.Tensor) -> TaskBatch:
+    """The batch's context with ``target_x`` = ``grid [G]`` for every task and no ``target_y``."""
+    T = batch.num_tasks
+    x = grid.to(batch.context_x)[None, :, None].expand(T, -1, 1).contiguous()
+    return batch.replace(target_x=x, target_y=None, target_mask=None)
+
+
+def function_draws(
+    posterior: Posterior, batch: TaskBatch, num_functions: Optional[int] = None
+) -> Tuple[torch.Tensor, bool]:
+    """``E[y | x, z_s]`` at ``batch.target_x`` for ``num_functions`` evenly spaced posterior draws (None: all).
+
+    ``y_target`` ~ ``p(y | x, z_s)`` is traced with the draws held fixed (vectorized, or draw by
+    draw when ``model.vectorized`` is False) and the mean of its distribution is taken.
+
+    Returns
+    -------
+    (Tensor ``[N, T, Nt, Dy]``, bool)
+        The function values (``N = num_functions`` or ``C * S``) and whether they are means (False: the likelihood has no
+        ``mean``, so they are draws of ``y`` including noise).
+    """
+    values = posterior.site_values(num_functions)
+    num = next(iter(values.values())).shape[0]
+    model = posterior.model
+    batch = batch.without_target_y()
+    with local_params(), torch.no_grad():
+        if model.vectorized:
+            with pyro.plate("_draws", num, dim=-(model.max_plate_nesting + 1)):
+                traces = [poutine.trace(poutine.condition(model.model, data=dict(values))).get_trace(batch)]
+        else:
+            traces = [
+                poutine.trace(poutine.condition(model.model, data={k: v[i] for k, v in values.items()})).get_trace(batch)
+                for i in range(num)
+            ]
+    out, is_mean = [], True
+    for trace in traces:
+        node = trace.nodes["y_target"]
+        try:
+            f = node["fn"].mean.expand_as(node["value"])
+        except (AttributeError, NotImplementedError):
+            f, is_mean = node["value"], False
+        out.append(f)
+    f = out[0] if model.vectorized else torch.stack(out)
+    return f.detach(), is_mean
+
+
+def _evenly(n: int, k: int) -> torch.Tensor:
+    """``min(k, n)`` evenly spaced indices into ``n`` items."""
+    return torch.linspace(0, n - 1, min(k, n)).round().long()
+
+
+def _with_draws(posterior: Posterior, num: int) -> Posterior:
+    """The posterior with exactly ``num`` draws as one chain: its draws reused cyclically, or thinned evenly."""
+    flat = {k: v.reshape((-1,) + tuple(v.shape[2:])) for k, v in posterior.samples.items()}
+    n = next(iter(flat.values())).shape[0]
+    idx = torch.arange(num) % n if num > n else _evenly(n, num)
+    return dataclasses.replace(posterior, samples={k: v[idx][None] for k, v in flat.items()})
+
+
+def _true_values(true_function: Any, batch: TaskBatch, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``f(x) [T, G, 1]`` from a callable ``x -> f(x)`` or a task distribution (``.function(x, batch.info)``)."""
+    if true_function is None:
+        return None
+    with torch.no_grad():
+        if hasattr(true_function, "function") and callable(true_function.function):
+            y = true_function.function(x, batch.info)
+        elif callable(true_function):
+            y = true_function(x)
+        else:
+            raise TypeError(
+                "true_function must be a callable x [T, N, 1] -> [T, N, 1] or a task distribution with "
+                f".function(x, params), got {type(true_function).__name__}"
+            )
+    y = torch.as_tensor(y)
+    if tuple(y.shape) != tuple(x.shape):
+        raise ValueError(f"true_function must return [T, N, 1] = {list(x.shape)}, got {list(y.shape)}")
+    return y
+
+
+def _x_limits(batches: List[TaskBatch], tasks: List[int], margin: float = 0.1) -> Tuple[float, float]:
+    xs = []
+    for b in batches:
+        for split in ("context", "target"):
+            m = b.mask(split)[tasks]
+            xs.append(b.x(split)[tasks][m].flatten())
+    x = torch.cat(xs)
+    lo, hi = float(x.min()), float(x.max())
+    pad = margin * (hi - lo) if hi > lo else 1.0
+    return lo - pad, hi + pad
+
+
+def _task_list(tasks: Any, T: int, default: int = 3) -> List[int]:
+    if tasks is None:
+        return list(range(min(T, default)))
+    if isinstance(tasks, numbers.Integral) and not isinstance(tasks, bool):
+        tasks = [tasks]
+    if not isinstance(tasks, (list, tuple, range)) or not tasks:
+        raise ValueError(f"tasks must be None, an int or a non-empty list of task indices, got {tasks!r}")
+    out = []
+    for t in tasks:
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < T:
+            raise ValueError(f"tasks: {t!r} is not a task index in [0, {T})")
+        out.append(int(t))
+    return out
+
+
+def _check_range(x_range: Any) -> Tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in x_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"x_range must be a pair (low, high), got {x_range!r}") from None
+    if not (torch.isfinite(torch.tensor([lo, hi])).all() and lo < hi):
+        raise ValueError(f"x_range must be finite with low < high, got {x_range!r}")
+    return lo, hi
+
+
+# ------------------------------------------------------------------------------ plots
+def plot_predictive(
+    posteriors: Posteriors,
+    tasks: Optional[Union[int, Sequence[int]]] = None,
+    num_functions: int = 5,
+    true_function: Optional[Union[Callable[[torch.Tensor], torch.Tensor], Any]] = None,
+    num_grid: int = 200,
+    num_band_samples: int = 2000,
+    x_range: Optional[Tuple[float, float]] = None,
+    figsize: Optional[Tuple[float, float]] = None,
+) -> Figure:
+    """Posterior predictive per task (rows) and method (columns), e.g. amortized beside NUTS.
+
+    Each panel shows the real context points (dark), the real target points when known
+    (light), the true function when given, the predictive mean with its 50% and 90% central
+    bands at a dense grid, and ``num_functions`` thin lines ``E[y | x, z_s]`` for posterior
+    draws ``z_s`` (see the module docstring). Padded points are never drawn.
+
+    Parameters
+    ----------
+    posteriors : Posterior, list of Posterior or dict ``{label: Posterior}``
+        One column each (a list is labelled by ``method``). 1-D regression batches only.
+    tasks : int or list of int, optional
+        Task indices, one row each. Default: the first three tasks.
+    num_functions : int
+        Function draws per panel (0 for none).
+    true_function : callable or task distribution, optional
+        ``f(x [T, G, 1]) -> [T, G, 1]`` over all tasks of the batch, or an object with
+        ``.function(x, params)`` (e.g. :class:`~pyro_meta.data.Sinusoid`) called with ``batch.info``.
+    num_grid : int
+        Points of the dense input grid ``G``.
+    num_band_samples : int
+        Predictive draws behind the bands: the posterior draws are reused cyclically (each
+        gives fresh noise) or thinned evenly, so that the Monte Carlo quantiles are smooth.
+    x_range : (float, float), optional
+        Grid range. Default: the real points' range plus 10% each side.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``len(tasks) x len(posteriors)`` axes.
+    """
+    named = _named(posteriors)
+    num_grid = _check_positive_int("num_grid", num_grid)
+    if isinstance(num_functions, bool) or not isinstance(num_functions, numbers.Integral) or num_functions < 0:
+        raise ValueError(f"num_functions must be a non-negative int, got {num_functions!r}")
+    num_band_samples = _check_positive_int("num_band_samples", num_band_samples)
+    T = min(p.batch.num_tasks for p in named.values())
+    for label, p in named.items():
+        _check_1d_regression(p.batch, f"posteriors[{label!r}]")
+    rows = _task_list(tasks, T)
+    lo, hi = _check_range(x_range) if x_range is not None else _x_limits([p.batch for p in named.values()], rows)
+    grid = torch.linspace(lo, hi, num_grid)
+    x = grid.numpy()
+    cols = len(named)
+    fig, axes = plt.subplots(len(rows), cols, squeeze=False, sharex=True, sharey="row",
+                             figsize=figsize or (4.0 * cols, 2.8 * len(rows)))
+    for j, (label, post) in enumerate(named.items()):
+        batch = post.batch
+        dense = _dense_batch(batch, grid)
+        pred = _with_draws(post, num_band_samples).predict(dense)
+        f_all, is_mean = function_draws(post, dense)  # [C*S, T, G, 1]
+        # the predictive mean: exact given the draws when the likelihood has a mean (smooth), else Monte Carlo
+        mean = (f_all.mean(0) if is_mean else pred.mean)[..., 0].numpy()
+        lo90, hi90 = (v[..., 0].numpy() for v in pred.interval(0.9))
+        lo50, hi50 = (v[..., 0].numpy() for v in pred.interval(0.5))
+        fns = f_all[_evenly(f_all.shape[0], num_functions), ..., 0].numpy() if num_functions else None  # [N, T, G]
+        truth = _true_values(true_function, batch, dense.target_x)
+        truth = None if truth is None else truth[..., 0].numpy()
+        cx, cy, cm = batch.context_x[..., 0].numpy(), batch.context_y[..., 0].numpy(), batch.context_mask.numpy()
+        color = f"C{j % 10}"
+        for i, t in enumerate(rows):
+            ax = axes[i, j]
+            ax.fill_between(x, lo90[t], hi90[t], color=color, alpha=0.15, lw=0, label="90% interval")
+            ax.fill_between(x, lo50[t], hi50[t], color=color, alpha=0.3, lw=0, label="50% interval")
+            if fns is not None:
+                for n in range(fns.shape[0]):
+                    ax.plot(x, fns[n, t], color=color, lw=0.7, alpha=0.6, label="function draws" if n == 0 else None)
+            ax.plot(x, mean[t], color=color, lw=2, label="predictive mean")
+            if truth is not None:
+                ax.plot(x, truth[t], color="k", ls="--", lw=1.2, label="true function")
+            if batch.target_y is not None and batch.num_points("target") > 0:
+                m = batch.target_mask[t].numpy()
+                tx, ty = batch.target_x[t, m, 0].numpy(), batch.target_y[t, m, 0].numpy()
+                ax.scatter(tx, ty, s=12, color="0.6", zorder=3, label="target")
+            ax.scatter(cx[t, cm[t]], cy[t, cm[t]], s=22, color="k", zorder=4, label="context")
+            ax.set_title(f"{label}: task {t}", fontsize=10)
+            if i == len(rows) - 1:
+                ax.set_xlabel("x")
+            if j == 0:
+                ax.set_ylabel("y")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7, frameon=False)
+    return fig
+
+
+def plot_prior_functions(
+    model: MetaModel,
+    x_range: Tuple[float, float] = (-5.0, 5.0),
+    num_functions: int = 20,
+    num_grid: int = 200,
+    num_band_samples: int = 2000,
+    seed: Optional[int] = None,
+    ax: Optional[plt.Axes] = None,
+) -> Figure:
+    """Functions ``E[y | x, z]`` for ``z ~ p(z)``, the meta-learned prior, with its 90% predictive band.
+
+    Draws come from ``infer(model, batch, method="prior")`` on a one-task batch whose single
+    context point is masked out (``allow_empty_context=True``): the prior ignores the context.
+    1-D inputs and outputs only.
+
+    Parameters
+    ----------
+    model : MetaModel
+    x_range : (float, float)
+        Input range of the grid.
+    num_functions : int
+        Prior draws (one line each).
+    num_grid : int
+        Grid points.
+    num_band_samples : int
+        Prior predictive draws behind the band.
+    seed : int, optional
+        Seed for the prior draws.
+    ax : matplotlib Axes, optional
+        Draw into this axes (default: a new figure).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    check_model(model)
+    lo, hi = _check_range(x_range)
+    num_functions = _check_positive_int("num_functions", num_functions)
+    num_grid = _check_positive_int("num_grid", num_grid)
+    num_band_samples = _check_positive_int("num_band_samples", num_band_samples)
+    grid = torch.linspace(lo, hi, num_grid)
+    zeros = torch.zeros(1, 1, 1)
+    batch = TaskBatch(zeros, zeros.clone(), grid[None, :, None], None,
+                      context_mask=torch.zeros(1, 1, dtype=torch.bool), allow_empty_context=True)
+    post = infer(model, batch, method="prior", num_samples=max(num_functions, num_band_samples), seed=seed)
+    fns = function_draws(post, batch, num_functions)[0][:, 0, :, 0].numpy()  # [N, G]
+    lo90, hi90 = (v[0, :, 0].numpy() for v in post.predict().interval(0.9))
+    x = grid.numpy()
+    new = ax is None
+    if new:
+        fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    else:
+        fig = ax.figure
+    ax.fill_between(x, lo90, hi90, color="C0", alpha=0.15, lw=0, label="90% prior predictive")
+    for n in range(fns.shape[0]):
+        ax.plot(x, fns[n], color="C0", lw=0.8, alpha=0.7, label="prior functions" if n == 0 else None)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title(f"{type(model).__name__}: meta-learned prior", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    if new:
+        fig.tight_layout()
+    return fig
+
+
+def plot_posterior_pairs(
+    posteriors: Posteriors,
+    task: int = 0,
+    site: Optional[str] = None,
+    dims: Tuple[int, int] = (0, 1),
+    max_points: int = 1000,
+    ax: Optional[plt.Axes] = None,
+) -> Figure:
+    """Scatter of two coordinates of one task's latent, one colour per posterior (multimodality at a glance).
+
+    Parameters
+    ----------
+    posteriors : Posterior, list of Posterior or dict ``{label: Posterior}``
+        Overlaid in colours ``C0, C1, ...``.
+    task : int
+        Task index ``t``.
+    site : str, optional
+        Latent site (default: the first site of the first posterior). Its event is flattened:
+        ``samples[site][:, :, t]`` ``[C, S, *event]`` -> ``[C*S, E]``, ``E >= 2``.
+    dims : (int, int)
+        Two distinct coordinates of the flattened event.
+    max_points : int
+        Draws shown per posterior (thinned evenly).
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    named = _named(posteriors)
+    max_points = _check_positive_int("max_points", max_points)
+    first = next(iter(named.values()))
+    site = next(iter(first.samples)) if site is None else site
+    if (
+        not isinstance(dims, (tuple, list)) or len(dims) != 2
+        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in dims) or dims[0] == dims[1]
+    ):
+        raise ValueError(f"dims must be two distinct ints, got {dims!r}")
+    points = {}
+    for label, post in named.items():
+        if site not in post.samples:
+            raise ValueError(f"site {site!r} is not in posteriors[{label!r}] (sites: {sorted(post.samples)})")
+        s = post.samples[site]
+        T = s.shape[2]
+        if isinstance(task, bool) or not isinstance(task, numbers.Integral) or not 0 <= task < T:
+            raise ValueError(f"task must be an index in [0, {T}), got {task!r}")
+        v = s[:, :, task].reshape(s.shape[0] * s.shape[1], -1)
+        E = v.shape[1]
+        if E < 2:
+            raise ValueError(f"site {site!r} has {E} coordinate(s) per task; a pair plot needs at least 2")
+        if not all(-E <= d < E for d in dims):
+            raise ValueError(f"dims {tuple(dims)} out of range for site {site!r} with {E} coordinates")
+        if v.shape[0] > max_points:
+            v = v[_evenly(v.shape[0], max_points)]
+        points[label] = v[:, list(dims)].detach().cpu().numpy()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.0, 4.0))
+    else:
+        fig = ax.figure
+    for j, (label, v) in enumerate(points.items()):
+        ax.scatter(v[:, 0], v[:, 1], s=6, alpha=0.4, color=f"C{j % 10}", label=label, edgecolors="none")
+    ax.set_xlabel(f"{site}[{dims[0]}]")
+    ax.set_ylabel(f"{site}[{dims[1]}]")
+    ax.set_title(f"task {task}", fontsize=10)
+    ax.legend(fontsize=7, loc="best", markerscale=2)
+    return fig
