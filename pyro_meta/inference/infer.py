@@ -80,7 +80,7 @@ def infer(
         model.train(was_training)
     return Posterior(
         model=model, batch=batch, method=method, samples=samples, sites=problem.sites,
-        diagnostics=diagnostics, sample_stats=stats, seconds=time.perf_counter() - t0,
+        diagnostics=diagnostics, sample_stats=stats, seconds=time.perf_counter() - t0, fn=problem.fn,
     )
 
 

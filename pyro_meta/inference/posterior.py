@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
@@ -44,6 +44,8 @@ class Posterior:
     diagnostics: Dict[str, Any] = dataclasses.field(default_factory=dict)
     sample_stats: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    #: the model as inferred (global latent sites held at their point estimate); None: ``model.model``
+    fn: Optional[Callable] = dataclasses.field(default=None, repr=False)
 
     @property
     def num_chains(self) -> int:
@@ -89,7 +91,7 @@ class Posterior:
             raise ValueError("batch has no target points to predict (target_x is [T, 0, Dx])")
         values = self.site_values(num_samples)
         n = next(iter(values.values())).shape[0]
-        trace = predictive_trace(self.model, batch.without_target_y(), values)
+        trace = predictive_trace(self.model, batch.without_target_y(), values, fn=self.fn)
         site = trace.nodes["y_target"]
         y = site["value"]
         C = self.num_chains if num_samples is None or num_samples >= self.num_chains * self.num_samples else 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Optional, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 import pyro
 import torch
@@ -16,22 +16,26 @@ from ..model import MetaModel, local_params
 __all__ = ["Predictive", "predictive_trace"]
 
 
-def predictive_trace(model: MetaModel, batch: TaskBatch, site_values: Mapping[str, torch.Tensor]) -> poutine.Trace:
-    """Trace of ``model.model`` on ``batch`` (``target_y=None``) conditioned on latent draws.
+def predictive_trace(
+    model: MetaModel, batch: TaskBatch, site_values: Mapping[str, torch.Tensor], fn: Optional[Callable] = None
+) -> poutine.Trace:
+    """Trace of ``model.model`` (or ``fn``) on ``batch`` (``target_y=None``) conditioned on latent draws.
 
-    ``site_values`` are ``{site: [N, T, 1, *event]}``. Vectorized models go through
+    ``site_values`` are ``{site: [N, T, 1, *event]}``; ``fn`` is the model with global latents
+    held fixed (``Posterior.fn``). Vectorized models go through
     ``pyro.infer.Predictive(..., parallel=True).get_vectorized_trace``; others run draw by draw.
     """
     num = next(iter(site_values.values())).shape[0]
+    fn = model.model if fn is None else fn
     if model.vectorized:
         pred = pyro.infer.Predictive(
-            model.model, posterior_samples=dict(site_values), return_sites=["y_target"], parallel=True
+            fn, posterior_samples=dict(site_values), return_sites=["y_target"], parallel=True
         )
         with local_params(), torch.no_grad():
             return pred.get_vectorized_trace(batch)
     with local_params(), torch.no_grad():
         traces = [
-            poutine.trace(poutine.condition(model.model, {k: v[i] for k, v in site_values.items()})).get_trace(batch)
+            poutine.trace(poutine.condition(fn, {k: v[i] for k, v in site_values.items()})).get_trace(batch)
             for i in range(num)
         ]
     trace = traces[-1]
