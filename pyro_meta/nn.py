@@ -67,6 +67,7 @@ class FunctionalMLP(nn.Module):
             self._slices.append((offset, d_in, d_out, offset + d_in * d_out))
             offset += d_in * d_out + d_out
         self.num_params = offset
+        self._split_sizes = [n for _, d_in, d_out, _ in self._slices for n in (d_in * d_out, d_out)]
 
     @property
     def in_features(self) -> int:
@@ -92,10 +93,12 @@ class FunctionalMLP(nn.Module):
         """``phi [..., P]`` -> ``[(W_l [..., d_l, d_{l+1}], b_l [..., d_{l+1}]), ...]`` (views where possible)."""
         self._check_flat(flat)
         lead = flat.shape[:-1]
-        out = []
-        for w0, d_in, d_out, b0 in self._slices:
-            out.append((flat[..., w0:b0].reshape(lead + (d_in, d_out)), flat[..., b0:b0 + d_out]))
-        return out
+        # one split (its backward is one cat) rather than 2L slices (each backward a zero-padded [..., P])
+        parts = flat.split(self._split_sizes, -1)
+        return [
+            (parts[2 * i].reshape(lead + (d_in, d_out)), parts[2 * i + 1])
+            for i, (_, d_in, d_out, _) in enumerate(self._slices)
+        ]
 
     def flatten(self, layers: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Inverse of :meth:`unflatten`: ``[(W [..., d_in, d_out], b [..., d_out]), ...]`` -> ``[..., P]``."""
