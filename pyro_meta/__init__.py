@@ -1,28 +1,34 @@
 """pyro_meta: Bayesian meta-learning as plain Pyro models and guides with task-level latents."""
 
-from . import data
+from . import data, metrics, oracles
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TaskBatch
 from .inference import METHODS, FitResult, Posterior, Predictive, fit, infer
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
+from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
 
 __version__ = "0.1.0"
 
 __all__ = [
-        "FitResult",
-        "METHODS",
-        "MetaModel",
-        "Posterior",
-        "Predictive",
-        "TaskBatch",
-        "data",
-        "fit",
-        "infer",
-        "load_checkpoint",
-        "local_params",
-        "observe",
-        "point_plate",
-        "save_checkpoint",
-        "task_latent_sites",
-        "task_plate",
-    ]
+    "FitResult",
+    "GPOracle",
+    "LineOrSineOracle",
+    "METHODS",
+    "MetaModel",
+    "Posterior",
+    "Predictive",
+    "SinusoidOracle",
+    "TaskBatch",
+    "data",
+    "fit",
+    "infer",
+    "load_checkpoint",
+    "local_params",
+    "metrics",
+    "observe",
+    "oracles",
+    "point_plate",
+    "save_checkpoint",
+    "task_latent_sites",
+    "task_plate",
+]

@@ -1,0 +1,32 @@
+"""The README's meta-learner runs as written (amortized and NUTS on a user-written model)."""
+
+import pathlib
+import re
+
+import pytest
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_opens_with_the_two_commands():
+    text = README.read_text()
+    first_block = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
+    assert "make test" in first_block and "make demo" in first_block
+    assert text.index("make test") < text.index("## ")
+
+
+@pytest.mark.slow
+def test_readme_example_runs(capsys):
+    blocks = python_blocks()
+    assert blocks, "README has no python example"
+    namespace = {"__name__": "readme"}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "amortized: target log-lik/point" in out and "nuts: target log-lik/point" in out
+    nuts = namespace["nuts"]
+    assert nuts.samples["z"].shape == (2, 200, 4, 4)
+    assert namespace["idata"].posterior["z"].dims[:3] == ("chain", "draw", "task")
