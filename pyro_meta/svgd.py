@@ -116,16 +116,18 @@ def svgd_step(
     bandwidth : "median" or positive float
     create_graph : bool, optional
         Keep the update differentiable w.r.t. the particles' history and the target's
-        parameters (second order). Default: True when the particles or ``step_size``
-        require grad.
+        parameters (second order). When False the Stein direction is a constant and the result
+        depends on the particles and ``step_size`` only linearly (first order). Default: True
+        when the particles or ``step_size`` require grad.
     """
     _check_particles(particles)
     if create_graph is None:
         create_graph = particles.requires_grad or (isinstance(step_size, torch.Tensor) and step_size.requires_grad)
     score = _score(log_prob, particles, bool(create_graph))
-    if not create_graph:
-        particles = particles.detach()
-    return particles + step_size * svgd_direction(particles, score, bandwidth)
+    if create_graph:
+        return particles + step_size * svgd_direction(particles, score, bandwidth)
+    # first order: the direction is a constant; the result still depends on the particles (identity path)
+    return particles + step_size * svgd_direction(particles.detach(), score.detach(), bandwidth)
 
 
 def svgd(
