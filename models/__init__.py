@@ -1,7 +1,8 @@
 """The meta-learner zoo, installed as ``pyro_meta.models``."""
 
+from .abml import ABML
 from .bayesian_linear import BayesianLinear
 from .maml import MAML
 from .neural_process import NeuralProcess
 
-__all__ = ["BayesianLinear", "MAML", "NeuralProcess"]
+__all__ = ["ABML", "BayesianLinear", "MAML", "NeuralProcess"]

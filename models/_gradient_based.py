@@ -25,7 +25,7 @@ from pyro_meta.data.batch import TaskBatch
 from pyro_meta.model import MetaModel, check_batch, observe, task_plate
 from pyro_meta.nn import FunctionalMLP
 
-__all__ = ["GradientBasedModel", "positive_param"]
+__all__ = ["GradientBasedModel", "kl_diag_normal", "positive_param"]
 
 
 def positive_param(value: float, name: str, learn: bool) -> Tuple[torch.Tensor, bool]:
@@ -33,6 +33,15 @@ def positive_param(value: float, name: str, learn: bool) -> Tuple[torch.Tensor, 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return torch.tensor(math.log(float(value))), learn
+
+
+def kl_diag_normal(mu1: torch.Tensor, log_s1: torch.Tensor, mu2: torch.Tensor, log_s2: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu1, diag(s1^2)) || N(mu2, diag(s2^2)))`` summed over the last dim.
+
+    ``sum_p log(s2/s1) + (s1^2 + (mu1 - mu2)^2) / (2 s2^2) - 1/2``.
+    """
+    log_ratio = 2 * (log_s1 - log_s2)
+    return 0.5 * (log_ratio.exp() + (mu1 - mu2) ** 2 * torch.exp(-2 * log_s2) - 1 - log_ratio).sum(-1)
 
 
 class GradientBasedModel(MetaModel):
@@ -62,6 +71,9 @@ class GradientBasedModel(MetaModel):
         Drop second derivatives through the adaptation (first-order approximation).
     """
 
+    #: the prior mean ``theta`` is an ``nn.Parameter`` of its own (BMAML derives it from its particles)
+    owns_theta: bool = True
+
     def __init__(
         self,
         x_dim: int = 1,
@@ -70,7 +82,7 @@ class GradientBasedModel(MetaModel):
         activation: str = "relu",
         prior_scale: float = 0.1,
         learn_prior_scale: bool = False,
-        noise_std: float = 0.1,
+        noise_std: float = 0.5,
         learn_noise: bool = True,
         inner_steps: int = 1,
         eval_inner_steps: int = None,
@@ -84,7 +96,8 @@ class GradientBasedModel(MetaModel):
             hidden = (hidden,)
         self.net = FunctionalMLP((x_dim, *tuple(hidden), y_dim), activation)
         self.num_params = self.net.num_params
-        self.theta = nn.Parameter(self.net.init_params())
+        if self.owns_theta:
+            self.theta = nn.Parameter(self.net.init_params())
         self._register_positive("log_sigma", prior_scale, "prior_scale", learn_prior_scale, shape=(self.num_params,))
         self._register_positive("log_noise", noise_std, "noise_std", learn_noise)
         self.inner_steps = self._check_steps(inner_steps, "inner_steps")
@@ -151,9 +164,9 @@ class GradientBasedModel(MetaModel):
     def sse(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
         """Masked sum of squared errors per task ``sum_n m_n ||f_phi(x_n) - y_n||^2``: ``[..., T]``.
 
-        ``x [T, N, Dx]``, ``y [T, N, Dy]``, ``mask [T, N]``, ``phi [..., T, P]`` or ``[..., T, 1, P]``.
+        ``x [T, N, Dx]``, ``y [T, N, Dy]``, ``mask [T, N]``, flat weights ``phi [..., T, P]``.
         """
-        err = (self.net(x, phi) - y) ** 2
+        err = (self.net(x, phi.unsqueeze(-2)) - y) ** 2
         return (err.sum(-1) * mask.to(err.dtype)).sum(-1)
 
     @staticmethod
@@ -162,7 +175,7 @@ class GradientBasedModel(MetaModel):
         return (mask.sum(-1) * y_dim).clamp_min(1).to(torch.get_default_dtype())
 
     def mse(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        """Masked mean squared error per task: ``[..., T]`` (MAML's task loss)."""
+        """Masked mean squared error per task: ``[..., T]`` (MAML's task loss); ``phi [..., T, P]``."""
         return self.sse(x, y, mask, phi) / self.count(mask, y.shape[-1])
 
     def gaussian_nll(self, sse: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -176,6 +189,26 @@ class GradientBasedModel(MetaModel):
         if not isinstance(self.log_noise, nn.Parameter):
             return sse.new_zeros(())
         return (self.gaussian_nll(sse.detach(), count) / count).mean()
+
+    @staticmethod
+    def task_grad(loss_fn, p: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
+        """``grad_p sum(loss_fn(p))``: every task's own gradient for per-task losses ``[..., T]`` of ``p [..., T, P]``.
+
+        Differentiable (``create_graph``) when ``p`` requires grad; otherwise ``p`` is a fresh
+        leaf and the gradient is detached (inference with frozen parameters).
+        """
+        with torch.enable_grad():
+            tracked = p.requires_grad
+            q = p if tracked else p.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(loss_fn(q).sum(), q, create_graph=create_graph and tracked)
+        return g
+
+    def kl_to_prior(self, mu: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        """``KL(N(mu, diag(s^2)) || N(theta, diag(sigma^2)))`` per task: ``[..., T, P]`` -> ``[..., T]``.
+
+        ``sum_p log(sigma_p / s_p) + (s_p^2 + (mu_p - theta_p)^2) / (2 sigma_p^2) - 1/2``.
+        """
+        return kl_diag_normal(mu, log_scale, self.theta, self.log_sigma)
 
     def extra_repr(self) -> str:
         return f"num_params={self.num_params}, inner_steps={self.inner_steps}, eval_inner_steps={self.eval_inner_steps}"

@@ -1,0 +1,136 @@
+"""``ABML``: amortized Bayesian meta-learning (Ravi & Beatson 2019).
+
+Model: the shared hierarchical model, ``phi_t ~ N(theta, diag(sigma^2))``,
+``y ~ N(f_phi_t(x), noise^2)``, with ``theta``, ``sigma`` and ``noise`` meta-learned.
+
+Guide: a diagonal Gaussian ``q(phi_t) = N(mu_t, diag(s_t^2))`` found by ``K`` steps of SVI on the
+context ELBO, started from the prior ``(mu, log s) = (theta, log sigma)``::
+
+    J_t(mu, log s) = noise^2 / n_t * ( E_q[-log p(y_ctx | phi)] + KL(q || p(phi)) )   (1 reparam. draw)
+    (mu, log s) <- (mu, log s) - (alpha_mu, alpha_s) * grad J_t
+
+(the ``noise^2 / n_t`` factor only rescales the step, so that ``alpha`` is in the units of a
+MAML step on the context MSE whatever the learned noise and set size).
+
+Meta-objective (:meth:`ABML.loss`): the negative ELBO of the *target* set under the adapted
+``q``, with the KL term, per target point: ``(E_q[-log p(y_tgt | phi)] + kl_weight KL(q_K || p)) / n_t``,
+differentiated through the inner steps (second order unless ``first_order``). It meta-learns
+``theta``, ``sigma``, the noise and the inner step sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_meta.data.batch import TaskBatch
+from pyro_meta.model import task_plate
+from pyro_meta.nn import inner_loop
+
+from ._gradient_based import GradientBasedModel, positive_param
+
+__all__ = ["ABML"]
+
+
+class ABML(GradientBasedModel):
+    """Amortized Bayesian meta-learning: a Gaussian guide from ``K`` inner SVI steps.
+
+    Parameters
+    ----------
+    inner_lr, inner_lr_scale : float
+        Initial step sizes ``alpha_mu`` (mean) and ``alpha_s`` (log scale) of the inner SVI steps.
+    learn_inner_lr : bool
+        Meta-learn both step sizes (log-parametrised).
+    inner_steps, eval_inner_steps : int
+        ``K`` at meta-training and at test time.
+    num_inner_samples : int
+        Reparameterised draws per inner step.
+    num_samples : int
+        Draws of ``q_K`` in the meta-objective's expected target log-likelihood.
+    kl_weight : float
+        Weight of ``KL(q || p)`` in the meta-objective (1: the ELBO).
+    prior_scale, noise_std : float
+        Initial prior scale ``sigma`` and noise (both learned unless ``learn_prior_scale`` /
+        ``learn_noise`` are False).
+    **kwargs
+        Base network options of :class:`~pyro_meta.models._gradient_based.GradientBasedModel`.
+    """
+
+    def __init__(
+        self,
+        x_dim: int = 1,
+        y_dim: int = 1,
+        hidden: Sequence[int] = (40, 40),
+        inner_lr: float = 0.02,
+        inner_lr_scale: float = 0.02,
+        learn_inner_lr: bool = True,
+        inner_steps: int = 5,
+        eval_inner_steps: int = None,
+        num_inner_samples: int = 1,
+        num_samples: int = 5,
+        kl_weight: float = 1.0,
+        prior_scale: float = 0.1,
+        learn_prior_scale: bool = True,
+        noise_std: float = 0.5,
+        learn_noise: bool = True,
+        first_order: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, prior_scale=prior_scale,
+                         learn_prior_scale=learn_prior_scale, noise_std=noise_std, learn_noise=learn_noise,
+                         inner_steps=inner_steps, eval_inner_steps=eval_inner_steps, first_order=first_order, **kwargs)
+        for name, value in (("num_inner_samples", num_inner_samples), ("num_samples", num_samples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or kl_weight < 0:
+            raise ValueError(f"kl_weight must be a non-negative number, got {kl_weight!r}")
+        self.num_inner_samples, self.num_samples, self.kl_weight = num_inner_samples, num_samples, float(kl_weight)
+        for attr, value, name in (("log_inner_lr", inner_lr, "inner_lr"), ("log_inner_lr_scale", inner_lr_scale, "inner_lr_scale")):
+            log_lr, learn = positive_param(value, name, learn_inner_lr)
+            if learn:
+                setattr(self, attr, nn.Parameter(log_lr))
+            else:
+                self.register_buffer(attr, log_lr)
+
+    def _draw(self, mu: torch.Tensor, log_scale: torch.Tensor, num: int) -> torch.Tensor:
+        """``num`` reparameterised draws ``mu + s * eps``: ``[T, P] -> [num, T, P]``."""
+        eps = torch.randn((num,) + tuple(mu.shape), dtype=mu.dtype, device=mu.device)
+        return mu + log_scale.exp() * eps
+
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``K`` inner SVI steps on the context ELBO from the prior: ``(mu_K [T, P], log s_K [T, P])``."""
+        steps = self.num_steps if steps is None else steps
+        T, P = x.shape[0], self.num_params
+        count = self.count(mask, y.shape[-1])
+        noise_var = self.noise_std.detach() ** 2  # a step preconditioner: no meta-gradient through it
+
+        def objective(mu, log_scale):
+            sse = self.sse(x, y, mask, self._draw(mu, log_scale, self.num_inner_samples)).mean(0)
+            return (0.5 * sse + noise_var * self.kl_to_prior(mu, log_scale)) / count
+
+        start = (self.theta.expand(T, P), self.log_sigma.expand(T, P))
+        lrs = (self.log_inner_lr.exp(), self.log_inner_lr_scale.exp())
+        return inner_loop(objective, start, steps, lrs, first_order=self.first_order)
+
+    def guide(self, batch: TaskBatch) -> None:
+        """``q(phi_t | context_t) = N(mu_K, diag(s_K^2))`` after ``K`` inner SVI steps from ``(theta, sigma)``."""
+        self.check(batch)
+        mu, log_scale = self.adapt(batch.context_x, batch.context_y, batch.context_mask)
+        with task_plate(batch):
+            pyro.sample("phi", dist.Normal(mu.unsqueeze(-2), log_scale.exp().unsqueeze(-2)).to_event(1))
+
+    def loss(self, batch: TaskBatch) -> torch.Tensor:
+        """Negative target ELBO per target point, ``(E_q[-log p(y_tgt|phi)] + w KL(q_K||p)) / n_t``, mean over tasks."""
+        self.check(batch)
+        if batch.target_y is None or batch.num_points("target") == 0:
+            raise ValueError("batch: ABML's meta-objective needs observed target points (target_y)")
+        mu, log_scale = self.adapt(batch.context_x, batch.context_y, batch.context_mask)
+        phi = self._draw(mu, log_scale, self.num_samples)
+        sse = self.sse(batch.target_x, batch.target_y, batch.target_mask, phi).mean(0)
+        count = self.count(batch.target_mask, batch.y_dim)
+        nll = self.gaussian_nll(sse, count)
+        return ((nll + self.kl_weight * self.kl_to_prior(mu, log_scale)) / count).mean()
