@@ -2,8 +2,9 @@
 
 from .abml import ABML
 from .bayesian_linear import BayesianLinear
+from .bmaml import BMAML
 from .maml import MAML
 from .neural_process import NeuralProcess
 from .platipus import PLATIPUS
 
-__all__ = ["ABML", "BayesianLinear", "MAML", "NeuralProcess", "PLATIPUS"]
+__all__ = ["ABML", "BMAML", "BayesianLinear", "MAML", "NeuralProcess", "PLATIPUS"]

@@ -1,0 +1,151 @@
+"""``BMAML``: Bayesian model-agnostic meta-learning (Kim et al. 2018) with the chaser loss.
+
+Model: the shared hierarchical model, ``phi_t ~ N(theta, diag(sigma^2))``,
+``y ~ N(f_phi_t(x), noise^2)``, where the prior mean ``theta`` is the mean of the ``M``
+meta-learned initial particles ``Theta_0 [M, P]`` and ``sigma`` is learned.
+
+Guide: ``M`` particles per task, moved from ``Theta_0`` by ``K`` SVGD steps
+(:mod:`pyro_meta.svgd`, RBF kernel, median bandwidth) towards ``p(phi_t | context_t)``;
+``q(phi_t)`` is the uniform mixture of point masses at the particles (a draw picks one
+particle per task through the auxiliary site ``"particle"``).
+
+Meta-objective (:meth:`BMAML.loss`, the chaser loss): the *chaser* ``Theta_t^K`` = ``K`` SVGD
+steps on the context; the *leader* = ``leader_steps`` further SVGD steps from the chaser on
+context + target (no gradient); loss ``1/M sum_m ||Theta_chaser,m - stopgrad(Theta_leader,m)||^2``,
+mean over tasks, differentiated through the chaser's SVGD steps (second order unless
+``first_order``). The SVGD step size of task ``t`` is ``lr * noise^2 / n_t`` (a per-task step size;
+the target density is the exact posterior; the leader's step is held fixed, so the loss cannot
+shrink it to zero). The noise enters SVGD as a constant and is fit to the chaser particles' target
+residuals by maximum likelihood (a zero-valued term, as in :class:`MAML`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_meta.data.batch import TaskBatch
+from pyro_meta.model import task_plate
+from pyro_meta.svgd import svgd
+
+from ._gradient_based import GradientBasedModel, positive_param
+
+__all__ = ["BMAML"]
+
+
+class BMAML(GradientBasedModel):
+    """Bayesian MAML: ``M`` SVGD particles per task from ``M`` meta-learned initial particles.
+
+    Parameters
+    ----------
+    num_particles : int
+        ``M`` (5 in Kim et al.'s regression experiments).
+    svgd_lr : float
+        Initial SVGD step ``lr`` (learned unless ``learn_svgd_lr=False``); the step of task ``t``
+        is ``lr * noise^2 / n_t``.
+    inner_steps, eval_inner_steps : int
+        SVGD steps ``K`` of the chaser (training) and of the guide at test time.
+    leader_steps : int
+        Extra SVGD steps of the leader on context + target.
+    prior_scale : float
+        Initial prior scale ``sigma`` (learned unless ``learn_prior_scale=False``).
+    **kwargs
+        Base network and noise options of :class:`~pyro_meta.models._gradient_based.GradientBasedModel`.
+    """
+
+    owns_theta = False
+
+    def __init__(
+        self,
+        x_dim: int = 1,
+        y_dim: int = 1,
+        hidden: Sequence[int] = (40, 40),
+        num_particles: int = 5,
+        svgd_lr: float = 0.05,
+        learn_svgd_lr: bool = True,
+        inner_steps: int = 1,
+        eval_inner_steps: int = None,
+        leader_steps: int = 1,
+        prior_scale: float = 0.1,
+        learn_prior_scale: bool = True,
+        first_order: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, prior_scale=prior_scale,
+                         learn_prior_scale=learn_prior_scale, inner_steps=inner_steps,
+                         eval_inner_steps=eval_inner_steps, first_order=first_order, **kwargs)
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+        self.num_particles = num_particles
+        self.leader_steps = self._check_steps(leader_steps, "leader_steps")
+        self.particles = nn.Parameter(self.net.init_params(num_particles))
+        log_lr, learn = positive_param(svgd_lr, "svgd_lr", learn_svgd_lr)
+        if learn:
+            self.log_svgd_lr = nn.Parameter(log_lr)
+        else:
+            self.register_buffer("log_svgd_lr", log_lr)
+
+    @property
+    def theta(self) -> torch.Tensor:
+        """Prior mean ``[P]``: the mean of the initial particles."""
+        return self.particles.mean(0)
+
+    def log_posterior(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor):
+        """``log p(y | x, phi) + log p(phi)`` up to a constant, as a function of particles ``[T, M, P] -> [T, M]``."""
+        noise_var = self.noise_std.detach() ** 2  # the noise is fit by maximum likelihood only
+
+        def log_prob(particles: torch.Tensor) -> torch.Tensor:
+            sse = self.sse(x, y, mask, particles.transpose(0, 1)).transpose(0, 1)  # [T, M]
+            log_prior = -0.5 * (((particles - self.theta) / self.sigma) ** 2).sum(-1)
+            return -0.5 * sse / noise_var + log_prior
+
+        return log_prob
+
+    def move(self, particles: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int,
+             create_graph: bool = None, leader: bool = False) -> torch.Tensor:
+        """``steps`` SVGD steps of ``particles [T, M, P]`` towards ``p(phi_t | x_t, y_t)``."""
+        lr = self.log_svgd_lr.exp()
+        if leader:
+            lr = lr.detach()  # the leader's step is a target, not a path for the meta-gradient
+        step = (lr * self.noise_std.detach() ** 2 / self.count(mask, y.shape[-1]))[:, None, None]
+        return svgd(particles, self.log_posterior(x, y, mask), steps, step, create_graph=create_graph)
+
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int = None,
+              create_graph: bool = None) -> torch.Tensor:
+        """Particles ``[T, M, P]`` after ``K`` SVGD steps on the context from ``Theta_0``."""
+        steps = self.num_steps if steps is None else steps
+        start = self.particles.expand(x.shape[0], self.num_particles, self.num_params)
+        if create_graph is None:
+            create_graph = torch.is_grad_enabled() and self.particles.requires_grad and not self.first_order
+        return self.move(start, x, y, mask, steps, create_graph)
+
+    def guide(self, batch: TaskBatch) -> None:
+        """``q(phi_t | context_t)``: a uniformly drawn one of the task's ``M`` SVGD particles."""
+        self.check(batch)
+        T = batch.num_tasks
+        particles = self.adapt(batch.context_x, batch.context_y, batch.context_mask,
+                               create_graph=None if self.training else False)
+        with task_plate(batch):
+            k = pyro.sample("particle", dist.Categorical(logits=particles.new_zeros(self.num_particles)),
+                            infer={"is_auxiliary": True})  # [..., T, 1]
+            phi = particles[torch.arange(T, device=k.device).unsqueeze(-1), k]  # [..., T, 1, P]
+            pyro.sample("phi", dist.Delta(phi, event_dim=1))
+
+    def loss(self, batch: TaskBatch) -> torch.Tensor:
+        """Chaser loss ``1/M sum_m ||chaser_m - stopgrad(leader_m)||^2``, mean over tasks."""
+        self.check(batch)
+        if batch.target_y is None or batch.num_points("target") == 0:
+            raise ValueError("batch: BMAML's chaser loss needs observed target points (target_y)")
+        chaser = self.adapt(batch.context_x, batch.context_y, batch.context_mask)
+        x, y, m = batch.observed()
+        with torch.no_grad():
+            leader = self.move(chaser.detach(), x, y, m, self.leader_steps, create_graph=False, leader=True)
+        chase = ((chaser - leader) ** 2).sum(-1).mean(-1).mean()
+        sse = self.sse(batch.target_x, batch.target_y, batch.target_mask, chaser.transpose(0, 1))  # [M, T]
+        count = self.count(batch.target_mask, batch.y_dim)
+        noise = self.noise_fit_loss(sse, count)
+        return chase + (noise - noise.detach())
