@@ -1,0 +1,398 @@
+"""``evaluate``: one tidy table of predictive metrics per model x inference method x context size.
+
+Every model and method is scored on the *same* tasks: for each context size the evaluation batch
+is drawn from ``tasks`` with a ``torch.Generator`` seeded by ``seed`` (so, for families that draw
+the task parameters first, the context sizes share the task parameters too), and every inference
+run is seeded by ``seed`` as well: two calls with the same model and seed give identical numbers
+(apart from ``seconds``).
+
+Regression rows (``T`` tasks, ``Nt`` target points, ``lp_tn = log p(y_tn | context_t)``):
+
+* ``nll`` -- mean negative log predictive density per real target point,
+  ``-sum_tn lp_tn / sum_t n_t``; ``nll_se`` its standard error over tasks (ratio estimator,
+  ``sqrt(sum_t (s_t - nll n_t)^2 / (T (T - 1))) / mean_t n_t`` with ``s_t = -sum_n lp_tn``);
+* ``mse`` (of the predictive mean) and ``mse_se``, ``crps`` (energy form over the draws),
+  ``coverage_50`` / ``coverage_90`` (central predictive intervals);
+* with an ``oracle``: ``nll_gap = nll - nll_oracle`` on the same tasks and its paired standard
+  error ``nll_gap_se`` (the same ratio estimator on per-task differences);
+* ``seconds`` -- wall time of ``infer`` plus the predictive; for MCMC ``divergences`` (all
+  chains), ``min_ess`` and ``max_r_hat`` over tasks; for importance sampling ``min_ess``
+  (importance ESS).
+
+Classification rows (``context_y``/``target_y`` long class labels) carry ``nll``, ``nll_se``,
+``accuracy``, ``ece`` and ``brier`` instead of the regression metrics; the class probabilities
+are the predictive's ``p(y = c | context)`` for ``c < num_classes`` (``model.num_classes``, or the
+largest label seen plus one).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import numbers
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+from . import metrics
+from .data.batch import TaskBatch
+from .inference import METHODS, infer
+from .model import MetaModel
+
+__all__ = ["EvaluationTable", "evaluate"]
+
+#: column order of the tables (columns a table lacks are left out)
+COLUMNS = (
+    "model", "method", "num_context", "num_tasks", "nll", "nll_se", "nll_gap", "nll_gap_se", "mse", "mse_se",
+    "crps", "coverage_50", "coverage_90", "accuracy", "ece", "brier", "seconds", "divergences", "min_ess",
+    "max_r_hat",
+)
+ORACLE = "oracle"
+
+
+class EvaluationTable:
+    """A tidy table: one row (a dict) per model x method x context size.
+
+    Parameters
+    ----------
+    rows : iterable of dict
+        Column name -> value (str, int or float); rows may lack columns (shown empty).
+    """
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]] = ()) -> None:
+        self.rows: List[Dict[str, Any]] = [dict(r) for r in rows]
+
+    @property
+    def columns(self) -> List[str]:
+        """Every column some row has: the known ones in :data:`COLUMNS` order, then the others."""
+        seen = {k for r in self.rows for k in r}
+        extra = sorted(seen.difference(COLUMNS))
+        return [c for c in COLUMNS if c in seen] + extra
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return iter(self.rows)
+
+    def __add__(self, other: "EvaluationTable") -> "EvaluationTable":
+        if not isinstance(other, EvaluationTable):
+            return NotImplemented
+        return EvaluationTable(self.rows + other.rows)
+
+    def select(self, **where: Any) -> "EvaluationTable":
+        """Rows whose columns equal the given values, e.g. ``table.select(method="nuts")``."""
+        return EvaluationTable(r for r in self.rows if all(r.get(k) == v for k, v in where.items()))
+
+    def column(self, name: str) -> List[Any]:
+        """The values of one column (``None`` where a row lacks it)."""
+        return [r.get(name) for r in self.rows]
+
+    def beating_oracle(self, metric: str = "nll", num_se: float = 2.0) -> "EvaluationTable":
+        """Rows that beat the oracle row of their context size by more than ``num_se`` standard errors.
+
+        For ``"nll"`` the paired gap is used (``nll_gap < -num_se * nll_gap_se``); for ``"mse"``
+        ``mse < mse_oracle - num_se * mse_se``. An empty table means no model beats the oracle
+        beyond sampling noise (the oracle is the Bayes-optimal predictive, so none should).
+        """
+        if metric not in ("nll", "mse"):
+            raise ValueError(f"metric must be 'nll' or 'mse', got {metric!r}")
+        oracles = {r["num_context"]: r for r in self.rows if r.get("method") == ORACLE}
+        out = []
+        for r in self.rows:
+            o = oracles.get(r.get("num_context"))
+            if r.get("method") == ORACLE or o is None:
+                continue
+            if metric == "nll" and r.get("nll_gap") is not None:
+                bad = r["nll_gap"] < -num_se * r["nll_gap_se"]
+            else:
+                bad = r[metric] < o[metric] - num_se * r[f"{metric}_se"]
+            if bad:
+                out.append(r)
+        return EvaluationTable(out)
+
+    # ----------------------------------------------------------------------------- export
+    def to_markdown(self, columns: Optional[Sequence[str]] = None, digits: int = 3) -> str:
+        """A GitHub markdown table; floats with ``digits`` significant decimals, missing values empty."""
+        cols = list(columns) if columns is not None else self.columns
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if c in ("model", "method") else "---:" for c in cols) + "|"]
+        for r in self.rows:
+            lines.append("| " + " | ".join(_fmt(r.get(c), digits) for c in cols) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self, path: Union[str, os.PathLike]) -> None:
+        """Write the table as CSV (header = :attr:`columns`, full float precision)."""
+        cols = self.columns
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            for r in self.rows:
+                w.writerow({c: r.get(c, "") for c in cols})
+
+    def to_pandas(self):
+        """A ``pandas.DataFrame`` of the rows (pandas is optional: ``ImportError`` without it)."""
+        try:
+            import pandas as pd
+        except ImportError as err:  # pragma: no cover - pandas comes with arviz
+            raise ImportError("EvaluationTable.to_pandas needs pandas (pip install pandas)") from err
+        return pd.DataFrame(self.rows, columns=self.columns)
+
+    def __repr__(self) -> str:
+        return f"EvaluationTable({len(self.rows)} rows, columns={self.columns})"
+
+
+def _fmt(v: Any, digits: int) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool) or isinstance(v, numbers.Integral):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 10 ** -digits):
+            return f"{v:.{digits}g}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------------- scoring
+def _ratio_se(per_task_sum: torch.Tensor, counts: torch.Tensor) -> Dict[str, float]:
+    """Pooled mean ``sum s_t / sum n_t`` and its standard error over tasks (ratio estimator)."""
+    s, n = per_task_sum.double(), counts.double()
+    mean = s.sum() / n.sum()
+    T = s.shape[0]
+    se = ((s - mean * n).pow(2).sum() / (T * (T - 1))).sqrt() / n.mean() if T > 1 else torch.tensor(float("nan"))
+    return {"mean": float(mean), "se": float(se)}
+
+
+def _regression_scores(lp: torch.Tensor, mean: torch.Tensor, draws: torch.Tensor, batch: TaskBatch) -> Dict[str, Any]:
+    """Metrics of a regression predictive: ``lp [T, Nt]`` (padded 0), ``mean [T, Nt, Dy]``, ``draws [S, T, Nt, Dy]``."""
+    y, m = batch.target_y, batch.target_mask
+    counts = m.sum(-1)
+    nll = _ratio_se(-(lp.double() * m).sum(-1), counts)
+    sq = ((mean.double() - y.double()) ** 2).mean(-1) * m
+    err = _ratio_se(sq.sum(-1), counts)
+    return {
+        "nll": nll["mean"], "nll_se": nll["se"], "mse": err["mean"], "mse_se": err["se"],
+        "crps": metrics.crps(draws, y, m), "coverage_50": metrics.coverage(draws, y, m, 0.5),
+        "coverage_90": metrics.coverage(draws, y, m, 0.9),
+    }
+
+
+def _classification_scores(log_probs: torch.Tensor, batch: TaskBatch) -> Dict[str, Any]:
+    """Metrics from ``log_probs [T, Nt, K]`` (``log p(y = c | context)``, padded points arbitrary)."""
+    y, m = batch.target_y, batch.target_mask
+    probs = torch.softmax(log_probs.double(), -1)  # renormalise over the K classes scored
+    lp = torch.gather(log_probs.double(), -1, y.clamp_min(0)[..., None])[..., 0] * m
+    nll = _ratio_se(-lp.sum(-1), m.sum(-1))
+    ece, _ = metrics.expected_calibration_error(probs, y, m)
+    return {"nll": nll["mean"], "nll_se": nll["se"], "accuracy": metrics.accuracy(probs, y, m),
+            "ece": ece, "brier": metrics.brier_score(probs, y, m)}
+
+
+def _class_log_probs(log_prob: Callable[[torch.Tensor], torch.Tensor], batch: TaskBatch, num_classes: int) -> torch.Tensor:
+    """``[T, Nt, K]`` from a pointwise ``log_prob(labels [T, Nt]) -> [T, Nt]``, one class at a time."""
+    shape = batch.target_mask.shape
+    return torch.stack([log_prob(torch.full(shape, c, dtype=torch.long)) for c in range(num_classes)], -1)
+
+
+def _num_classes(model: Any, batch: TaskBatch) -> int:
+    k = getattr(model, "num_classes", None)
+    if isinstance(k, int) and k > 1:
+        return k
+    return int(max(batch.context_y.max(), batch.target_y.max())) + 1
+
+
+def _per_task_nll(lp: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+    return -(lp.double() * batch.target_mask).sum(-1)
+
+
+def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: int, seed: int,
+                  options: Mapping[str, Any]) -> tuple:
+    t0 = time.perf_counter()
+    post = infer(model, batch, method=method, num_samples=num_samples, seed=seed, **options)
+    pred = post.predict()
+    if batch.is_classification:
+        log_probs = _class_log_probs(pred.log_prob, batch, _num_classes(model, batch))
+        lp = torch.gather(log_probs, -1, batch.target_y.clamp_min(0)[..., None])[..., 0]
+        row = _classification_scores(log_probs, batch)
+    else:
+        lp = pred.log_prob(batch.target_y)
+        row = _regression_scores(lp, pred.mean, pred.flat, batch)
+    row["seconds"] = time.perf_counter() - t0
+    d = post.diagnostics
+    if method in ("nuts", "hmc"):
+        row["divergences"] = int(torch.as_tensor(d["divergences"]).sum())
+        row["min_ess"] = float(d["ess"].min())
+        row["max_r_hat"] = float(d["r_hat"].max())
+    elif method == "importance":
+        row["min_ess"] = float(d["ess"].min())
+    return row, _per_task_nll(lp, batch)
+
+
+def _score_oracle(oracle: Any, batch: TaskBatch, num_samples: int, seed: int) -> tuple:
+    t0 = time.perf_counter()
+    lp = oracle.log_prob(batch)
+    if batch.is_classification:
+        row = _classification_scores(_class_log_probs(
+            lambda y: oracle.log_prob(batch.replace(target_y=y)), batch, _num_classes(oracle, batch)), batch)
+    else:
+        mean, _ = oracle.predict(batch)
+        draws = oracle.sample(batch, num_samples, generator=torch.Generator().manual_seed(seed))
+        row = _regression_scores(lp, mean, draws, batch)
+    row["seconds"] = time.perf_counter() - t0
+    return row, _per_task_nll(lp, batch)
+
+
+# ------------------------------------------------------------------------------ arguments
+def _check_models(model: Any) -> Dict[str, MetaModel]:
+    if isinstance(model, MetaModel):
+        items = [(type(model).__name__, model)]
+    elif isinstance(model, Mapping):
+        items = list(model.items())
+    elif isinstance(model, (list, tuple)):
+        items = [(type(m).__name__, m) for m in model]
+    else:
+        raise TypeError(f"model must be a pyro_meta.MetaModel, a list of them or a dict name -> model, got {type(model).__name__}")
+    out: Dict[str, MetaModel] = {}
+    for name, m in items:
+        if not isinstance(m, MetaModel):
+            raise TypeError(f"model {name!r} must be a pyro_meta.MetaModel, got {type(m).__name__}")
+        base, k = str(name), 2
+        while name in out:
+            name, k = f"{base}_{k}", k + 1
+        out[str(name)] = m
+    if not out and model is not None:
+        raise ValueError("model: no model to evaluate")
+    return out
+
+
+def _check_sizes(num_context: Union[int, Sequence[int]]) -> List[int]:
+    sizes = [num_context] if isinstance(num_context, numbers.Integral) and not isinstance(num_context, bool) else num_context
+    if not isinstance(sizes, (list, tuple)) or not sizes or any(
+        isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in sizes
+    ):
+        raise ValueError(f"num_context must be a positive int or a non-empty list of them, got {num_context!r}")
+    return [int(k) for k in sizes]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def evaluate(
+    model: Union[MetaModel, Sequence[MetaModel], Mapping[str, MetaModel], None],
+    tasks: Any,
+    methods: Sequence[str] = ("amortized",),
+    num_tasks: int = 100,
+    num_context: Union[int, Sequence[int]] = 5,
+    num_target: int = 50,
+    seed: int = 0,
+    method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    oracle: Any = None,
+    num_samples: int = 200,
+    progress: bool = False,
+) -> EvaluationTable:
+    """Score models x inference methods x context sizes on the same seeded tasks.
+
+    Parameters
+    ----------
+    model : MetaModel, list of them, dict ``name -> MetaModel``, or None (oracle only)
+        Trained models (their parameters are held fixed; ``infer`` sets eval mode).
+    tasks : task distribution
+        ``tasks.sample(num_tasks, num_context, num_target, generator=)`` -> ``TaskBatch``.
+    methods : sequence of str
+        ``infer`` methods (``"amortized"``, ``"svi"``, ``"importance"``, ``"nuts"``, ...).
+    num_tasks, num_target : int
+        Tasks per context size and target points per task.
+    num_context : int or list of int
+        Context sizes; one row per model x method x size.
+    seed : int
+        Seeds the task draws (a fresh ``torch.Generator(seed)`` per context size), every
+        ``infer`` call and the oracle's draws.
+    method_options : dict ``method -> dict``, optional
+        Keyword arguments of ``infer`` per method, e.g. ``{"nuts": {"num_warmup": 200}}``.
+    oracle : object, optional
+        Adds a row (``method="oracle"``) per context size: an object with ``log_prob(batch) ->
+        [T, Nt]``, ``predict(batch) -> (mean, var)`` and ``sample(batch, num_samples, generator)
+        -> [S, T, Nt, Dy]`` (e.g. :class:`pyro_meta.GPOracle`); model rows then carry ``nll_gap``.
+    num_samples : int
+        Posterior draws per chain (and oracle predictive draws).
+    progress : bool
+        Show a tqdm bar over the runs.
+
+    Returns
+    -------
+    EvaluationTable
+        Oracle row first, then models in order, methods in order, for each context size.
+    """
+    models = _check_models(model) if model is not None else {}
+    if not callable(getattr(tasks, "sample", None)):
+        raise TypeError(
+            f"tasks must be a task distribution with .sample(num_tasks, num_context, num_target, generator=), "
+            f"got {type(tasks).__name__}"
+        )
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = list(methods)
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"methods must be among {METHODS}, got {bad}")
+    if models and not methods:
+        raise ValueError("methods is empty: name at least one inference method")
+    options = dict(method_options or {})
+    stray = sorted(set(options).difference(METHODS))
+    if stray:
+        raise ValueError(f"method_options names unknown methods {stray} (methods are {METHODS})")
+    for k, v in options.items():
+        if not isinstance(v, Mapping):
+            raise TypeError(f"method_options[{k!r}] must be a dict of infer keyword arguments, got {type(v).__name__}")
+    if oracle is not None:
+        missing = [a for a in ("log_prob", "predict", "sample") if not callable(getattr(oracle, a, None))]
+        if missing:
+            raise TypeError(f"oracle must have log_prob(batch), predict(batch) and sample(...): lacks {missing}")
+    if not models and oracle is None:
+        raise ValueError("nothing to evaluate: pass a model or an oracle")
+    sizes = _check_sizes(num_context)
+    num_tasks = _positive_int("num_tasks", num_tasks)
+    num_target = _positive_int("num_target", num_target)
+    num_samples = _positive_int("num_samples", num_samples)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+
+    runs = len(sizes) * (len(models) * len(methods) + (oracle is not None))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=runs, desc="evaluate")
+    rows: List[Dict[str, Any]] = []
+    try:
+        for nc in sizes:
+            batch = tasks.sample(num_tasks, nc, num_target, generator=torch.Generator().manual_seed(int(seed)))
+            if not isinstance(batch, TaskBatch) or batch.target_y is None:
+                raise TypeError("tasks.sample(...) must return a TaskBatch with target_y")
+            head = {"num_context": nc, "num_tasks": num_tasks}
+            ref = None
+            if oracle is not None:
+                row, ref = _score_oracle(oracle, batch, num_samples, int(seed))
+                rows.append({"model": type(oracle).__name__, "method": ORACLE, **head, **row})
+                if bar is not None:
+                    bar.update(1)
+            for name, m in models.items():
+                for method in methods:
+                    row, task_nll = _score_method(m, batch, method, num_samples, int(seed), options.get(method, {}))
+                    if ref is not None:
+                        gap = _ratio_se(task_nll - ref, batch.target_mask.sum(-1))
+                        row["nll_gap"], row["nll_gap_se"] = gap["mean"], gap["se"]
+                    rows.append({"model": name, "method": method, **head, **row})
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return EvaluationTable(rows)
