@@ -7,10 +7,13 @@ Guide: a diagonal Gaussian ``q(phi_t) = N(mu_t, diag(s_t^2))`` found by ``K`` st
 context ELBO, started from the prior ``(mu, log s) = (theta, log sigma)``::
 
     J_t(mu, log s) = noise^2 / n_t * ( E_q[-log p(y_ctx | phi)] + KL(q || p(phi)) )   (1 reparam. draw)
-    (mu, log s) <- (mu, log s) - (alpha_mu, alpha_s) * grad J_t
+    log s <- log s - alpha_s grad_{log s} J_t
+    mu    <- prox(mu - alpha_mu grad_mu E-term),  prox(v) = (v + a theta) / (1 + a),  a = alpha_mu noise^2 / (n_t sigma^2)
 
 (the ``noise^2 / n_t`` factor only rescales the step, so that ``alpha`` is in the units of a
-MAML step on the context MSE whatever the learned noise and set size).
+MAML step on the context MSE whatever the learned noise and set size). The KL's quadratic
+mean term ``(mu - theta)^2 / (2 sigma^2)`` is taken by its exact proximal step: its curvature grows
+as ``1 / sigma^2``, and a plain gradient step on it diverges once the learned ``sigma`` is small.
 
 Meta-objective (:meth:`ABML.loss`): the negative ELBO of the *target* set under the adapted
 ``q``, with the KL term, per target point: ``(E_q[-log p(y_tgt | phi)] + kl_weight KL(q_K || p)) / n_t``,
@@ -108,13 +111,20 @@ class ABML(GradientBasedModel):
         count = self.count(mask, y.shape[-1])
         noise_var = self.noise_std.detach() ** 2  # a step preconditioner: no meta-gradient through it
 
-        def objective(mu, log_scale):
+        def explicit(mu, log_scale):
             sse = self.sse(x, y, mask, self._draw(mu, log_scale, self.num_inner_samples)).mean(0)
-            return (0.5 * sse + noise_var * self.kl_to_prior(mu, log_scale)) / count
+            log_ratio = 2 * (log_scale - self.log_sigma)
+            kl_scale = 0.5 * (log_ratio.exp() - 1 - log_ratio).sum(-1)
+            return (0.5 * sse + noise_var * kl_scale) / count
 
-        start = (self.theta.expand(T, P), self.log_sigma.expand(T, P))
-        lrs = (self.log_inner_lr.exp(), self.log_inner_lr_scale.exp())
-        return inner_loop(objective, start, steps, lrs, first_order=self.first_order)
+        lr_mu, lr_scale = self.log_inner_lr.exp(), self.log_inner_lr_scale.exp()
+        # curvature of the KL's mean term, noise^2 / (n sigma^2): the prox step below is stable for any sigma
+        damp = lr_mu * noise_var / count[:, None] / self.sigma**2  # [T, P]
+        mu, log_scale = self.theta.expand(T, P), self.log_sigma.expand(T, P)
+        for _ in range(steps):
+            v, log_scale = inner_loop(explicit, (mu, log_scale), 1, (lr_mu, lr_scale), first_order=self.first_order)
+            mu = (v + damp * self.theta) / (1 + damp)
+        return mu, log_scale
 
     def guide(self, batch: TaskBatch) -> None:
         """``q(phi_t | context_t) = N(mu_K, diag(s_K^2))`` after ``K`` inner SVI steps from ``(theta, sigma)``."""

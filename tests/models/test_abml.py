@@ -1,5 +1,7 @@
 """ABML: the contract; the inner SVI step and the target ELBO against independent computations."""
 
+import math
+
 import pyro
 import pytest
 import torch
@@ -25,18 +27,26 @@ def test_kl_matches_torch_distributions(generator):
     assert_close(kl_diag_normal(m1, s1, m2, s2), ref, atol=1e-5, what="KL")
 
 
-def test_first_inner_step_is_a_context_gradient_step(generator):
-    """From the prior the KL gradient is 0, so with sigma -> 0 the mean moves by -alpha grad (MSE / 2)."""
-    model = ABML(hidden=(6,), prior_scale=1e-6, inner_lr=0.05, inner_steps=1)
+def test_first_inner_step_matches_a_per_task_reference(generator):
+    """Explicit step on E[MSE / 2] (log s and mu), then the exact prox step of the KL mean term on mu."""
+    model = ABML(hidden=(6,), prior_scale=0.05, noise_std=0.4, inner_lr=0.05, inner_lr_scale=0.3, inner_steps=1)
     batch = Sinusoid().sample(3, (2, 5), 4, generator=generator)
+    torch.manual_seed(3)
     mu, log_s = model.adapt(batch.context_x, batch.context_y, batch.context_mask)
+    torch.manual_seed(3)
+    eps = torch.randn(1, 3, model.num_params)[0]
+    sigma, theta = 0.05, model.theta.detach()
     for t in range(3):
         m = batch.context_mask[t]
-        theta = model.theta.detach().clone().requires_grad_(True)
-        pred = model.net(batch.context_x[t][m][None], theta[None])[0]
-        (g,) = torch.autograd.grad(0.5 * ((pred - batch.context_y[t][m]) ** 2).mean(), theta)
-        assert_close(mu[t].detach(), theta.detach() - 0.05 * g, atol=1e-5, what=f"mu_1 task {t}")
-    assert_close(log_s.detach(), model.log_sigma.detach().expand(3, -1), atol=1e-4, what="log s_1")
+        n = int(m.sum())
+        phi = (theta + sigma * eps[t]).requires_grad_(True)
+        pred = model.net(batch.context_x[t][m][None], phi[None])[0]
+        (g,) = torch.autograd.grad(0.5 * ((pred - batch.context_y[t][m]) ** 2).mean(), phi)
+        a = 0.05 * 0.4**2 / (n * sigma**2)
+        assert_close(mu[t].detach(), (theta - 0.05 * g + a * theta) / (1 + a), atol=1e-5, what=f"mu_1 task {t}")
+        # d/d log s of E-term = g * eps * s; the KL scale term has zero gradient at log s = log sigma
+        expected = torch.full_like(theta, math.log(sigma)) - 0.3 * g * eps[t] * sigma
+        assert_close(log_s[t].detach(), expected, atol=1e-5, what=f"log s_1 task {t}")
 
 
 def test_loss_is_the_target_nll_per_point_without_adaptation(generator):
