@@ -13,8 +13,10 @@ Meta-objective (:meth:`BMAML.loss`, the chaser loss): the *chaser* ``Theta_t^K``
 steps on the context; the *leader* = ``leader_steps`` further SVGD steps from the chaser on
 context + target (no gradient); loss ``1/M sum_m ||Theta_chaser,m - stopgrad(Theta_leader,m)||^2``,
 mean over tasks, differentiated through the chaser's SVGD steps (second order unless
-``first_order``). The SVGD step size of task ``t`` is ``lr * noise^2 / n_t`` (a per-task step size;
-the target density is the exact posterior; the leader's step is held fixed, so the loss cannot
+``first_order``). The SVGD step of task ``t`` and weight ``p`` is ``e / (1 + e / sigma_p^2)`` with
+``e = lr * noise^2 / n_t`` (a constant diagonal preconditioner, i.e. SVGD with the matrix-valued
+kernel ``D k(x, y)``: the target density is still the exact posterior, and the step stays stable
+for any learned ``sigma``; the leader's step is held fixed, so the loss cannot
 shrink it to zero). The noise enters SVGD as a constant and is fit to the chaser particles' target
 residuals by maximum likelihood (a zero-valued term, as in :class:`MAML`).
 """
@@ -111,7 +113,10 @@ class BMAML(GradientBasedModel):
         lr = self.log_svgd_lr.exp()
         if leader:
             lr = lr.detach()  # the leader's step is a target, not a path for the meta-gradient
-        step = (lr * self.noise_std.detach() ** 2 / self.count(mask, y.shape[-1]))[:, None, None]
+        base = (lr * self.noise_std.detach() ** 2 / self.count(mask, y.shape[-1]))[:, None, None]  # [T, 1, 1]
+        # a constant diagonal preconditioner (SVGD with the matrix kernel D k(x, y)): it damps the prior's
+        # curvature 1 / sigma^2, so that the step stays stable however small the learned sigma becomes
+        step = base / (1 + base / self.sigma**2)  # [T, 1, P]
         return svgd(particles, self.log_posterior(x, y, mask), steps, step, create_graph=create_graph)
 
     def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int = None,

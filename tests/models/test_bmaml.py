@@ -48,7 +48,8 @@ def test_one_chaser_step_is_an_svgd_step_on_the_context(generator):
         p = start.clone().requires_grad_(True)
         lp = sum(_log_post(model, batch.context_x[t][m], batch.context_y[t][m], p[k]) for k in range(4))
         (score,) = torch.autograd.grad(lp, p)
-        step = 0.1 * model.noise_std.detach() ** 2 / int(m.sum())
+        base = 0.1 * model.noise_std.detach() ** 2 / int(m.sum())
+        step = base / (1 + base / model.sigma.detach() ** 2)  # the diagonal preconditioner, per weight
         assert_close(out[t], start + step * svgd_direction(start, score), atol=1e-5, rtol=1e-4, what=f"task {t}")
 
 
