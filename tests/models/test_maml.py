@@ -126,3 +126,24 @@ def test_bad_arguments_raise(generator):
         MAML(hidden=(4,)).loss("not a batch")
     with pytest.raises(ValueError, match="target"):
         MAML(hidden=(4,)).loss(Sinusoid().sample(2, 3, 3, generator=generator).context_only())
+
+
+@pytest.mark.parametrize("name", ["MAML", "ABML", "BMAML", "PLATIPUS"])
+def test_family_exports_to_arviz_with_pointwise_log_likelihood(generator, name):
+    """to_arviz on the shared phi model: named dims, and y_context's log-likelihood by hand."""
+    import pyro_meta.models as zoo
+
+    model = getattr(zoo, name)(hidden=(4,), inner_steps=1)
+    batch = Sinusoid(noise_std=0.1).sample(2, (2, 3), 4, generator=generator)
+    post = infer(model, batch, method="amortized", num_samples=5, seed=0)
+    idata = post.to_arviz()
+    assert idata.posterior["phi"].dims == ("chain", "draw", "task", "phi_dim_0")
+    assert idata.posterior["phi"].shape == (1, 5, 2, model.num_params)
+    assert idata.posterior_predictive["y_target"].shape[:4] == (1, 5, 2, 4)
+    phi = post.samples["phi"][0]  # [S, T, P]
+    with torch.no_grad():
+        mean = model.net(batch.context_x, phi.unsqueeze(-2))  # [S, T, Nc, 1]
+        lp = torch.distributions.Normal(mean, model.noise_std).log_prob(batch.context_y)[..., 0]
+    expected = lp[:, batch.context_mask]  # [S, real context points], task-major order
+    actual = torch.as_tensor(idata.log_likelihood["y_context"].values[0])
+    assert_close(actual, expected, atol=1e-4, what="pointwise log-likelihood")
