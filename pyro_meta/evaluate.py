@@ -211,6 +211,8 @@ def _per_task_nll(lp: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
 
 def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: int, seed: int,
                   options: Mapping[str, Any]) -> tuple:
+    options = dict(options)
+    num_samples = options.pop("num_samples", num_samples)
     t0 = time.perf_counter()
     post = infer(model, batch, method=method, num_samples=num_samples, seed=seed, **options)
     pred = post.predict()
@@ -315,7 +317,8 @@ def evaluate(
         Seeds the task draws (a fresh ``torch.Generator(seed)`` per context size), every
         ``infer`` call and the oracle's draws.
     method_options : dict ``method -> dict``, optional
-        Keyword arguments of ``infer`` per method, e.g. ``{"nuts": {"num_warmup": 200}}``.
+        Keyword arguments of ``infer`` per method, e.g. ``{"nuts": {"num_warmup": 200}}``; a
+        ``num_samples`` there overrides the common one for that method.
     oracle : object, optional
         Adds a row (``method="oracle"``) per context size: an object with ``log_prob(batch) ->
         [T, Nt]``, ``predict(batch) -> (mean, var)`` and ``sample(batch, num_samples, generator)

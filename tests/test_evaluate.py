@@ -218,6 +218,16 @@ def test_bad_inputs_raise():
         evaluate(None, tasks)
 
 
+def test_method_options_can_set_num_samples_per_method(linear):
+    tasks, model = linear
+    table = evaluate(model, tasks, methods=["amortized", "importance"], num_tasks=3, num_context=2, num_target=4,
+                     num_samples=10, method_options={"importance": {"num_samples": 30, "num_proposals": 100}})
+    post = pyro_meta.infer(model, tasks.sample(3, 2, 4, generator=torch.Generator().manual_seed(0)),
+                           method="importance", num_samples=30, num_proposals=100, seed=0)
+    assert_close(torch.tensor(table.rows[1]["crps"]), torch.tensor(metrics.crps(
+        post.predict().samples, post.batch.target_y, post.batch.target_mask)), atol=1e-9, what="crps with 30 draws")
+
+
 def test_table_exports_and_names(tmp_path, linear):
     tasks, model = linear
     twin = BayesianLinear()
