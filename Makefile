@@ -26,5 +26,11 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pyro-meta demo
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --out docs
+
+bench-smoke: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --smoke --out build/bench-smoke
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -18,12 +18,13 @@ The arms run interleaved (same machine load), one torch thread; the median over 
 mean step time is reported. Peak memory: torch profiler on CPU (``profile_memory=True``), the
 maximum of live tensor bytes during one step above the level at its start.
 
-    python benchmarks/np_overhead.py [--iters 100] [--rounds 7] [--tasks 16] [--smoke]
+    python benchmarks/np_overhead.py [--iters 100] [--rounds 7] [--tasks 16] [--smoke] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Dict
@@ -151,6 +152,7 @@ def main(argv=None) -> Dict[str, object]:
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--smoke", action="store_true", help="tiny run (checks that the script works)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.smoke:
         args.iters, args.rounds = 5, 1
@@ -213,6 +215,8 @@ def main(argv=None) -> Dict[str, object]:
         out["proposed_vs_twin"] = med["proposed NeuralProcess.loss (analytic KL)"] / med["plain torch, analytic KL"]
         print(f"proposed analytic-KL NeuralProcess.loss: {out['proposed_ratio']:.3f} x the reference, "
               f"{out['proposed_vs_twin']:.3f} x its own plain twin")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return out
 
 

@@ -1,0 +1,34 @@
+"""``make bench`` in smoke mode: the whole docs generator runs and writes every table and figure."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.slow
+def test_docs_generator_smoke(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("run_all", None)
+    import run_all
+
+    path = run_all.main(["--smoke", "--out", str(tmp_path)])
+    text = path.read_text()
+    assert path == tmp_path / "benchmarks.md" and "SMOKE RUN" in text
+    for family in run_all.FAMILY_ORDER:
+        assert (tmp_path / "figures" / f"accuracy_{family}.png").stat().st_size > 1000, family
+        assert f"figures/accuracy_{family}.png" in text
+    for heading in ("## Acceptance checks", "### Sinusoid (MAML protocol", "### GP curves, RBF kernel",
+                    "### Line or sine", "### NeuralProcess vs the exact GP oracle", "### NeuralProcess training step",
+                    "### Joint NUTS"):
+        assert heading in text, heading
+    # every family table has a header row and rows with numbers; the oracle rows are present
+    assert len(re.findall(r"^\| model \| method \| num_context \|", text, flags=re.M)) == len(run_all.FAMILY_ORDER)
+    for oracle in ("SinusoidOracle", "GPOracle", "LineOrSineOracle"):
+        assert f"| {oracle} | oracle |" in text
+    assert re.search(r"\| NeuralProcess training step / plain PyTorch step \| <= 1.25 \| [0-9.]+ \|", text)
+    assert "evaluate` identical twice" in text and "NO" not in text.split("## Accuracy")[0]
+    assert re.search(r"^\| NeuralProcess \| amortized \| 5 \| -?[0-9]+\.[0-9]{3} \|", text, flags=re.M)
