@@ -6,9 +6,9 @@ Model: the shared hierarchical model, ``phi_t ~ N(theta, diag(sigma^2))``,
 Guide: a diagonal Gaussian ``q(phi_t) = N(mu_t, diag(s_t^2))`` found by ``K`` steps of SVI on the
 context ELBO, started from the prior ``(mu, log s) = (theta, log sigma)``::
 
-    J_t(mu, log s) = noise^2 / n_t * ( E_q[-log p(y_ctx | phi)] + KL(q || p(phi)) )   (1 reparam. draw)
+    J_t(mu, log s) = noise^2 / n_t * ( E_q[-log p(y_ctx | phi)] + w KL(q || p(phi)) )   (1 reparam. draw)
     log s <- log s - alpha_s grad_{log s} J_t
-    mu    <- prox(mu - alpha_mu grad_mu E-term),  prox(v) = (v + a theta) / (1 + a),  a = alpha_mu noise^2 / (n_t sigma^2)
+    mu    <- prox(mu - alpha_mu grad_mu E-term),  prox(v) = (v + a theta) / (1 + a),  a = w alpha_mu noise^2 / (n_t sigma^2)
 
 (the ``noise^2 / n_t`` factor only rescales the step, so that ``alpha`` is in the units of a
 MAML step on the context MSE whatever the learned noise and set size). The KL's quadratic
@@ -45,9 +45,10 @@ class ABML(GradientBasedModel):
     Parameters
     ----------
     inner_lr, inner_lr_scale : float
-        Initial step sizes ``alpha_mu`` (mean) and ``alpha_s`` (log scale) of the inner SVI steps.
+        Step sizes ``alpha_mu`` (mean; 0.02 is MAML's 0.01 on the MSE) and ``alpha_s`` (log scale).
     learn_inner_lr : bool
-        Meta-learn both step sizes (log-parametrised).
+        Meta-learn both step sizes (log-parametrised). Off by default: fixed steps carry over
+        to more test-time steps than were trained (as MAML's), learned ones did not (measured).
     inner_steps, eval_inner_steps : int
         ``K`` at meta-training and at test time.
     num_inner_samples : int
@@ -55,7 +56,12 @@ class ABML(GradientBasedModel):
     num_samples : int
         Draws of ``q_K`` in the meta-objective's expected target log-likelihood.
     kl_weight : float
-        Weight of ``KL(q || p)`` in the meta-objective (1: the ELBO).
+        Weight ``w`` of ``KL(q || p)`` in the inner objective and in the meta-objective (1: the
+        ELBO; ``w < 1`` a tempered posterior, a common choice for over-parametrised nets).
+        Default 0.01 with ``prior_scale=0.01``: on noisy sinusoids (1,500 meta-iterations, 10
+        test-time steps) this matched MAML's MSE (0.67 vs 0.65), while ``w = 1`` with a wider prior
+        (0.03-0.1) gave 1.2-2.9: a tight full-weight prior stops adaptation, a wide one makes
+        every weight noisy.
     prior_scale, noise_std : float
         Initial prior scale ``sigma`` and noise (both learned unless ``learn_prior_scale`` /
         ``learn_noise`` are False).
@@ -70,13 +76,13 @@ class ABML(GradientBasedModel):
         hidden: Sequence[int] = (40, 40),
         inner_lr: float = 0.02,
         inner_lr_scale: float = 0.02,
-        learn_inner_lr: bool = True,
-        inner_steps: int = 5,
+        learn_inner_lr: bool = False,
+        inner_steps: int = 1,
         eval_inner_steps: int = None,
         num_inner_samples: int = 1,
-        num_samples: int = 5,
-        kl_weight: float = 1.0,
-        prior_scale: float = 0.1,
+        num_samples: int = 2,
+        kl_weight: float = 0.01,
+        prior_scale: float = 0.01,
         learn_prior_scale: bool = True,
         noise_std: float = 0.5,
         learn_noise: bool = True,
@@ -115,11 +121,11 @@ class ABML(GradientBasedModel):
             sse = self.sse(x, y, mask, self._draw(mu, log_scale, self.num_inner_samples)).mean(0)
             log_ratio = 2 * (log_scale - self.log_sigma)
             kl_scale = 0.5 * (log_ratio.exp() - 1 - log_ratio).sum(-1)
-            return (0.5 * sse + noise_var * kl_scale) / count
+            return (0.5 * sse + self.kl_weight * noise_var * kl_scale) / count
 
         lr_mu, lr_scale = self.log_inner_lr.exp(), self.log_inner_lr_scale.exp()
         # curvature of the KL's mean term, noise^2 / (n sigma^2): the prox step below is stable for any sigma
-        damp = lr_mu * noise_var / count[:, None] / self.sigma**2  # [T, P]
+        damp = self.kl_weight * lr_mu * noise_var / count[:, None] / self.sigma**2  # [T, P]
         mu, log_scale = self.theta.expand(T, P), self.log_sigma.expand(T, P)
         for _ in range(steps):
             v, log_scale = inner_loop(explicit, (mu, log_scale), 1, (lr_mu, lr_scale), first_order=self.first_order)

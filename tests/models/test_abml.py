@@ -28,8 +28,9 @@ def test_kl_matches_torch_distributions(generator):
 
 
 def test_first_inner_step_matches_a_per_task_reference(generator):
-    """Explicit step on E[MSE / 2] (log s and mu), then the exact prox step of the KL mean term on mu."""
-    model = ABML(hidden=(6,), prior_scale=0.05, noise_std=0.4, inner_lr=0.05, inner_lr_scale=0.3, inner_steps=1)
+    """Explicit step on E[MSE / 2] (log s and mu), then the exact prox step of the w-weighted KL mean term on mu."""
+    model = ABML(hidden=(6,), prior_scale=0.05, noise_std=0.4, inner_lr=0.05, inner_lr_scale=0.3, inner_steps=1,
+                 kl_weight=0.5)
     batch = Sinusoid().sample(3, (2, 5), 4, generator=generator)
     torch.manual_seed(3)
     mu, log_s = model.adapt(batch.context_x, batch.context_y, batch.context_mask)
@@ -42,7 +43,7 @@ def test_first_inner_step_matches_a_per_task_reference(generator):
         phi = (theta + sigma * eps[t]).requires_grad_(True)
         pred = model.net(batch.context_x[t][m][None], phi[None])[0]
         (g,) = torch.autograd.grad(0.5 * ((pred - batch.context_y[t][m]) ** 2).mean(), phi)
-        a = 0.05 * 0.4**2 / (n * sigma**2)
+        a = 0.5 * 0.05 * 0.4**2 / (n * sigma**2)
         assert_close(mu[t].detach(), (theta - 0.05 * g + a * theta) / (1 + a), atol=1e-5, what=f"mu_1 task {t}")
         # d/d log s of E-term = g * eps * s; the KL scale term has zero gradient at log s = log sigma
         expected = torch.full_like(theta, math.log(sigma)) - 0.3 * g * eps[t] * sigma
@@ -77,7 +78,7 @@ def test_guide_draws_are_the_adapted_gaussian(generator):
 
 
 def test_meta_gradient_reaches_every_parameter(generator):
-    model = ABML(hidden=(6,), inner_steps=2)
+    model = ABML(hidden=(6,), inner_steps=2, learn_inner_lr=True, kl_weight=1.0)
     loss = model.loss(Sinusoid(noise_std=0.1).sample(3, 4, 4, generator=generator))
     names = [n for n, _ in model.named_parameters()]
     grads = torch.autograd.grad(loss, list(model.parameters()))
