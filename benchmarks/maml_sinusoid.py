@@ -1,0 +1,184 @@
+"""The MAML family on the sinusoid protocol, noisy sinusoids and line-or-sine (issue 4, acceptance (a)).
+
+Three parts, one run, one torch thread:
+
+A. MAML on the MAML sinusoid protocol (Finn et al. 2017): noiseless sinusoids, 25 tasks per
+   meta-batch, K = 10 context and 10 target points, 1 inner step (alpha = 0.01) at training and
+   10 at test time, Adam(1e-3). Reports the MSE over 600 test tasks (100 target points each)
+   with a 95% interval (mean +- 1.96 standard errors over tasks); target: at or below 0.20.
+B. MAML, ABML, BMAML and PLATIPUS on noisy sinusoids (``noise_std = 0.3``), same protocol and
+   number of meta-iterations for all. Reports, over 600 test tasks, the MSE of the predictive
+   mean against the noise-free function (with its 95% interval), the coverage of the central
+   90% predictive interval of the noisy targets, the predictive NLL per point and the
+   Bayes-optimal oracle's NLL. Targets: MSE <= 1.25x MAML's, coverage in [0.80, 0.97].
+C. LineOrSine (PLATIPUS's ambiguity benchmark, ``noise_std = 0.1``), 2 context points: each model
+   meta-trained there, then the predictive NLL per target point of every method, NUTS over the
+   task weights (globals fixed) included, next to the oracle's. Saves a figure of the
+   predictives on a few test tasks (``--figure``), where the multimodality shows.
+
+Usage: ``python benchmarks/maml_sinusoid.py [--smoke] [--figure maml_line_or_sine.png]``
+(``--smoke``: a few iterations of everything, under a minute; its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Dict, List
+
+import torch
+
+from pyro_meta import fit, infer, metrics
+from pyro_meta.data import LineOrSine, Sinusoid
+from pyro_meta.models import ABML, BMAML, MAML, PLATIPUS
+from pyro_meta.oracles import LineOrSineOracle, SinusoidOracle
+
+NOISE_B = 0.3
+NOISE_C = 0.1
+TASKS_PER_BATCH = 25
+
+FULL = dict(maml_steps=20000, steps=6000, los_steps=6000, test_tasks=600, test_targets=100, draws=100,
+            los_test_tasks=100, nuts=dict(num_samples=100, num_warmup=150, num_chains=2, max_tree_depth=7, jit_compile=True),
+            nuts_tasks=20)
+SMOKE = dict(maml_steps=30, steps=10, los_steps=10, test_tasks=50, test_targets=20, draws=20,
+             los_test_tasks=6, nuts=dict(num_samples=5, num_warmup=5, num_chains=1, max_tree_depth=3),
+             nuts_tasks=3)
+
+
+def make_models() -> Dict[str, torch.nn.Module]:
+    """The four learners (1-40-40-1 ReLU base net, each model's defaults), 1 step at training, 10 at test."""
+    return {
+        "MAML": MAML(inner_steps=1, eval_inner_steps=10),
+        "ABML": ABML(inner_steps=1, eval_inner_steps=10),
+        "BMAML": BMAML(inner_steps=1, eval_inner_steps=10),
+        "PLATIPUS": PLATIPUS(inner_steps=1, eval_inner_steps=10),
+    }
+
+
+def mean_ci(values: torch.Tensor):
+    """Mean and 95% half-width (1.96 standard errors) over tasks."""
+    v = values.double()
+    return float(v.mean()), 1.96 * float(v.std()) / math.sqrt(v.numel())
+
+
+def train(model, tasks, steps: int, num_context, seed: int = 0) -> float:
+    t0 = time.perf_counter()
+    fit(model, tasks, num_steps=steps, tasks_per_batch=TASKS_PER_BATCH, num_context=num_context, num_target=10,
+        lr=1e-3, seed=seed, progress=False)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------ part A
+def part_a(cfg) -> bool:
+    print(f"\n== A. MAML, noiseless sinusoids: {cfg['maml_steps']} meta-iterations, 1 inner step (train), "
+          f"10 (test), {cfg['test_tasks']} test tasks ==")
+    model = MAML(inner_steps=1, eval_inner_steps=10, learn_noise=False)
+    seconds = train(model, Sinusoid(), cfg["maml_steps"], 10)
+    test = Sinusoid().sample(cfg["test_tasks"], 10, cfg["test_targets"], generator=torch.Generator().manual_seed(1234))
+    model.eval()
+    phi = model.adapt(test.context_x, test.context_y, test.context_mask).detach()
+    per_task = model.mse(test.target_x, test.target_y, test.target_mask, phi).detach()
+    m, h = mean_ci(per_task)
+    ok = m <= 0.20
+    print(f"MAML MSE after 10 steps: {m:.3f} +- {h:.3f} (95% interval [{m - h:.3f}, {m + h:.3f}]); "
+          f"trained in {seconds:.0f} s -> {'PASS' if ok else 'FAIL'} (target <= 0.20)")
+    return ok
+
+
+# ------------------------------------------------------------------------------------------ part B
+def part_b(cfg) -> bool:
+    print(f"\n== B. noisy sinusoids (noise_std = {NOISE_B}): {cfg['steps']} meta-iterations each, "
+          f"{cfg['test_tasks']} test tasks, {cfg['draws']} predictive draws ==")
+    tasks = Sinusoid(noise_std=NOISE_B)
+    test = tasks.sample(cfg["test_tasks"], 10, cfg["test_targets"], generator=torch.Generator().manual_seed(4321))
+    f = tasks.function(test.target_x, test.info)
+    oracle_nll = -metrics.log_likelihood(SinusoidOracle(tasks).log_prob(test), test.target_mask)
+    rows = {}
+    for name, model in make_models().items():
+        seconds = train(model, tasks, cfg["steps"], 10)
+        pred = infer(model, test, method="amortized", num_samples=cfg["draws"], seed=0).predict()
+        per_task = ((pred.mean - f) ** 2 * test.target_mask[..., None]).sum((-1, -2)) / test.target_mask.sum(-1)
+        m, h = mean_ci(per_task)
+        cov = metrics.coverage(pred.flat, test.target_y, test.target_mask, 0.9)
+        nll = -metrics.log_likelihood(pred.log_prob(), test.target_mask)
+        rows[name] = (m, h, cov, nll, seconds)
+    base = rows["MAML"][0]
+    ok_all = True
+    print(f"{'model':10s} {'MSE vs f (95% CI)':>22s} {'ratio':>6s} {'cov90':>6s} {'NLL':>7s} {'train s':>8s}  check")
+    for name, (m, h, cov, nll, s) in rows.items():
+        ok = name == "MAML" or (m <= 1.25 * base and 0.80 <= cov <= 0.97)
+        ok_all &= ok
+        print(f"{name:10s} {m:10.3f} +- {h:.3f}     {m / base:6.2f} {cov:6.3f} {nll:7.3f} {s:8.0f}  "
+              f"{'' if name == 'MAML' else ('PASS' if ok else 'FAIL')}")
+    print(f"{'oracle':10s} {'':22s} {'':6s} {'':6s} {oracle_nll:7.3f}")
+    return ok_all
+
+
+# ------------------------------------------------------------------------------------------ part C
+def part_c(cfg, figure: str) -> None:
+    print(f"\n== C. LineOrSine (noise_std = {NOISE_C}), 2 context points: {cfg['los_steps']} meta-iterations each, "
+          f"{cfg['los_test_tasks']} test tasks; NUTS on the first {cfg['nuts_tasks']} ==")
+    tasks = LineOrSine(noise_std=NOISE_C)
+    test = tasks.sample(cfg["los_test_tasks"], 2, 50, generator=torch.Generator().manual_seed(777))
+    sub = test.select(list(range(cfg["nuts_tasks"])))
+    oracle = LineOrSineOracle(tasks)
+    rows: List[tuple] = []
+    shown = {}
+    for name, model in make_models().items():
+        seconds = train(model, tasks, cfg["los_steps"], 2)
+        post = infer(model, test, method="amortized", num_samples=cfg["draws"], seed=0)
+        lp = post.predict().log_prob()
+        rows.append((f"{name} (amortized)", -metrics.log_likelihood(lp, test.target_mask),
+                     -metrics.log_likelihood(lp[: cfg["nuts_tasks"]], sub.target_mask), seconds))
+        shown[name] = infer(model, sub, method="amortized", num_samples=cfg["draws"], seed=0)
+        if name in ("ABML", "PLATIPUS"):
+            t0 = time.perf_counter()
+            nuts = infer(model, sub, method="nuts", seed=0, init="guide", **cfg["nuts"])
+            nlp = nuts.predict().log_prob()
+            d = nuts.diagnostics
+            rows.append((f"{name} model, NUTS", float("nan"), -metrics.log_likelihood(nlp, sub.target_mask),
+                         time.perf_counter() - t0))
+            print(f"  NUTS on {name}'s model: divergences {d['divergences'].tolist()}, worst r_hat "
+                  f"{float(d['r_hat'].max()):.2f}, smallest ESS {float(d['ess'].min()):.0f}")
+            shown[f"{name} NUTS"] = nuts
+    print(f"{'method':24s} {'NLL/point (all)':>16s} {'NLL (NUTS tasks)':>17s} {'seconds':>8s}")
+    for label, nll_all, nll_sub, s in rows:
+        print(f"{label:24s} {nll_all:16.3f} {nll_sub:17.3f} {s:8.0f}")
+    o_all = -metrics.log_likelihood(oracle.log_prob(test), test.target_mask)
+    o_sub = -metrics.log_likelihood(oracle.log_prob(sub), sub.target_mask)
+    print(f"{'oracle (Bayes optimal)':24s} {o_all:16.3f} {o_sub:17.3f}")
+    if figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from pyro_meta.plot import plot_predictive
+
+        fig = plot_predictive(shown, tasks=[0, 1, 2], num_functions=8, true_function=tasks)
+        fig.savefig(figure, dpi=110, bbox_inches="tight")
+        print(f"figure: {figure} (rows: test tasks with 2 context points; columns: methods)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a few iterations of everything (< 60 s)")
+    parser.add_argument("--figure", default="maml_line_or_sine.png", help="where to save the part-C figure ('' for none)")
+    parser.add_argument("--parts", default="ABC", help="which parts to run, e.g. 'AB'")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = SMOKE if args.smoke else FULL
+    print(f"torch threads = {torch.get_num_threads()}; {'SMOKE run: numbers are meaningless' if args.smoke else 'full run'}")
+    t0 = time.perf_counter()
+    results = {}
+    if "A" in args.parts:
+        results["A"] = part_a(cfg)
+    if "B" in args.parts:
+        results["B"] = part_b(cfg)
+    if "C" in args.parts:
+        part_c(cfg, args.figure)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; checks: "
+          + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in results.items()))
+
+
+if __name__ == "__main__":
+    main()
