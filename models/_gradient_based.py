@@ -14,7 +14,7 @@ evaluated by batched matrix products, never a Python loop over tasks.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -85,7 +85,7 @@ class GradientBasedModel(MetaModel):
         noise_std: float = 0.5,
         learn_noise: bool = True,
         inner_steps: int = 1,
-        eval_inner_steps: int = None,
+        eval_inner_steps: Optional[int] = None,
         first_order: bool = False,
     ) -> None:
         super().__init__()

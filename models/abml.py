@@ -23,7 +23,7 @@ differentiated through the inner steps (second order unless ``first_order``). It
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -78,7 +78,7 @@ class ABML(GradientBasedModel):
         inner_lr_scale: float = 0.02,
         learn_inner_lr: bool = False,
         inner_steps: int = 1,
-        eval_inner_steps: int = None,
+        eval_inner_steps: Optional[int] = None,
         num_inner_samples: int = 1,
         num_samples: int = 2,
         kl_weight: float = 0.01,
@@ -110,7 +110,7 @@ class ABML(GradientBasedModel):
         eps = torch.randn((num,) + tuple(mu.shape), dtype=mu.dtype, device=mu.device)
         return mu + log_scale.exp() * eps
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``K`` inner SVI steps on the context ELBO from the prior: ``(mu_K [T, P], log s_K [T, P])``."""
         steps = self.num_steps if steps is None else steps
         T, P = x.shape[0], self.num_params

@@ -23,7 +23,7 @@ residuals by maximum likelihood (a zero-valued term, as in :class:`MAML`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -73,7 +73,7 @@ class BMAML(GradientBasedModel):
         svgd_lr: float = 0.05,
         learn_svgd_lr: bool = True,
         inner_steps: int = 1,
-        eval_inner_steps: int = None,
+        eval_inner_steps: Optional[int] = None,
         leader_steps: int = 1,
         prior_scale: float = 1.0,
         learn_prior_scale: bool = True,
@@ -111,7 +111,7 @@ class BMAML(GradientBasedModel):
         return log_prob
 
     def move(self, particles: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int,
-             create_graph: bool = None, leader: bool = False) -> torch.Tensor:
+             create_graph: Optional[bool] = None, leader: bool = False) -> torch.Tensor:
         """``steps`` SVGD steps of ``particles [T, M, P]`` towards ``p(phi_t | x_t, y_t)``."""
         lr = self.log_svgd_lr.exp()
         if leader:
@@ -122,8 +122,8 @@ class BMAML(GradientBasedModel):
         step = base / (1 + base / self.sigma**2)  # [T, 1, P]
         return svgd(particles, self.log_posterior(x, y, mask), steps, step, create_graph=create_graph)
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int = None,
-              create_graph: bool = None) -> torch.Tensor:
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None,
+              create_graph: Optional[bool] = None) -> torch.Tensor:
         """Particles ``[T, M, P]`` after ``K`` SVGD steps on the context from ``Theta_0``."""
         steps = self.num_steps if steps is None else steps
         start = self.particles.expand(x.shape[0], self.num_particles, self.num_params)

@@ -17,7 +17,7 @@ and stays at ``prior_scale`` (it only matters for NUTS over ``phi``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -58,7 +58,7 @@ class MAML(GradientBasedModel):
         inner_lr: float = 0.01,
         learn_inner_lr: bool = False,
         inner_steps: int = 1,
-        eval_inner_steps: int = None,
+        eval_inner_steps: Optional[int] = None,
         first_order: bool = False,
         **kwargs,
     ) -> None:
@@ -74,7 +74,7 @@ class MAML(GradientBasedModel):
     def inner_lr(self) -> torch.Tensor:
         return self.log_inner_lr.exp()
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int = None) -> torch.Tensor:
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
         """``K`` steps ``phi <- phi - alpha grad MSE_t(phi)`` from ``theta``: ``x [T, N, Dx]`` -> ``phi_K [T, P]``."""
         steps = self.num_steps if steps is None else steps
         theta = self.theta

@@ -21,7 +21,7 @@ The guide's ``theta_t`` is an auxiliary site ``"theta_task"``; the task latent i
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -73,7 +73,7 @@ class PLATIPUS(GradientBasedModel):
         kl_weight: float = 0.1,
         num_samples: int = 1,
         inner_steps: int = 1,
-        eval_inner_steps: int = None,
+        eval_inner_steps: Optional[int] = None,
         first_order: bool = False,
         **kwargs,
     ) -> None:
@@ -103,7 +103,7 @@ class PLATIPUS(GradientBasedModel):
         return self.theta - log_gamma.exp() * g
 
     def adapt_from(self, theta_t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                   steps: int = None, create_graph: bool = None) -> torch.Tensor:
+                   steps: Optional[int] = None, create_graph: Optional[bool] = None) -> torch.Tensor:
         """``K`` steps ``phi <- phi - alpha grad L(ctx, phi)`` from ``theta_t [..., T, P]``: ``phi [..., T, P]``."""
         steps = self.num_steps if steps is None else steps
         return inner_loop(lambda p: self.mse(x, y, mask, p), theta_t, steps, self.log_inner_lr.exp(),

@@ -197,7 +197,7 @@ def inner_loop(
     if len(lrs) != len(ps):
         raise ValueError(f"lr must be one value or one per param ({len(ps)}), got {len(lrs)}")
     if steps == 0:
-        return params
+        return ps[0] if single else tuple(ps)
     with torch.enable_grad():
         tracked = any(p.requires_grad for p in ps) or any(isinstance(a, torch.Tensor) and a.requires_grad for a in lrs)
         if create_graph is None:
