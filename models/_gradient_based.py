@@ -178,17 +178,33 @@ class GradientBasedModel(MetaModel):
         """Masked mean squared error per task: ``[..., T]`` (MAML's task loss); ``phi [..., T, P]``."""
         return self.sse(x, y, mask, phi) / self.count(mask, y.shape[-1])
 
-    def gaussian_nll(self, sse: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """``-log N(y | f, noise^2)`` summed over a task's points, from its ``sse`` and ``count = n_t Dy``."""
-        noise = self.noise_std
+    def gaussian_nll(self, sse: torch.Tensor, count: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``-log N(y | f, noise^2)`` summed over a task's points, from its ``sse`` and ``count = n_t Dy``.
+
+        ``noise`` defaults to :attr:`noise_std` (pass a detached one to keep it out of a gradient).
+        """
+        noise = self.noise_std if noise is None else noise
         return 0.5 * sse / noise**2 + count * (torch.log(noise) + 0.5 * math.log(2 * math.pi))
 
-    def noise_fit_loss(self, sse: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """Per-point Gaussian NLL of *detached* residuals: fits ``noise_std`` by maximum likelihood
-        without moving the weights (0 when the noise is fixed). ``[...]`` -> scalar mean."""
+    def predictive_noise_loss(self, weights: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+        """Fit ``noise_std`` by maximum likelihood of the target set under the test-time predictive.
+
+        ``weights [S, T, P]``: detached draws (or particles) of the guide's test-time adaptation
+        (``eval_inner_steps``). The loss is ``-mean_{real points} log (1/S sum_s N(y | f_s(x), noise^2))``
+        written as ``nll - nll.detach()``: its value is 0 and its gradient moves the noise only,
+        so that the predictive's spread matches the residuals of the predictor actually used
+        (fitting it to the training-time adaptation overestimates it when more steps are taken
+        at test time). 0 when the noise is fixed.
+        """
         if not isinstance(self.log_noise, nn.Parameter):
-            return sse.new_zeros(())
-        return (self.gaussian_nll(sse.detach(), count) / count).mean()
+            return batch.target_x.new_zeros(())
+        with torch.no_grad():
+            f = self.net(batch.target_x, weights.detach().unsqueeze(-2))  # [S, T, N, Dy]
+        lp = dist.Normal(f, self.noise_std).log_prob(batch.target_y).sum(-1)  # [S, T, N]
+        lp = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+        mask = batch.target_mask.to(lp.dtype)
+        nll = -(lp * mask).sum() / mask.sum().clamp_min(1)
+        return nll - nll.detach()
 
     @staticmethod
     def task_grad(loss_fn, p: torch.Tensor, create_graph: bool = True) -> torch.Tensor:

@@ -18,7 +18,8 @@ mean over tasks, differentiated through the chaser's SVGD steps (second order un
 kernel ``D k(x, y)``: the target density is still the exact posterior, and the step stays stable
 for any learned ``sigma``; the leader's step is held fixed, so the loss cannot
 shrink it to zero). The noise enters SVGD as a constant and is fit to the chaser particles' target
-residuals by maximum likelihood (a zero-valued term, as in :class:`MAML`).
+residuals of the test-time particles (``eval_inner_steps``) by maximum predictive likelihood
+(a zero-valued term, as in :class:`MAML`).
 """
 
 from __future__ import annotations
@@ -153,7 +154,10 @@ class BMAML(GradientBasedModel):
         with torch.no_grad():
             leader = self.move(chaser.detach(), x, y, m, self.leader_steps, create_graph=False, leader=True)
         chase = ((chaser - leader) ** 2).sum(-1).mean(-1).mean()
-        sse = self.sse(batch.target_x, batch.target_y, batch.target_mask, chaser.transpose(0, 1))  # [M, T]
-        count = self.count(batch.target_mask, batch.y_dim)
-        noise = self.noise_fit_loss(sse, count)
-        return chase + (noise - noise.detach())
+        particles = chaser.detach()
+        if self.eval_inner_steps != self.inner_steps and isinstance(self.log_noise, nn.Parameter):
+            start = self.particles.detach().expand_as(chaser)
+            with torch.no_grad():
+                particles = self.move(start, batch.context_x, batch.context_y, batch.context_mask,
+                                      self.eval_inner_steps, create_graph=False).detach()
+        return chase + self.predictive_noise_loss(particles.transpose(0, 1), batch)

@@ -10,8 +10,8 @@ initialisation, ``phi_t = theta - alpha sum_k grad L_ctx(phi_t^k)``, ``q(phi_t) 
 Meta-objective (:meth:`MAML.loss`): the target-set MSE after adaptation, averaged over tasks,
 differentiated through the inner steps (second order unless ``first_order``). Pure torch on
 the batch: Pyro stays out of the training hot path, while ``guide`` runs the same adaptation.
-The observation noise is fit to the adapted target residuals by maximum likelihood (detached,
-so it does not move ``theta``); the prior scale ``sigma`` is not touched by MAML's objective
+The observation noise is fit to the target residuals after the test-time adaptation by maximum
+likelihood (detached, so it does not move ``theta``); the prior scale ``sigma`` is not touched by MAML's objective
 and stays at ``prior_scale`` (it only matters for NUTS over ``phi``).
 """
 
@@ -74,10 +74,14 @@ class MAML(GradientBasedModel):
     def inner_lr(self) -> torch.Tensor:
         return self.log_inner_lr.exp()
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
-        """``K`` steps ``phi <- phi - alpha grad MSE_t(phi)`` from ``theta``: ``x [T, N, Dx]`` -> ``phi_K [T, P]``."""
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None,
+              detach: bool = False) -> torch.Tensor:
+        """``K`` steps ``phi <- phi - alpha grad MSE_t(phi)`` from ``theta``: ``x [T, N, Dx]`` -> ``phi_K [T, P]``.
+
+        ``detach=True`` starts from a detached ``theta`` (no graph: a cheap evaluation).
+        """
         steps = self.num_steps if steps is None else steps
-        theta = self.theta
+        theta = self.theta.detach() if detach else self.theta
         phi0 = theta.expand(x.shape[0], theta.shape[-1])
         return inner_loop(lambda p: self.mse(x, y, mask, p), phi0, steps, self.inner_lr, first_order=self.first_order)
 
@@ -91,8 +95,9 @@ class MAML(GradientBasedModel):
     def loss(self, batch: TaskBatch) -> torch.Tensor:
         """Target MSE after adaptation on the context, mean over tasks.
 
-        The returned value is the MSE; its gradient also fits the noise to the adapted target
-        residuals (a zero-valued term ``nll - nll.detach()``).
+        The returned value is the MSE; its gradient also fits the noise to the target residuals
+        after the *test-time* adaptation (``eval_inner_steps``, a zero-valued term, see
+        :meth:`predictive_noise_loss`).
         """
         self.check(batch)
         if batch.target_y is None or batch.num_points("target") == 0:
@@ -100,5 +105,6 @@ class MAML(GradientBasedModel):
         phi = self.adapt(batch.context_x, batch.context_y, batch.context_mask)
         sse = self.sse(batch.target_x, batch.target_y, batch.target_mask, phi)
         count = self.count(batch.target_mask, batch.y_dim)
-        noise = self.noise_fit_loss(sse, count)
-        return (sse / count).mean() + (noise - noise.detach())
+        if self.eval_inner_steps != self.inner_steps and isinstance(self.log_noise, nn.Parameter):
+            phi = self.adapt(batch.context_x, batch.context_y, batch.context_mask, self.eval_inner_steps, detach=True)
+        return (sse / count).mean() + self.predictive_noise_loss(phi.unsqueeze(0), batch)

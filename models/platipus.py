@@ -14,8 +14,9 @@ followed by ``K`` gradient steps on the context (MSE ``L``, step ``alpha``)::
 
 Meta-objective (:meth:`PLATIPUS.loss`): ``L(tgt, phi_t) + kl_weight KL(q(theta | ctx, tgt) || p(theta | ctx))``,
 mean over tasks, differentiated through the steps (second order unless ``first_order``). It
-meta-learns ``mu_theta``, ``sigma_theta``, ``v_q`` and ``gamma_p``, ``gamma_q``; the noise is fit to
-the adapted target residuals by maximum likelihood (a zero-valued term, as in :class:`MAML`).
+meta-learns ``mu_theta``, ``sigma_theta``, ``v_q`` and ``gamma_p``, ``gamma_q``; the noise is fit by
+maximum likelihood of the target set under draws of the test-time guide (``eval_inner_steps``; a
+zero-valued term, as in :class:`MAML`).
 The guide's ``theta_t`` is an auxiliary site ``"theta_task"``; the task latent is ``"phi"``.
 """
 
@@ -139,5 +140,13 @@ class PLATIPUS(GradientBasedModel):
         sse = self.sse(batch.target_x, batch.target_y, batch.target_mask, phi).mean(0)
         count = self.count(batch.target_mask, batch.y_dim)
         kl = kl_diag_normal(m_q, self.log_q_scale, m_p, self.log_sigma)
-        noise = self.noise_fit_loss(sse, count)
-        return (sse / count + self.kl_weight * kl).mean() + (noise - noise.detach())
+        return (sse / count + self.kl_weight * kl).mean() + self.predictive_noise_loss(self._test_time_draws(batch), batch)
+
+    def _test_time_draws(self, batch: TaskBatch, num: int = 4) -> torch.Tensor:
+        """``num`` detached draws ``[num, T, P]`` of the guide's test-time ``phi`` (for the noise fit)."""
+        if not isinstance(self.log_noise, nn.Parameter):
+            return self.theta.detach().expand(1, batch.num_tasks, -1)
+        x, y, m = batch.context_x, batch.context_y, batch.context_mask
+        mean = self.shifted_mean(x, y, m, self.log_gamma_p, create_graph=False).detach()
+        theta_t = mean + self.sigma.detach() * torch.randn((num,) + tuple(mean.shape), dtype=mean.dtype)
+        return self.adapt_from(theta_t, x, y, m, steps=self.eval_inner_steps, create_graph=False).detach()

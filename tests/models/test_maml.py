@@ -94,6 +94,21 @@ def test_noise_gradient_is_its_maximum_likelihood_score(generator):
     assert_close(g, (1 - mse / 0.25).mean(), atol=1e-4, rtol=1e-4, what="d loss / d log noise")
 
 
+def test_noise_is_fit_to_the_test_time_adaptation(generator):
+    """With eval_inner_steps != inner_steps the noise's score uses the residuals after the eval steps."""
+    model = MAML(hidden=(8,), noise_std=0.5, inner_lr=0.05, inner_steps=1, eval_inner_steps=4)
+    batch = Sinusoid().sample(3, 5, 6, generator=generator)
+    (g,) = torch.autograd.grad(model.loss(batch), model.log_noise)
+    phi = model.adapt(batch.context_x, batch.context_y, batch.context_mask, steps=4).detach()
+    mse_eval = model.mse(batch.target_x, batch.target_y, batch.target_mask, phi)
+    phi1 = model.adapt(batch.context_x, batch.context_y, batch.context_mask, steps=1).detach()
+    mse_train = model.mse(batch.target_x, batch.target_y, batch.target_mask, phi1)
+    n = batch.target_mask.sum(-1).float()
+    expected = 1 - (mse_eval * n).sum() / n.sum() / 0.25  # per real point, pooled over tasks
+    assert_close(g, expected, atol=1e-4, rtol=1e-4, what="d loss / d log noise")
+    assert not torch.allclose(mse_eval, mse_train), "eval and train adaptation coincide: the test proves nothing"
+
+
 def test_meta_training_improves_adapted_mse():
     """A short meta-training run lowers the post-adaptation sinusoid MSE (fixed test tasks)."""
     torch.manual_seed(0)
