@@ -5,9 +5,12 @@ import pytest
 import torch
 from pyro import poutine
 
+import pyro_meta
 from pyro_meta.data import Sinusoid
 from pyro_meta.models import NeuralProcess
 from pyro_meta.testing import MetaModelContract, assert_close
+
+NP_STEPS = 800
 
 
 class TestNeuralProcessContract(MetaModelContract):
@@ -31,6 +34,9 @@ def test_defaults_construct_and_validate():
     assert model.latent_dim > 0 and model.objective == "elbo" and not model.deterministic_path
     with pytest.raises(ValueError, match="objective"):
         NeuralProcess(objective="maml")
+    with pytest.raises(ValueError, match="activation"):
+        NeuralProcess(activation="sigmoid")
+    assert isinstance(NeuralProcess(activation="relu").decoder[1], torch.nn.ReLU)
     with pytest.raises(ValueError, match="latent_dim"):
         NeuralProcess(latent_dim=0)
     with pytest.raises(ValueError, match="y_dim"):
@@ -114,3 +120,66 @@ def test_np_objective_uses_the_conditional_prior():
     elbo_model.load_state_dict(model.state_dict())
     pyro.set_rng_seed(2)
     assert abs(float(elbo_model.loss(batch).detach()) - float(loss.detach())) > 1e-3
+
+
+# ----------------------------------------------------------------------------- two exact methods agree
+@pytest.fixture(scope="module")
+def trained_np():
+    """A small NeuralProcess meta-trained on noisy sinusoids, and 4 held-out tasks with 4 context points."""
+    torch.set_num_threads(1)  # module fixtures run before conftest's per-test setting
+    tasks = Sinusoid(noise_std=0.2)
+    pyro.set_rng_seed(0)
+    model = NeuralProcess(latent_dim=2, hidden=32, num_layers=2)
+    pyro_meta.fit(model, tasks, num_steps=NP_STEPS, tasks_per_batch=16, num_context=(1, 10), num_target=(10, 20),
+                  lr=3e-3, lr_decay=0.2, progress=False, seed=0)
+    batch = tasks.sample(4, 4, 15, generator=torch.Generator().manual_seed(11))
+    return model, batch
+
+
+def _predictive_summary(post):
+    """Predictive mean, 5% and 95% quantiles, and the density at those quantiles, each ``[T, Nt]``.
+
+    The density comes from the draws' own quantiles: ``f(q_p) ~ 2h / (q_{p+h} - q_{p-h})``, ``h = 0.02``.
+    """
+    flat = post.predict().flat[..., 0]  # [N, T, Nt]
+    h = 0.02
+    q = torch.quantile(flat, torch.tensor([0.05 - h, 0.05, 0.05 + h, 0.95 - h, 0.95, 0.95 + h]), dim=0)
+    density_lo, density_hi = 2 * h / (q[2] - q[0]), 2 * h / (q[5] - q[3])
+    return flat.mean(0), flat.std(0), (q[1], density_lo), (q[4], density_hi)
+
+
+@pytest.mark.slow
+def test_nuts_and_importance_agree_on_the_posterior_predictive(trained_np):
+    """NUTS (guide-initialised) and importance sampling with many proposals target the same exact posterior.
+
+    Monte Carlo standard errors per target point, with ``n`` each method's effective sample size
+    (NUTS: the per-task minimum over coordinates; importance: the weights' ESS) and ``sd`` the
+    predictive standard deviation: mean ``sd / sqrt(n)``, 5% / 95% quantiles ``sqrt(p (1 - p) / n) / density``
+    (the density estimated from the draws). Both must agree within 5 combined standard errors at every
+    point (measured: worst 2.6-3.4, mean 0.7-1.1 over 60 points, two seeds), and the prior predictive
+    must *not* (measured: 21 standard errors), so the check can fail.
+    """
+    model, batch = trained_np
+    nuts = pyro_meta.infer(model, batch, method="nuts", num_samples=400, num_warmup=300, num_chains=2,
+                           jit_compile=True, seed=0)
+    imp = pyro_meta.infer(model, batch, method="importance", num_samples=4000, num_proposals=20000, widen=2.0, seed=0)
+    assert not nuts.diagnostics["bad_tasks"], f"NUTS mixed badly: r_hat {nuts.diagnostics['r_hat']}, ess {nuts.diagnostics['ess']}"
+    ess_is = imp.diagnostics["ess"]
+    assert float(ess_is.min()) > 300, f"importance ESS too small for the comparison: {ess_is}"
+    n_nuts = nuts.diagnostics["ess"][:, None]
+    n_is = ess_is.clamp(max=4000)[:, None]
+    m1, sd1, *quantiles1 = _predictive_summary(nuts)
+    m2, sd2, *quantiles2 = _predictive_summary(imp)
+    checks = [("mean", m1, m2, (sd1**2 / n_nuts + sd2**2 / n_is).sqrt())]
+    for name, (q1, f1), (q2, f2) in zip(("5% quantile", "95% quantile"), quantiles1, quantiles2):
+        var = 0.05 * 0.95 * (1 / (f1**2 * n_nuts) + 1 / (f2**2 * n_is))  # sqrt(p (1 - p) / n) / density
+        checks.append((name, q1, q2, var.sqrt()))
+    for name, a, b, se in checks:
+        z = (a - b).abs() / se
+        print(f"{name}: worst {float(z.max()):.2f}, mean {float(z.mean()):.2f} standard errors")
+        assert float(z.max()) < 5.0, f"NUTS vs importance predictive {name}: worst {float(z.max()):.2f} standard errors"
+    prior = pyro_meta.infer(model, batch, method="prior", num_samples=4000, seed=0)
+    m0, sd0, *_ = _predictive_summary(prior)
+    z0 = ((m0 - m2).abs() / (sd0**2 / 4000 + sd2**2 / n_is).sqrt())
+    print(f"prior predictive mean vs importance: worst {float(z0.max()):.1f} standard errors")
+    assert float(z0.max()) > 5.0, "the prior predictive passes the same check: the tolerance is too loose"
