@@ -114,26 +114,35 @@ class ABML(GradientBasedModel):
         eps = torch.randn((num,) + tuple(mu.shape), dtype=mu.dtype, device=mu.device)
         return mu + log_scale.exp() * eps
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``K`` inner SVI steps on the context ELBO from the prior: ``(mu_K [T, P], log s_K [T, P])``."""
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None,
+              detach: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``K`` inner SVI steps on the context ELBO from the prior: ``(mu_K [T, P], log s_K [T, P])``.
+
+        ``detach=True`` runs on detached meta-parameters (no graph: a cheap evaluation).
+        """
         steps = self.num_steps if steps is None else steps
         T, P = x.shape[0], self.num_params
+
+        def own(t: torch.Tensor) -> torch.Tensor:
+            return t.detach() if detach else t
+
+        theta, log_sigma = own(self.theta), own(self.log_sigma)
         count = self.count(mask, y.shape[-1])
         noise_var = self.noise_std.detach() ** 2  # a step preconditioner: no meta-gradient through it
 
         def explicit(mu, log_scale):
             sse = self.sse(x, y, mask, self._draw(mu, log_scale, self.num_inner_samples)).mean(0)
-            log_ratio = 2 * (log_scale - self.log_sigma)
+            log_ratio = 2 * (log_scale - log_sigma)
             kl_scale = 0.5 * (log_ratio.exp() - 1 - log_ratio).sum(-1)
             return (0.5 * sse + self.kl_weight * noise_var * kl_scale) / count
 
-        lr_mu, lr_scale = self.log_inner_lr.exp(), self.log_inner_lr_scale.exp()
+        lr_mu, lr_scale = own(self.log_inner_lr).exp(), own(self.log_inner_lr_scale).exp()
         # curvature of the KL's mean term, noise^2 / (n sigma^2): the prox step below is stable for any sigma
-        damp = self.kl_weight * lr_mu * noise_var / count[:, None] / self.sigma**2  # [T, P]
-        mu, log_scale = self.theta.expand(T, P), self.log_sigma.expand(T, P)
+        damp = self.kl_weight * lr_mu * noise_var / count[:, None] / torch.exp(2 * log_sigma)  # [T, P]
+        mu, log_scale = theta.expand(T, P), log_sigma.expand(T, P)
         for _ in range(steps):
             v, log_scale = inner_loop(explicit, (mu, log_scale), 1, (lr_mu, lr_scale), first_order=self.first_order)
-            mu = (v + damp * self.theta) / (1 + damp)
+            mu = (v + damp * theta) / (1 + damp)
         return mu, log_scale
 
     def guide(self, batch: TaskBatch) -> None:
@@ -156,7 +165,7 @@ class ABML(GradientBasedModel):
         elbo_loss = ((nll + self.kl_weight * self.kl_to_prior(mu, log_scale)) / count).mean()
         draws = phi.detach()
         if self.eval_inner_steps != self.inner_steps and isinstance(self.log_noise, nn.Parameter):
-            with torch.no_grad():
-                mu_e, log_s_e = self.adapt(batch.context_x, batch.context_y, batch.context_mask, self.eval_inner_steps)
-                draws = self._draw(mu_e.detach(), log_s_e.detach(), 4)
+            mu_e, log_s_e = self.adapt(batch.context_x, batch.context_y, batch.context_mask, self.eval_inner_steps,
+                                       detach=True)
+            draws = self._draw(mu_e.detach(), log_s_e.detach(), 4)
         return elbo_loss + self.predictive_noise_loss(draws, batch)

@@ -162,3 +162,21 @@ def test_family_exports_to_arviz_with_pointwise_log_likelihood(generator, name):
     expected = lp[:, batch.context_mask]  # [S, real context points], task-major order
     actual = torch.as_tensor(idata.log_likelihood["y_context"].values[0])
     assert_close(actual, expected, atol=1e-4, what="pointwise log-likelihood")
+
+
+@pytest.mark.parametrize("name", ["MAML", "ABML", "BMAML", "PLATIPUS"])
+def test_family_loss_with_more_test_time_steps_fits_only_the_noise_extra(generator, name):
+    """eval_inner_steps != inner_steps: the loss value is unchanged and the noise still gets a gradient."""
+    import pyro_meta.models as zoo
+
+    batch = Sinusoid(noise_std=0.3).sample(3, 5, 5, generator=generator)
+    values = []
+    for eval_steps in (1, 3):
+        pyro.set_rng_seed(0)
+        model = getattr(zoo, name)(hidden=(6,), inner_steps=1, eval_inner_steps=eval_steps)
+        torch.manual_seed(1)
+        loss = model.loss(batch)
+        (g,) = torch.autograd.grad(loss, model.log_noise)
+        assert bool(torch.isfinite(g)) and float(g.abs()) > 0
+        values.append(float(loss.detach()))
+    assert values[0] == pytest.approx(values[1], rel=1e-5, abs=1e-6)
