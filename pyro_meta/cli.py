@@ -38,6 +38,13 @@ class DemoConfig:
     with each of ``contexts`` context points and ``num_target`` target points; predictive NLL per
     target point, MSE of the predictive mean against the noisy targets, coverage of the central
     90% predictive interval, wall seconds of inference plus prediction.
+
+    Tuning (measured on a shared 2-core CPU, one torch thread): ``noise_std=0.2``, ``latent_dim=8``
+    and SiLU networks give NUTS steps of 0.2-0.3 (ReLU: ~0.1, twice the leapfrog steps per draw);
+    128x3 networks reached -ELBO 7.6 per task in 6000 steps where 64x3 and 128x2 stayed at 11.7 and
+    19.3; NUTS runs all 50 tasks in one joint chain (cheaper per gradient than chunks) with
+    ``max_tree_depth=5`` and 100 + 100 iterations per chain so that the four context sizes fit in
+    about 3 minutes. Whole demo: 6 min 50 s wall (155 s training), seed 0.
     """
 
     noise_std: float = 0.2
@@ -291,10 +298,10 @@ def _write_figures(kept: Dict[str, Any], tasks, config: DemoConfig, out: str) ->
     files = {}
     shown = [t for t in config.plot_tasks if t < config.num_tasks]
     # plot_predictive predicts every task of a posterior on a dense grid: give it only the shown ones
-    posts = {label: _task_subset(kept[m], shown) for label, m in (("amortized guide", "amortized"), ("NUTS", "nuts"))
-             if m in kept}
+    c = config.plot_context
+    posts = {f"{label}, {c} context points": _task_subset(kept[m], shown)
+             for label, m in (("amortized guide", "amortized"), ("NUTS", "nuts")) if m in kept}
     fig = plot_predictive(posts, tasks=list(range(len(shown))), true_function=tasks, num_band_samples=1000)
-    fig.suptitle(f"posterior predictive, {config.plot_context} context points", y=1.0)
     files["figure"] = os.path.join(out, "predictive_bands.png")
     fig.savefig(files["figure"], dpi=110, bbox_inches="tight")
     plt.close(fig)
