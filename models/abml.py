@@ -62,8 +62,10 @@ class ABML(GradientBasedModel):
     kl_weight : float
         Weight ``w`` of ``KL(q || p)`` in the inner objective and in the meta-objective (1: the
         ELBO; ``w < 1`` a tempered posterior, a common choice for over-parametrised nets).
-        Default 0.01 with ``prior_scale=0.01``: on noisy sinusoids (1,500 meta-iterations, 10
-        test-time steps) this matched MAML's MSE (0.67 vs 0.65), while ``w = 1`` with a wider prior
+        Default 0.001 with an initial ``prior_scale=0.003`` (same prox damping ``w / sigma^2`` as
+        0.01 with 0.01, less weight noise): on noisy sinusoids (noise 0.3, 10 test-time steps, 200
+        test tasks) MSE 0.26 after 6,000 meta-iterations vs 0.32 for (0.01, 0.01); at 1,500
+        iterations (0.01, 0.01) matched MAML (0.67 vs 0.65) while ``w = 1`` with a wider prior
         (0.03-0.1) gave 1.2-2.9: a tight full-weight prior stops adaptation, a wide one makes
         every weight noisy.
     prior_scale, noise_std : float
@@ -85,8 +87,8 @@ class ABML(GradientBasedModel):
         eval_inner_steps: Optional[int] = None,
         num_inner_samples: int = 1,
         num_samples: int = 2,
-        kl_weight: float = 0.01,
-        prior_scale: float = 0.01,
+        kl_weight: float = 0.001,
+        prior_scale: float = 0.003,
         learn_prior_scale: bool = True,
         noise_std: float = 0.5,
         learn_noise: bool = True,
