@@ -4,6 +4,7 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import pyro_meta
 from pyro_meta.data import Sinusoid
@@ -85,19 +86,40 @@ def test_guide_conditions_on_target_only_when_it_is_observed():
     assert not torch.allclose(loc["train"], loc["context"]), "the training guide ignored the target set"
 
 
-def test_elbo_loss_is_kl_to_standard_normal_plus_nll():
-    """With one particle the default loss equals KL(q || N(0, I)) - E_q log p(y | z) estimated at the same z."""
-    model = NeuralProcess(latent_dim=3, hidden=8)
+@pytest.mark.parametrize("deterministic_path", [False, True])
+def test_elbo_loss_is_pyro_mean_field_elbo(deterministic_path):
+    """The default loss is Pyro's ``TraceMeanField_ELBO`` of ``model``/``guide`` (analytic KL to N(0, I)) on the same draw."""
+    torch.manual_seed(0)
+    model = NeuralProcess(latent_dim=3, hidden=8, deterministic_path=deterministic_path)
     batch = _batch(T=3)
     pyro.set_rng_seed(1)
     loss = model.loss(batch)
     pyro.set_rng_seed(1)
-    gtr = poutine.trace(model.guide).get_trace(batch)
-    mtr = poutine.trace(poutine.replay(model.model, trace=gtr)).get_trace(batch)
-    mtr.compute_log_prob()
-    gtr.compute_log_prob()
-    elbo = sum(s["log_prob"].sum() for s in mtr.nodes.values() if s["type"] == "sample") - gtr.nodes["z"]["log_prob"].sum()
-    assert_close(loss, -elbo / 3, atol=1e-4, what="elbo loss")
+    expected = TraceMeanField_ELBO(max_plate_nesting=2).differentiable_loss(model.model, model.guide, batch) / 3
+    assert_close(loss, expected, atol=1e-4, what="elbo loss vs TraceMeanField_ELBO")
+    # and it is an unbiased estimate of the Trace_ELBO loss (sampled KL): same mean over many draws
+    pyro.set_rng_seed(2)
+    ours = torch.stack([model.loss(batch).detach() for _ in range(400)])
+    sampled = torch.tensor([Trace_ELBO(max_plate_nesting=2).loss(model.model, model.guide, batch) / 3 for _ in range(400)],
+                           dtype=ours.dtype)
+    se = (ours.var() / 400 + sampled.var() / 400).sqrt()
+    assert abs(float(ours.mean() - sampled.mean())) < 4 * float(se), (float(ours.mean()), float(sampled.mean()), float(se))
+    # the closed-form KL has the smaller variance
+    assert float(ours.var()) < float(sampled.var())
+
+
+def test_elbo_loss_with_particles_averages_the_likelihood():
+    """``num_particles = P`` averages the likelihood over P draws; the closed-form KL is unchanged."""
+    torch.manual_seed(0)
+    model = NeuralProcess(latent_dim=3, hidden=8)
+    model.num_particles = 4
+    batch = _batch(T=3)
+    pyro.set_rng_seed(3)
+    loss = model.loss(batch)
+    pyro.set_rng_seed(3)
+    expected = TraceMeanField_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=2).differentiable_loss(
+        model.model, model.guide, batch) / 3
+    assert_close(loss, expected, atol=1e-4, what="4-particle elbo loss")
 
 
 def test_np_objective_uses_the_conditional_prior():
