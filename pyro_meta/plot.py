@@ -242,6 +242,8 @@ def plot_predictive(
     fig, axes = plt.subplots(len(rows), cols, squeeze=False, sharex=True, sharey="row",
                              figsize=figsize or (4.0 * cols, 2.8 * len(rows)))
     for j, (label, post) in enumerate(named.items()):
+        full = post.batch
+        post = post.select(rows)  # predict the plotted tasks only (a dense grid over every task is slow)
         batch = post.batch
         dense = _dense_batch(batch, grid)
         pred = _with_draws(post, num_band_samples).predict(dense)
@@ -251,11 +253,12 @@ def plot_predictive(
         lo90, hi90 = (v[..., 0].numpy() for v in pred.interval(0.9))
         lo50, hi50 = (v[..., 0].numpy() for v in pred.interval(0.5))
         fns = f_all[_evenly(f_all.shape[0], num_functions), ..., 0].numpy() if num_functions else None  # [N, T, G]
-        truth = _true_values(true_function, batch, dense.target_x)
-        truth = None if truth is None else truth[..., 0].numpy()
+        # the true function is defined over every task of the batch (a user's callable sees [T, G, 1])
+        truth = _true_values(true_function, full, grid.expand(full.num_tasks, num_grid)[..., None])
+        truth = None if truth is None else truth[rows][..., 0].numpy()
         cx, cy, cm = batch.context_x[..., 0].numpy(), batch.context_y[..., 0].numpy(), batch.context_mask.numpy()
         color = f"C{j % 10}"
-        for i, t in enumerate(rows):
+        for i, (t, task) in enumerate(zip(range(len(rows)), rows)):
             ax = axes[i, j]
             ax.fill_between(x, lo90[t], hi90[t], color=color, alpha=0.15, lw=0, label="90% interval")
             ax.fill_between(x, lo50[t], hi50[t], color=color, alpha=0.3, lw=0, label="50% interval")
@@ -270,7 +273,7 @@ def plot_predictive(
                 tx, ty = batch.target_x[t, m, 0].numpy(), batch.target_y[t, m, 0].numpy()
                 ax.scatter(tx, ty, s=12, color="0.6", zorder=3, label="target")
             ax.scatter(cx[t, cm[t]], cy[t, cm[t]], s=22, color="k", zorder=4, label="context")
-            ax.set_title(f"{label}: task {t}", fontsize=10)
+            ax.set_title(f"{label}: task {task}", fontsize=10)
             if i == len(rows) - 1:
                 ax.set_xlabel("x")
             if j == 0:

@@ -14,6 +14,9 @@ from .predictive import Predictive, predictive_trace
 
 __all__ = ["Posterior"]
 
+#: diagnostics with one entry per task ``[T]`` (MCMC r_hat/ESS, importance ESS and evidence)
+_PER_TASK = ("r_hat", "ess", "log_evidence")
+
 
 @dataclasses.dataclass
 class Posterior:
@@ -97,6 +100,30 @@ class Posterior:
         C = self.num_chains if num_samples is None or num_samples >= self.num_chains * self.num_samples else 1
         y = y.reshape((C, n // C) + tuple(y.shape[1:]))
         return Predictive(samples=y.detach(), batch=batch, _fn=site["fn"])
+
+    def select(self, index: Any) -> "Posterior":
+        """The posterior of the tasks ``index`` only (an int, int list, slice or bool/long tensor).
+
+        ``samples [C, S, T, ...] -> [C, S, T', ...]``, the batch by :meth:`TaskBatch.select`, and every
+        per-task diagnostic (``r_hat``, ``ess``, ``log_evidence``, ``bad_tasks`` renumbered) likewise;
+        chain-level statistics and the rest are kept as they are.
+        """
+        T = self.batch.num_tasks
+        rows = torch.arange(T)[[index] if isinstance(index, int) else index]
+        if rows.numel() == 0:
+            raise ValueError(f"index selects no task of the {T} (got {index!r})")
+        batch = self.batch.select(rows)
+        samples = {k: v[:, :, rows] for k, v in self.samples.items()}
+        diagnostics: Dict[str, Any] = {}
+        for k, v in self.diagnostics.items():
+            if k in _PER_TASK and isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == T:
+                diagnostics[k] = v[rows]
+            elif k == "bad_tasks" and isinstance(v, (list, tuple)):
+                kept = rows.tolist()
+                diagnostics[k] = [kept.index(t) for t in v if t in kept]
+            else:
+                diagnostics[k] = v
+        return dataclasses.replace(self, batch=batch, samples=samples, diagnostics=diagnostics)
 
     def to_arviz(self, **kwargs: Any):
         """This posterior as ``arviz.InferenceData`` (see :mod:`pyro_meta.arviz`)."""

@@ -186,3 +186,23 @@ def test_global_latents_are_held_at_the_guide_point_estimate(setup):
     assert set(post.samples) == {"w"}
     _, sd = model.exact_predictive(batch)  # the same model with sigma = 0.3
     assert ((post.predict().std / sd) - 1).abs().mean() < 0.1
+
+
+def test_select_keeps_the_chosen_tasks_draws_and_diagnostics(setup):
+    """``Posterior.select`` equals inferring only those tasks' rows: draws, per-task diagnostics, predictive."""
+    model, batch = setup
+    post = pyro_meta.infer(model, batch, method="nuts", num_samples=100, num_warmup=100, num_chains=2, seed=0)
+    sub = post.select([3, 1])
+    assert sub.batch.num_tasks == 2
+    for k, v in post.samples.items():
+        assert torch.equal(sub.samples[k], v[:, :, [3, 1]])
+    assert torch.equal(sub.diagnostics["r_hat"], post.diagnostics["r_hat"][[3, 1]])
+    assert torch.equal(sub.diagnostics["ess"], post.diagnostics["ess"][[3, 1]])
+    assert torch.equal(sub.diagnostics["divergences"], post.diagnostics["divergences"])  # per chain: kept
+    assert torch.equal(sub.batch.context_x, batch.context_x[[3, 1]])
+    assert torch.equal(sub.mean(), post.mean()[[3, 1]])
+    # the predictive of the selected tasks: the same draws pushed through the model, at their target x
+    assert sub.predict().samples.shape == (2, 100, 2) + tuple(batch.target_x.shape[1:2]) + (1,)
+    assert post.select(2).batch.num_tasks == 1
+    with pytest.raises(ValueError, match="selects no task"):
+        post.select([])
