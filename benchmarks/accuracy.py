@@ -38,7 +38,7 @@ import pyro_meta  # noqa: E402
 import pyro_meta.models as zoo  # noqa: E402
 from pyro_meta.data import GPCurves, LineOrSine, Sinusoid  # noqa: E402
 from pyro_meta.data.features import FourierFeatures  # noqa: E402
-from pyro_meta.evaluate import EvaluationTable, evaluate  # noqa: E402
+from pyro_meta.evaluation import EvaluationTable, evaluate  # noqa: E402
 from pyro_meta.oracles import GPOracle, LineOrSineOracle, SinusoidOracle  # noqa: E402
 
 SEED = 0

@@ -114,7 +114,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 def accuracy_section(results: Dict[str, Dict[str, Any]], fig_rel: str) -> Tuple[str, Dict[str, Any]]:
     """Markdown of every family's table and figure; the oracle checks."""
     sys.path.insert(0, str(HERE.parent))
-    from pyro_meta.evaluate import EvaluationTable
+    from pyro_meta.evaluation import EvaluationTable
 
     parts, checks = [], {"violations": [], "identical": {}, "np_vs_gp": None}
     for name in FAMILY_ORDER:

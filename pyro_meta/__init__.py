@@ -3,6 +3,7 @@
 from . import data, metrics, oracles
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TaskBatch
+from .evaluation import EvaluationTable, evaluate
 from .inference import METHODS, FitResult, Posterior, Predictive, fit, infer
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
 from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
@@ -10,6 +11,7 @@ from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
 __version__ = "0.1.0"
 
 __all__ = [
+    "EvaluationTable",
     "FitResult",
     "GPOracle",
     "LineOrSineOracle",
@@ -20,6 +22,7 @@ __all__ = [
     "SinusoidOracle",
     "TaskBatch",
     "data",
+    "evaluate",
     "fit",
     "infer",
     "load_checkpoint",

@@ -13,7 +13,7 @@ from torch import nn
 import pyro_meta
 from pyro_meta import metrics
 from pyro_meta.data import LinearTasks, Sinusoid, TaskBatch
-from pyro_meta.evaluate import EvaluationTable, evaluate
+from pyro_meta.evaluation import EvaluationTable, evaluate
 from pyro_meta.model import MetaModel, observe, task_plate
 from pyro_meta.models import BayesianLinear, NeuralProcess
 from pyro_meta.oracles import SinusoidOracle
