@@ -7,6 +7,8 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# one thread from the start: module-scoped fixtures (meta-training) run before the autouse fixture
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
