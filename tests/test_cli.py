@@ -4,6 +4,7 @@ import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pyro_meta import cli
@@ -70,5 +71,11 @@ def test_smoke_demo_writes_every_output(tmp_path, capsys):
     z = idata.posterior["z"]
     assert z.dims[:3] == ("chain", "draw", "task") and z.sizes["chain"] == smoke.nuts_chains
     assert z.sizes["draw"] == smoke.nuts_samples and z.sizes["task"] == smoke.num_tasks
+    # issue 3: az.summary of the file names the task and latent dims; az.loo over context points is finite
+    summary = az.summary(idata, var_names=["z"], labeller=az.labels.DimCoordLabeller())
+    assert len(summary) == smoke.num_tasks * smoke.latent_dim
+    assert all("task: " in name and f"{z.dims[3]}: " in name for name in summary.index), list(summary.index)[:3]
+    loo = az.loo(idata, var_name="y_context")
+    assert np.isfinite(loo.elpd_loo)
     assert "NLL/point" in printed and "max r_hat" in printed and "min ESS" in printed
     assert ("NUTS mixed well on every task." in printed) != ("NUTS mixed badly on some tasks" in printed)
