@@ -200,6 +200,11 @@ class GradientBasedModel(MetaModel):
             return batch.target_x.new_zeros(())
         with torch.no_grad():
             f = self.net(batch.target_x, weights.detach().unsqueeze(-2))  # [S, T, N, Dy]
+        if not bool(torch.isfinite(f).all()):
+            raise FloatingPointError(
+                f"{type(self).__name__}: the test-time adaptation (eval_inner_steps={self.eval_inner_steps}) "
+                "diverged to non-finite predictions; lower the inner step size or eval_inner_steps, or rescale y"
+            )
         lp = dist.Normal(f, self.noise_std).log_prob(batch.target_y).sum(-1)  # [S, T, N]
         lp = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
         mask = batch.target_mask.to(lp.dtype)
