@@ -45,8 +45,7 @@ class DemoConfig:
     19.3; NUTS runs all 50 tasks in one joint chain (cheaper per gradient than chunks) with
     ``max_tree_depth=5`` and 100 + 100 iterations per chain so that the four context sizes fit in
     about 3 minutes. Whole demo: 3 min 53 s wall (63 s training), seed 0, another job on the second core; `make demo`
-    from a fresh clone
-    5 min 28 s including building `.venv` (an earlier run on a loaded machine took 6 min 50 s).
+    from a fresh clone 5 min 28 s including building `.venv` (an earlier run on a loaded machine took 6 min 50 s).
     """
 
     noise_std: float = 0.2
