@@ -8,7 +8,7 @@ with the Bayes-optimal oracle as a row where one exists. Writes ``<out>/accuracy
 Methods (sizes chosen to fit the 60-minute budget of ``make bench`` on 2 cores):
 
 * ``amortized`` -- every model, every context size;
-* ``svi`` and ``importance`` -- the models with small task latents (``NeuralProcess`` z in R^16,
+* ``svi`` and ``importance`` -- the models with small task latents (``NeuralProcess`` z in R^8,
   ``BayesianLinear`` w in R^32), every context size;
 * ``svi`` for the gradient-based models (phi in R^1761) at the family's reference context size
   of the noisy sinusoid and line-or-sine (importance sampling degenerates there: ESS 1);
@@ -99,10 +99,10 @@ FAMILIES: Dict[str, Family] = {
 TRAINING = {
     "NeuralProcess": (3000, 3e-3, 0.1),
     "BayesianLinear": (600, 1e-2, 0.1),
-    "MAML": (1500, 1e-3, None),
-    "ABML": (400, 1e-3, None),
-    "BMAML": (500, 1e-3, None),
-    "PLATIPUS": (800, 1e-3, None),
+    "MAML": (3000, 1e-3, None),
+    "ABML": (3000, 1e-3, None),
+    "BMAML": (3000, 1e-3, None),
+    "PLATIPUS": (3000, 1e-3, None),
 }
 TASKS_PER_BATCH = 16
 NUM_TASKS = 50
@@ -121,7 +121,9 @@ SMOKE = dict(steps=5, num_tasks=4, num_samples=20, num_target=10,
 def make_models(family: Family) -> Dict[str, Any]:
     """The zoo models present, built for 1-D regression; absent ones are skipped with a note."""
     builders = {
-        "NeuralProcess": lambda: zoo.NeuralProcess(x_dim=1, y_dim=1),
+        # the demo's network (3 x 128 SiLU, z in R^8): on noisy sinusoids, 3000 steps, it reached amortized
+        # MSE 0.30 at 5 context points where the 2 x 64, z in R^16 defaults stayed at 1.81 (measured)
+        "NeuralProcess": lambda: zoo.NeuralProcess(x_dim=1, y_dim=1, latent_dim=8, hidden=128, num_layers=3),
         "BayesianLinear": lambda: zoo.BayesianLinear(
             features=FourierFeatures(num_features=32, lengthscale=family.fourier_lengthscale), learn_noise=True),
         "MAML": lambda: zoo.MAML(eval_inner_steps=10),
