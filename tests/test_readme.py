@@ -30,3 +30,12 @@ def test_readme_example_runs(capsys):
     nuts = namespace["nuts"]
     assert nuts.samples["z"].shape == (2, 200, 4, 4)
     assert namespace["idata"].posterior["z"].dims[:3] == ("chain", "draw", "task")
+    # the evaluate block continues the example
+    assert len(blocks) >= 2, "README lost its evaluate example"
+    exec(compile(blocks[1], str(README), "exec"), namespace)
+    table = namespace["table"]
+    got = {(r["model"], r["method"], r["num_context"]) for r in table.rows}
+    want = {(m, meth, n) for n in (2, 5) for m, meth in (("SinusoidOracle", "oracle"), ("TinyNP", "amortized"),
+                                                         ("TinyNP", "importance"))}
+    assert len(table.rows) == 6 and got == want, got
+    assert all(r["nll"] == r["nll"] for r in table.rows), "NaN NLL in the README's evaluate table"
