@@ -205,6 +205,10 @@ class TaskBatch:
         if isinstance(index, (list, tuple)):
             index = torch.as_tensor(index, dtype=torch.long)
         if isinstance(index, torch.Tensor):
+            if index.dtype != torch.bool and index.numel() and not (
+                    -self.num_tasks <= int(index.min()) and int(index.max()) < self.num_tasks):
+                raise IndexError(f"select: task index out of range for a batch of {self.num_tasks} tasks "
+                                 f"(valid: -{self.num_tasks} to {self.num_tasks - 1}), got {index.tolist()}")
             index = index.to(self.context_x.device)
         info = {k: _select_info(v, index, self.num_tasks) for k, v in self.info.items()}
         return TaskBatch(

@@ -87,6 +87,9 @@ def test_select_context_only_and_observed():
     assert x.shape == (3, 3, 1)
     with pytest.raises(ValueError, match="split"):
         b.x("query")
+    assert torch.equal(b.select([-1]).context_x, b.context_x[[2]])
+    with pytest.raises(IndexError, match="3 tasks"):
+        b.select([0, 3])
 
 
 def test_frozen():
