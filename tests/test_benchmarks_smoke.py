@@ -32,3 +32,21 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     assert re.search(r"\| NeuralProcess training step / plain PyTorch step \| <= 1.25 \| [0-9.]+ \|", text)
     assert "evaluate` identical twice" in text and "NO" not in text.split("## Accuracy")[0]
     assert re.search(r"^\| NeuralProcess \| amortized \| 5 \| -?[0-9]+\.[0-9]{3} \|", text, flags=re.M)
+
+
+@pytest.mark.slow
+def test_maml_family_script_smoke(tmp_path, monkeypatch, capsys):
+    """``benchmarks/maml_sinusoid.py --smoke``: every part runs, prints its table and writes the part-C figure."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("maml_sinusoid", None)
+    import maml_sinusoid
+
+    figure = tmp_path / "los.png"
+    maml_sinusoid.main(["--smoke", "--figure", str(figure)])
+    out = capsys.readouterr().out
+    assert "SMOKE run" in out and figure.stat().st_size > 1000
+    assert re.search(r"MAML MSE after 10 steps: [0-9.]+ \+- [0-9.]+", out)
+    for name in ("ABML", "BMAML", "PLATIPUS"):  # part B rows carry a verdict
+        assert re.search(rf"^{name} .*(PASS|FAIL)$", out, flags=re.M), name
+    for label in ("ABML model, NUTS", "PLATIPUS model, NUTS", "NeuralProcess, NUTS", "oracle (Bayes optimal)"):
+        assert re.search(rf"^{re.escape(label)} +(nan|-?[0-9.]+) +-?[0-9.]+", out, flags=re.M), label
