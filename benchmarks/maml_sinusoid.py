@@ -78,6 +78,7 @@ def train(model, tasks, steps: int, num_context, seed: int = 0) -> float:
 def part_a(cfg) -> bool:
     print(f"\n== A. MAML, noiseless sinusoids: {cfg['maml_steps']} meta-iterations, 1 inner step (train), "
           f"10 (test), {cfg['test_tasks']} test tasks ==")
+    torch.manual_seed(0)  # the weights' initialisation: each part is reproducible on its own
     model = MAML(inner_steps=1, eval_inner_steps=10, learn_noise=False)
     seconds = train(model, Sinusoid(), cfg["maml_steps"], 10)
     test = Sinusoid().sample(cfg["test_tasks"], 10, cfg["test_targets"], generator=torch.Generator().manual_seed(1234))
@@ -100,6 +101,7 @@ def part_b(cfg) -> bool:
     f = tasks.function(test.target_x, test.info)
     oracle_nll = -metrics.log_likelihood(SinusoidOracle(tasks).log_prob(test), test.target_mask)
     rows = {}
+    torch.manual_seed(0)
     for name, model in make_models().items():
         seconds = train(model, tasks, cfg["steps"], 10)
         pred = infer(model, test, method="amortized", num_samples=cfg["draws"], seed=0).predict()
