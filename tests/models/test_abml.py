@@ -14,7 +14,6 @@ from pyro_meta.testing import MetaModelContract, assert_close
 
 
 class TestABMLContract(MetaModelContract):
-
     def make_model(self):
         return ABML(hidden=(8,), inner_steps=2)
 

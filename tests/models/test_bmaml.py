@@ -13,7 +13,6 @@ from pyro_meta.testing import MetaModelContract, assert_close
 
 
 class TestBMAMLContract(MetaModelContract):
-
     def make_model(self):
         return BMAML(hidden=(8,), num_particles=3, inner_steps=2)
 

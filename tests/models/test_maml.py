@@ -13,7 +13,6 @@ from pyro_meta.testing import MetaModelContract, assert_close
 
 
 class TestMAMLContract(MetaModelContract):
-
     def make_model(self):
         return MAML(hidden=(8,), inner_steps=2)
 

@@ -12,7 +12,6 @@ from pyro_meta.testing import MetaModelContract, assert_close
 
 
 class TestPLATIPUSContract(MetaModelContract):
-
     def make_model(self):
         return PLATIPUS(hidden=(8,), inner_steps=2)
 
