@@ -4,7 +4,20 @@ from . import data, metrics, oracles
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TaskBatch
 from .evaluation import EvaluationTable, evaluate
-from .inference import METHODS, FitResult, Posterior, Predictive, fit, infer
+from .inference import (
+    METHODS,
+    FitResult,
+    InferenceMethod,
+    InferenceResult,
+    Option,
+    Posterior,
+    Predictive,
+    available_methods,
+    fit,
+    get_method,
+    infer,
+    register_method,
+)
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
 from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
 
@@ -14,16 +27,21 @@ __all__ = [
     "EvaluationTable",
     "FitResult",
     "GPOracle",
+    "InferenceMethod",
+    "InferenceResult",
     "LineOrSineOracle",
     "METHODS",
     "MetaModel",
+    "Option",
     "Posterior",
     "Predictive",
     "SinusoidOracle",
     "TaskBatch",
+    "available_methods",
     "data",
     "evaluate",
     "fit",
+    "get_method",
     "infer",
     "load_checkpoint",
     "local_params",
@@ -31,6 +49,7 @@ __all__ = [
     "observe",
     "oracles",
     "point_plate",
+    "register_method",
     "save_checkpoint",
     "task_latent_sites",
     "task_plate",

@@ -6,13 +6,17 @@ Groups and dims (``C`` chains, ``S`` draws, ``T`` tasks, ``Nc``/``Nt`` padded po
 =====================  =====================================================================
 group                  variables (dims)
 =====================  =====================================================================
-posterior              each task latent ``(chain, draw, task, <site>_dim_0, ...)``
+posterior              each task latent ``(chain, draw, task, <site>_dim_0, ...)``; sampled global
+                       latents ``(chain, draw, <site>_dim_0, ...)`` (no task dim)
 posterior_predictive   ``y_target (chain, draw, task, target_point, y_dim)``; padded points NaN
 observed_data          ``y_context (task, context_point, y_dim)``, ``y_target`` when known; padded NaN
 constant_data          ``context_x``/``target_x (task, *_point, x_dim)`` (padded NaN), the masks
                        ``context_mask``/``target_mask (task, *_point)`` and the index maps
                        ``context_obs_task``/``context_obs_point (context_obs)`` (same for target)
-log_likelihood         ``y_context (chain, draw, context_obs)``; ``y_target (chain, draw, target_obs)``
+log_likelihood         ``y_context (chain, draw, context_obs)``: the data the posterior conditions on
+target_log_likelihood  ``y_target (chain, draw, target_obs)`` when the targets are known: their
+                       log density under each posterior draw (held-out points, not part of the
+                       posterior's likelihood, so they are kept out of ``log_likelihood``)
 sample_stats           MCMC only: ``diverging``, ``acceptance_rate``, ``step_size``, ``lp`` ``(chain, draw)``
 =====================  =====================================================================
 
@@ -23,8 +27,11 @@ log-likelihood variable as one observation, and a NaN poisons the sum. So the po
 log-likelihood keeps only the real points: the real ``(task, point)`` pairs are flattened, task
 by task in point order, into one dim ``context_obs`` of size ``M = context_mask.sum()``
 (``target_obs`` likewise); ``constant_data.context_obs_task[m]`` and ``context_obs_point[m]``
-give the task and the padded point index of observation ``m``. ``az.loo(idata,
-var_name="y_context")`` then counts exactly the ``M`` real context points.
+give the task and the padded point index of observation ``m``. ``az.loo(idata)`` then counts
+exactly the ``M`` real context points: a PSIS-LOO over the points the posterior conditioned on.
+The target points' densities live in ``target_log_likelihood`` (a group of our own; ArviZ's LOO
+would otherwise run over points the posterior never saw): ``log mean_s exp`` of it over the draws
+is the predictive log density that :func:`pyro_meta.evaluate` scores.
 
 ArviZ's own ``from_pyro`` is not used (it keeps singleton plate dims, ignores ``poutine.mask``
 and drops the log-likelihood of non-vectorized models; ArviZ 1.x removed it): each group is
@@ -40,11 +47,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 
 from .data.batch import TaskBatch
-from .inference.posterior import Posterior
-from .model import MetaModel, local_params
+from .inference.posterior import Posterior, evenly_spaced
 
 with warnings.catch_warnings():
     # ArviZ 0.2x announces its 1.x refactor with a FutureWarning on import: not actionable here
@@ -57,37 +62,143 @@ def _arviz_major() -> int:
     return int(str(az.__version__).split(".")[0])
 
 
-# ------------------------------------------------------------------------- log-likelihood
-def _log_lik_draws(model: MetaModel, batch: TaskBatch, values: Mapping[str, torch.Tensor], site: str) -> torch.Tensor:
-    """``log p(y_tn | z_n)`` of the observed ``site`` per draw, ``[N, T, n]``: the model traced on ``batch`` with ``z = values``.
+# --------------------------------------------------------------------------- diagnostics
+def rhat_ess(samples: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """ArviZ's rank-normalised split R-hat and bulk/tail ESS of every coordinate, vectorized.
 
-    ``values`` are ``{latent: [N, T, 1, *event]}``. One trace under a ``[N]`` draws plate, or
-    ``N`` traces when ``model.vectorized`` is False. The density is unmasked (padding included).
+    ``samples [C, S, *shape]`` (chains, draws). Returns ``{"r_hat", "ess_bulk", "ess_tail"}``, each
+    ``[*shape]`` (float64), equal to ``az.rhat(idata)`` / ``az.ess(idata, method="bulk"|"tail")``
+    on the same draws (Vehtari et al. 2021; ArviZ's defaults and edge cases: R-hat needs two chains
+    and four draws, ESS four draws, NaN otherwise; a constant coordinate has ESS ``C * S``).
+    ArviZ evaluates these one coordinate at a time in Python (about 10 ms each here: minutes for
+    thousands of tasks); this is the same arithmetic over every coordinate at once (ArviZ's own
+    FFT autocovariance included), tested equal to ArviZ's functions in ``tests/test_arviz.py``.
     """
+    x = samples.detach().cpu()
+    # ArviZ folds and ranks in the draws' own dtype (float32 ties included) and casts to float64 after
+    x = (x if x.dtype in (torch.float32, torch.float64) else x.double()).numpy()
+    C, S = x.shape[:2]
+    shape = x.shape[2:]
+    a = np.moveaxis(x.reshape(C, S, -1), -1, 0)  # [K, C, S]
+    nan = np.isnan(a).any((1, 2))
+    r_hat = np.full(a.shape[0], np.nan)
+    ess_bulk = np.full(a.shape[0], np.nan)
+    ess_tail = np.full(a.shape[0], np.nan)
+    if S >= 4:
+        split = _split_chains(a)
+        if C >= 2:
+            bulk = _rhat(_z_scale(split))
+            med = np.median(split.reshape(split.shape[0], -1), axis=1)
+            tail = _rhat(_z_scale(np.abs(split - med[:, None, None])))
+            r_hat = np.where(tail > bulk, tail, bulk)
+        ess_bulk = _ess(_z_scale(split))
+        low, high = np.quantile(a.reshape(a.shape[0], -1).astype(float), [0.05, 0.95], axis=1)
+        ess_tail = np.minimum(
+            _ess(_split_chains((a <= low[:, None, None]).astype(float))),
+            _ess(_split_chains((a <= high[:, None, None]).astype(float))),
+        )
+    out = {}
+    for key, v in (("r_hat", r_hat), ("ess_bulk", ess_bulk), ("ess_tail", ess_tail)):
+        v = np.where(nan, np.nan, v)
+        out[key] = torch.from_numpy(v.reshape(shape))
+    return out
+
+
+def _split_chains(a: np.ndarray) -> np.ndarray:
+    """``[K, C, S]`` -> ``[K, 2C, S // 2]``: first halves, then last halves (ArviZ's order)."""
+    half = a.shape[2] // 2
+    return np.concatenate([a[:, :, :half], a[:, :, a.shape[2] - half:]], axis=1)
+
+
+def _z_scale(a: np.ndarray) -> np.ndarray:
+    """Rank-normalise each coordinate over all its draws: ``Phi^-1((rank - 3/8) / (n + 1/4))``."""
+    from scipy import stats
+
+    flat = a.reshape(a.shape[0], -1)
+    rank = stats.rankdata(flat, method="average", axis=1)
+    return stats.norm.ppf((rank - 3 / 8) / (flat.shape[1] - 2 * 3 / 8 + 1)).reshape(a.shape)
+
+
+def _rhat(a: np.ndarray) -> np.ndarray:
+    """Potential scale reduction of ``[K, M, n]``: ``sqrt((B/W + n - 1) / n)``."""
+    a = a.astype(float)
+    n = a.shape[2]
+    between = n * a.mean(2).var(1, ddof=1)
+    within = a.var(2, ddof=1).mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt((between / within + n - 1) / n)
+
+
+def _ess(a: np.ndarray) -> np.ndarray:
+    """Effective sample size of ``[K, M, n]`` per coordinate (Geyer's initial monotone sequence, as ArviZ)."""
+    from arviz.stats.stats_utils import autocov
+
+    a = a.astype(float)
+    K, M, n = a.shape
+    total = M * n
+    constant = (a.max((1, 2)) - a.min((1, 2))) < np.finfo(float).resolution
+    acov = autocov(a, axis=2)
+    mean_var = acov[:, :, 0].mean(1) * n / (n - 1.0)
+    var_plus = mean_var * (n - 1.0) / n
+    if M > 1:
+        var_plus = var_plus + a.mean(2).var(1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = 1.0 - (mean_var[:, None] - acov.mean(1)) / var_plus[:, None]  # [K, n]
+    r[:, 0] = 1.0
+    npairs = n // 2
+    pair = r[:, : 2 * npairs].reshape(K, npairs, 2)
+    sums = pair.sum(-1)  # S_k = rho_2k + rho_2k+1
+    kmax = max(0, (n - 3) // 2)  # pairs the initial positive sequence may process
+    # pairs 1..num are processed: every earlier pair sum positive (num is per coordinate)
+    lead = np.cumprod(sums[:, :kmax] > 0, axis=1)
+    num = lead.sum(1)
+    k = np.arange(npairs)[None, :]
+    last_ok = np.take_along_axis(sums, num[:, None], 1)[:, 0] >= 0 if npairs else np.zeros(K, bool)
+    kept = (k == 0) | ((k >= 1) & (k < num[:, None])) | ((k == num[:, None]) & (num[:, None] >= 1) & last_ok[:, None])
+    rho = np.where(kept[..., None], pair, 0.0)
+    # the last processed pair's even term is kept when positive
+    even = np.take_along_axis(pair[:, :, 0], num[:, None], 1)[:, 0] if npairs else np.ones(K)
+    improve = (num >= 1) & (even > 0)
+    rows = np.nonzero(improve)[0]
+    rho[rows, num[rows], 0] = even[rows]
+    # initial monotone sequence over pairs 0..num-1: pair sums non-increasing
+    psum = rho.sum(-1)
+    cm = np.minimum.accumulate(np.where(k < num[:, None], psum, np.inf), axis=1)
+    prev = np.concatenate([np.full((K, 1), np.inf), cm[:, :-1]], axis=1)
+    replace = (k >= 1) & (k < num[:, None]) & (psum > prev)
+    rho = np.where(replace[..., None], (prev / 2.0)[..., None], rho)
+    head = np.where(k < num[:, None], rho.sum(-1), 0.0).sum(1)
+    tail_term = np.take_along_axis(rho[:, :, 0], np.minimum(num, max(npairs - 1, 0))[:, None], 1)[:, 0] if npairs \
+        else np.ones(K)
+    tau = -1.0 + 2.0 * head + tail_term
+    tau = np.maximum(tau, 1.0 / np.log10(total))
+    ess = total / tau
+    ess = np.where(np.isnan(r[:, 1]) if n > 1 else False, np.nan, ess)
+    return np.where(constant, float(total), ess)
+
+
+# ------------------------------------------------------------------------- log-likelihood
+def _log_lik_draws(posterior: Posterior, batch: TaskBatch, values: Mapping[str, torch.Tensor], site: str) -> torch.Tensor:
+    """``log p(y_tn | z_n)`` of the observed ``site`` per draw, ``[N, T, n]`` (padded points 0).
+
+    The inferred model (``posterior.fn``: global latents at their point estimate) traced on
+    ``batch`` with the latents at ``values`` (draw values ``{site: [N, *natural]}``), through
+    :func:`~pyro_meta.inference.draws.trace_draws` (vectorized, or draw by draw).
+    """
+    from .inference.draws import trace_draws
+
+    model = posterior.model
     num = next(iter(values.values())).shape[0]
     T, n = batch.num_tasks, batch.num_points(site[2:])
-    with local_params(), torch.no_grad():
-        if model.vectorized:
-            with pyro.plate("_draws", num, dim=-(model.max_plate_nesting + 1)):
-                trace = poutine.trace(poutine.condition(model.model, data=dict(values))).get_trace(batch)
-            traces = [trace]
-        else:
-            traces = [
-                poutine.trace(poutine.condition(model.model, data={k: v[i] for k, v in values.items()})).get_trace(batch)
-                for i in range(num)
-            ]
-        out = []
-        for trace in traces:
-            if site not in trace.nodes or not trace.nodes[site]["is_observed"]:
-                raise ValueError(
-                    f"{type(model).__name__}.model has no observed site {site!r} on this batch "
-                    "(pyro_meta.observe writes y_context/y_target)"
-                )
-            node = trace.nodes[site]
-            out.append(node["fn"].log_prob(node["value"]))
-    if model.vectorized:
-        return out[0].expand(num, T, n)
-    return torch.stack([lp.expand(T, n) for lp in out])
+    fn = posterior.fn or model.model
+    with torch.no_grad():
+        trace = trace_draws(fn, batch, num, model, data=values, sites=posterior.sites, log_prob=True)
+    if site not in trace.nodes or not trace.nodes[site]["is_observed"]:
+        raise ValueError(
+            f"{type(model).__name__}.model has no observed site {site!r} on this batch "
+            "(pyro_meta.observe writes y_context/y_target)"
+        )
+    return trace.nodes[site]["log_prob"].expand(num, T, n)
 
 
 def pointwise_log_likelihood(posterior: Posterior) -> Dict[str, torch.Tensor]:
@@ -106,16 +217,15 @@ def pointwise_log_likelihood(posterior: Posterior) -> Dict[str, torch.Tensor]:
     -------
     dict
         ``{"y_context": [C, S, T, Nc], "y_target": [C, S, T, Nt]}`` (``y_target`` only when
-        known). Entries at padded points are the model's density at the padding values:
-        meaningless, select with the batch's masks.
+        known). Entries at padded points are 0: select the real points with the batch's masks.
     """
     _check_posterior(posterior)
-    batch = posterior.batch
+    batch = posterior.batch.without_task_index()
     C, S = posterior.num_chains, posterior.num_samples
     values = posterior.site_values()
-    out = {"y_context": _log_lik_draws(posterior.model, batch.context_only(), values, "y_context")}
+    out = {"y_context": _log_lik_draws(posterior, batch.context_only(), values, "y_context")}
     if batch.target_y is not None and batch.num_points("target") > 0:
-        out["y_target"] = _log_lik_draws(posterior.model, batch, values, "y_target")
+        out["y_target"] = _log_lik_draws(posterior, batch, values, "y_target")
     return {k: v.reshape((C, S) + tuple(v.shape[1:])).detach() for k, v in out.items()}
 
 
@@ -148,8 +258,9 @@ def _groups(
     data, dims = {}, {}
     for name, value in posterior.samples.items():
         data[name] = value.detach().cpu().numpy()
-        event = value.dim() - 3
-        dims[name] = ["task"] + [f"{name}_dim_{i}" for i in range(event)]
+        is_global = posterior.sites[name].is_global
+        extra = value.dim() - (2 if is_global else 3)
+        dims[name] = ([] if is_global else ["task"]) + [f"{name}_dim_{i}" for i in range(extra)]
     groups["posterior"] = (data, dims)
 
     has_target = batch.num_points("target") > 0
@@ -183,16 +294,14 @@ def _groups(
     groups["constant_data"] = (const, const_dims)
 
     if log_likelihood:
-        ll, ll_dims = {}, {}
         for name, lp in pointwise_log_likelihood(posterior).items():
             split = name[2:]
             mask = batch.mask(split)
             if not bool(mask.any()):
                 continue
-            ll[name] = lp[:, :, mask].cpu().numpy()  # [C, S, M]: the real (task, point) pairs in order
-            ll_dims[name] = [f"{split}_obs"]
-        if ll:
-            groups["log_likelihood"] = (ll, ll_dims)
+            group = "log_likelihood" if split == "context" else "target_log_likelihood"
+            # [C, S, M]: the real (task, point) pairs in order
+            groups[group] = ({name: lp[:, :, mask].cpu().numpy()}, {name: [f"{split}_obs"]})
 
     if posterior.sample_stats:
         stats = {k: v.detach().cpu().numpy() for k, v in posterior.sample_stats.items()}
@@ -210,7 +319,7 @@ def _thinned(posterior: Posterior, num: Optional[int]) -> Posterior:
     per_chain = -(-num // C)
     if per_chain >= S:
         return posterior
-    idx = torch.linspace(0, S - 1, per_chain).round().long()
+    idx = evenly_spaced(S, per_chain)
     samples = {k: v[:, idx] for k, v in posterior.samples.items()}
     return dataclasses.replace(posterior, samples=samples)
 
@@ -284,13 +393,24 @@ def to_inference_data(
     if _arviz_major() >= 1:
         return _build_datatree(groups, coords, attrs)
     idata = None
+    extra = {}
     for group, (data, dims) in groups.items():
+        if group not in _STANDARD_GROUPS:  # our own groups: built as datasets, added after
+            extra[group] = az.dict_to_dataset(data, coords=coords, dims=dims, attrs=dict(attrs))
+            continue
         part = az.from_dict(**{group: data, f"{group}_attrs": dict(attrs)}, coords=coords, dims=dims, attrs=dict(attrs))
         if idata is None:
             idata = part
         else:
             idata.extend(part)
+    if extra:
+        idata.add_groups(extra)
     return idata
+
+
+#: the groups ``az.from_dict`` builds (0.2x keyword groups)
+_STANDARD_GROUPS = ("posterior", "posterior_predictive", "observed_data", "constant_data", "log_likelihood",
+                    "sample_stats")
 
 
 def _build_datatree(groups, coords, attrs):  # pragma: no cover - ArviZ >= 1 needs Python >= 3.12; untested here

@@ -16,7 +16,8 @@ Regression rows (``T`` tasks, ``Nt`` target points, ``lp_tn = log p(y_tn | conte
 * with an ``oracle``: ``nll_gap = nll - nll_oracle`` on the same tasks and its paired standard
   error ``nll_gap_se`` (the same ratio estimator on per-task differences);
 * ``seconds`` -- wall time of ``infer`` plus the predictive; for MCMC ``divergences`` (all
-  chains), ``min_ess`` and ``max_r_hat`` over tasks; for importance sampling ``min_ess``
+  chains), ``min_ess`` / ``min_ess_tail`` (ArviZ's bulk / tail ESS) and ``max_r_hat`` (rank-normalised,
+  with two or more chains) over tasks; for importance sampling ``min_ess``
   (importance ESS).
 
 Classification rows (``context_y``/``target_y`` long class labels) carry ``nll``, ``nll_se``,
@@ -38,7 +39,7 @@ import torch
 
 from . import metrics
 from .data.batch import TaskBatch
-from .inference import METHODS, infer
+from .inference import available_methods, get_method, infer
 from .model import MetaModel
 
 __all__ = ["EvaluationTable", "evaluate"]
@@ -47,7 +48,7 @@ __all__ = ["EvaluationTable", "evaluate"]
 COLUMNS = (
     "model", "method", "num_context", "num_tasks", "nll", "nll_se", "nll_gap", "nll_gap_se", "mse", "mse_se",
     "crps", "coverage_50", "coverage_90", "accuracy", "ece", "brier", "seconds", "divergences", "min_ess",
-    "max_r_hat",
+    "min_ess_tail", "max_r_hat",
 )
 ORACLE = "oracle"
 
@@ -224,13 +225,7 @@ def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: 
         lp = pred.log_prob(batch.target_y)
         row = _regression_scores(lp, pred.mean, pred.flat, batch)
     row["seconds"] = time.perf_counter() - t0
-    d = post.diagnostics
-    if method in ("nuts", "hmc"):
-        row["divergences"] = int(torch.as_tensor(d["divergences"]).sum())
-        row["min_ess"] = float(d["ess"].min())
-        row["max_r_hat"] = float(d["r_hat"].max())
-    elif method == "importance":
-        row["min_ess"] = float(d["ess"].min())
+    row.update(post.summary)  # the method's own columns (MCMC divergences / ESS / R-hat, importance ESS...)
     return row, _per_task_nll(lp, batch)
 
 
@@ -342,18 +337,19 @@ def evaluate(
     if isinstance(methods, str):
         methods = [methods]
     methods = list(methods)
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in available_methods()]
     if bad:
-        raise ValueError(f"methods must be among {METHODS}, got {bad}")
+        raise ValueError(f"methods must be among {available_methods()}, got {bad}")
     if models and not methods:
         raise ValueError("methods is empty: name at least one inference method")
     options = dict(method_options or {})
-    stray = sorted(set(options).difference(METHODS))
+    stray = sorted(set(options).difference(available_methods()))
     if stray:
-        raise ValueError(f"method_options names unknown methods {stray} (methods are {METHODS})")
+        raise ValueError(f"method_options names unknown methods {stray} (methods are {available_methods()})")
     for k, v in options.items():
         if not isinstance(v, Mapping):
             raise TypeError(f"method_options[{k!r}] must be a dict of infer keyword arguments, got {type(v).__name__}")
+        get_method(k).validate({key: val for key, val in v.items() if key != "num_samples"})
     if oracle is not None:
         missing = [a for a in ("log_prob", "predict", "sample") if not callable(getattr(oracle, a, None))]
         if missing:

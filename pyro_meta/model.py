@@ -11,16 +11,21 @@ Plates (one convention across the zoo):
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import functools
 from collections import OrderedDict
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoGuide
 from pyro.nn import PyroModule
+from pyro.nn.module import _make_name
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from .data.batch import SPLITS, TaskBatch
@@ -29,6 +34,7 @@ __all__ = [
     "MetaModel",
     "TASK_PLATE",
     "SiteInfo",
+    "discover_sites",
     "local_params",
     "observe",
     "point_plate",
@@ -41,28 +47,63 @@ TASK_DIM = -2
 POINT_DIM = -1
 
 
+#: plates built during one call of a MetaModel's model or guide, by batch: Pyro records a plate's
+#: subsample site when the plate is *built*, so a second ``pyro.plate("tasks")`` in one trace is an
+#: error; within a call ``task_plate(batch)`` returns the same plate object every time (e.g. for the
+#: user's guide and an AutoGuide's ``create_plates``)
+_PLATES: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("pyro_meta_plates", default=None)
+
+
+def _cached_plate(batch: TaskBatch, key: str, build: Callable[[], pyro.plate]) -> pyro.plate:
+    cache = _PLATES.get()
+    if cache is None:
+        return build()
+    hit = cache.get((id(batch), key))
+    if hit is not None and hit[0] is batch:
+        return hit[1]
+    plate = build()
+    cache[(id(batch), key)] = (batch, plate)
+    return plate
+
+
 def task_plate(batch: TaskBatch) -> pyro.plate:
-    """``pyro.plate("tasks", T, dim=-2)``: task latents inside it have shape ``[T, 1, ...]``."""
-    return pyro.plate(TASK_PLATE, batch.num_tasks, dim=TASK_DIM)
+    """``pyro.plate("tasks", T, dim=-2)``: task latents inside it have shape ``[T, 1, ...]``.
+
+    When the batch is a minibatch of a fixed task set (``batch.task_index [T]`` into
+    ``batch.num_tasks_total`` tasks, as :func:`pyro_meta.fit` makes from a fixed ``TaskBatch``), the
+    plate is Pyro's subsampled plate ``pyro.plate("tasks", num_tasks_total, subsample=task_index)``:
+    task-level log densities are scaled by ``num_tasks_total / T`` (an unbiased estimate of the whole
+    set's) and per-task parameters (e.g. ``AutoNormal``'s) are indexed by the tasks' own indices.
+    Within one call of a MetaModel's ``model`` or ``guide`` the same plate object is returned for the
+    same batch (Pyro allows one plate of a name per trace; the object can be entered many times).
+    """
+
+    def build() -> pyro.plate:
+        if batch.task_index is not None:
+            return pyro.plate(TASK_PLATE, batch.num_tasks_total, subsample=batch.task_index, dim=TASK_DIM)
+        return pyro.plate(TASK_PLATE, batch.num_tasks, dim=TASK_DIM)
+
+    return _cached_plate(batch, TASK_PLATE, build)
 
 
 @contextlib.contextmanager
-def point_plate(batch: TaskBatch, split: str) -> Iterator[pyro.plate]:
+def point_plate(batch: TaskBatch, split: str) -> Iterator[torch.Tensor]:
     """``pyro.plate("<split>_points", N, dim=-1)`` plus ``poutine.mask`` with the ``[T, N]`` mask.
 
     Padded points contribute exactly zero log-density (the mask, never ``obs_mask``, which
-    would impute them). Raises ``ValueError`` for an empty split (``N = 0``, e.g. the
-    context-only batches that inference conditions on): guard with
-    ``batch.num_points(split) > 0`` or use :func:`observe`, which skips empty splits.
+    would impute them). An empty split (``N = 0``, e.g. the context-only batches that inference
+    conditions on) is harmless: Pyro has no zero-size plate, so the block runs with its sample
+    sites hidden (``poutine.block``): they contribute nothing and appear in no trace. Yields the
+    points' indices ``[N]`` (empty for an empty split).
     """
     n = batch.num_points(split)
     if n == 0:
-        raise ValueError(
-            f"point_plate: the {split} set of this batch is empty (N = 0); skip it when "
-            f"batch.num_points({split!r}) == 0 (pyro_meta.observe does)"
-        )
-    with pyro.plate(f"{split}_points", n, dim=POINT_DIM) as plate, poutine.mask(mask=batch.mask(split)):
-        yield plate
+        with poutine.block():
+            yield torch.arange(0, device=batch.device)
+        return
+    plate = _cached_plate(batch, split, lambda: pyro.plate(f"{split}_points", n, dim=POINT_DIM))
+    with plate as idx, poutine.mask(mask=batch.mask(split)):
+        yield idx
 
 
 def observe(
@@ -104,15 +145,83 @@ def local_params() -> Iterator[None]:
 
 @dataclasses.dataclass(frozen=True)
 class SiteInfo:
-    """A task-level latent site: ``value [T, 1, *event_shape]`` for a single draw."""
+    """A latent sample site of the model.
+
+    Task-level sites (inside the tasks plate): a single draw has shape ``[T, 1, *event_shape]``.
+    Global sites (outside it): a single draw has shape ``batch_shape + event_shape``, the same in
+    :func:`pyro_meta.fit` and every inference method.
+    """
 
     name: str
     event_shape: torch.Size
     support: object
+    is_global: bool = False
+    #: batch shape of a global site (``()`` for a scalar); unused for task sites
+    batch_shape: torch.Size = torch.Size()
 
     @property
     def event_dim(self) -> int:
         return len(self.event_shape)
+
+    @property
+    def shape(self) -> torch.Size:
+        """Shape of one draw of a global site (``batch_shape + event_shape``)."""
+        return torch.Size(self.batch_shape) + torch.Size(self.event_shape)
+
+
+def _task_plates(batch: Any, *args: Any, **kwargs: Any) -> list:
+    """``create_plates`` for AutoGuides of a MetaModel: the model's own (possibly subsampled) task plate."""
+    return [task_plate(batch)] if isinstance(batch, TaskBatch) else []
+
+
+def _adopt_autoguide(guide: Any) -> None:
+    """Give a master AutoGuide the task plate (``create_plates``) unless its user chose plates."""
+    if isinstance(guide, AutoGuide) and guide.master is None and guide.create_plates is None:
+        guide.create_plates = _task_plates
+
+
+class _OwnParams(Messenger):
+    """A module's ``nn.Parameter`` read under the PyroModule context is the module's own tensor.
+
+    ``PyroModule`` turns every ``nn.Parameter`` it reads into ``pyro.param(name, param)``, and
+    Pyro's param store then registers the tensor and sets ``requires_grad=True`` on it: a network
+    frozen for MCMC would be unfrozen by its first potential evaluation (and JIT traces break).
+    The parameters belong to the model instance, so such ``param`` messages are answered with the
+    tensor itself, without the store. ``PyroParam`` attributes (e.g. an AutoGuide's) keep Pyro's
+    behaviour (subsampling included).
+    """
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "param" and len(msg["args"]) > 1 and isinstance(msg["args"][1], torch.nn.Parameter):
+            msg["value"] = msg["args"][1]
+            msg["done"] = True
+
+
+@contextlib.contextmanager
+def _plate_scope() -> Iterator[None]:
+    """Open a plate cache for the outermost model/guide call (nested calls share it)."""
+    if _PLATES.get() is not None:
+        yield
+        return
+    token = _PLATES.set({})
+    try:
+        yield
+    finally:
+        _PLATES.reset(token)
+
+
+def _wrap_in_context(fn: Callable) -> Callable:
+    """Like ``pyro.nn.pyro_method``: run ``fn`` inside the module's PyroModule context (once per method)."""
+    if getattr(fn, "_pyro_meta_context", False):
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(self, *args: Any, **kwargs: Any) -> Any:
+        with self._pyro_context, _OwnParams(), _plate_scope():
+            return fn(self, *args, **kwargs)
+
+    wrapped._pyro_meta_context = True
+    return wrapped
 
 
 class MetaModel(PyroModule):
@@ -121,15 +230,23 @@ class MetaModel(PyroModule):
     Subclasses implement
 
     * ``model(batch)`` -- task latents ``z_t`` inside :func:`task_plate`, observations
-      ``y_context``/``y_target`` inside :func:`point_plate`. With ``batch.target_y is None``
-      it samples ``y_target`` (the predictive). It must accept a batch with an empty target set.
-    * ``guide(batch)`` -- the amortized guide ``q(z_t | observed points)``; it should condition
-      on ``batch.observed()`` (context and, at training time, target).
+      ``y_context``/``y_target`` inside :func:`point_plate` (or :func:`observe`). With
+      ``batch.target_y is None`` it samples ``y_target`` (the predictive). Latent sites outside
+      the task plate are *global* latents.
+    * ``guide(batch)`` -- the guide ``q(z_t | observed points)``: an *amortized* guide (an encoder
+      of ``batch.observed()`` or an inner loop on it) works on new tasks; a guide with per-task
+      parameters (e.g. ``AutoNormal`` over the task latents) only on the fixed task set it was
+      fitted on. Instead of a method, a guide may be assigned: ``self.guide = AutoNormal(self.model)``
+      (AutoGuides get the model's task plate as ``create_plates``, so per-task parameters line up
+      with ``batch.task_index``).
 
     and may override ``loss(batch)`` (default: the negative ELBO per task) for
     meta-objectives that are not an ELBO. Global parameters are the module's own
-    ``nn.Parameter``/``PyroParam`` attributes: every pyro_meta entry point keeps them local to
-    the instance (:func:`local_params`) and optimises them with ``torch.optim``.
+    ``nn.Parameter``/``PyroParam`` attributes (AutoGuide parameters included, created on the first
+    call): every pyro_meta entry point keeps them local to the instance (:func:`local_params`) and
+    optimises them with ``torch.optim``. ``model`` and ``guide`` always run inside the module's
+    PyroModule context (as :func:`pyro.nn.pyro_method`), so ``PyroSample``/``PyroParam`` attributes
+    behave as in Pyro: a ``PyroSample`` read in ``model`` is a sample site.
 
     Models should broadcast over extra leading sample dims (``z`` of shape ``[S, T, 1, D]``)
     so that draws and predictives are vectorized; set ``vectorized = False`` otherwise.
@@ -142,16 +259,53 @@ class MetaModel(PyroModule):
     #: particles of the default ELBO loss
     num_particles: int = 1
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("model", "guide"):
+            fn = cls.__dict__.get(name)
+            if callable(fn):
+                setattr(cls, name, _wrap_in_context(fn))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, AutoGuide):
+            _adopt_autoguide(value)
+        if name == "guide" and value is not None and not isinstance(value, torch.Tensor):
+            if type(self).guide is not MetaModel.guide:
+                raise TypeError(
+                    f"{type(self).__name__} defines a guide() method and also assigns self.guide; use one of them"
+                )
+            if not callable(value):
+                raise TypeError(f"self.guide must be a callable guide(batch), got {type(value).__name__}")
+            if isinstance(value, torch.nn.Module):
+                if isinstance(value, PyroModule):
+                    value._pyro_set_supermodule(_make_name(self._pyro_name, name), self._pyro_context)
+                self._modules["guide"] = value  # nn.Module.add_module refuses: ``guide`` is a method
+            else:
+                self.__dict__["_guide_fn"] = value
+            return
+        super().__setattr__(name, value)
+
     def model(self, batch: TaskBatch) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement model(batch)")
 
-    def guide(self, batch: TaskBatch) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement guide(batch)")
+    def guide(self, batch: TaskBatch) -> Any:
+        """The assigned guide (``self.guide = ...``), or ``NotImplementedError`` when there is none."""
+        fn = self._modules.get("guide")
+        if fn is None:
+            fn = self.__dict__.get("_guide_fn")
+        if fn is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement guide(batch) or assign self.guide")
+        with self._pyro_context, _OwnParams(), _plate_scope():
+            return fn(batch)
 
     def loss(self, batch: TaskBatch) -> torch.Tensor:
-        """Meta-training loss, per task: ``-ELBO / T`` with ``Trace_ELBO`` (differentiable)."""
+        """Meta-training loss, per task: ``-ELBO / T_total`` with ``Trace_ELBO`` (differentiable).
+
+        ``T_total`` is ``batch.num_tasks_total``: for a minibatch of a fixed task set the ELBO of the
+        subsampled task plate estimates the whole set's ELBO.
+        """
         elbo = Trace_ELBO(num_particles=self.num_particles, max_plate_nesting=self.max_plate_nesting)
-        return elbo.differentiable_loss(self.model, self.guide, batch) / batch.num_tasks
+        return elbo.differentiable_loss(self.model, self.guide, batch) / batch.num_tasks_total
 
     def forward(self, batch: TaskBatch) -> None:  # pragma: no cover - convenience
         return self.model(batch)
@@ -165,48 +319,77 @@ def _frames(site) -> Dict[str, int]:
     return {f.name: f.dim for f in site["cond_indep_stack"]}
 
 
+def _is_latent(site) -> bool:
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site["infer"].get("_deterministic")
+        and not site["infer"].get("is_auxiliary")
+        and not site_is_subsample(site)
+    )
+
+
+def discover_sites(
+    model: MetaModel, batch: TaskBatch
+) -> Tuple["OrderedDict[str, SiteInfo]", "OrderedDict[str, SiteInfo]"]:
+    """Task-level and global latent sites of ``model.model``, from one trace on ``batch``.
+
+    Task-level: unobserved sample sites inside the ``tasks`` plate and outside every point plate.
+    Global: unobserved sample sites outside the ``tasks`` plate. The model is traced on ``batch``
+    with its target set observed (or on its context only when ``target_y`` is None), without the
+    batch's task indices. Returns ``(task_sites, global_sites)``, each ``{name: SiteInfo}`` in
+    trace order.
+    """
+    probe = batch if batch.target_y is not None else batch.context_only()
+    probe = probe.without_task_index()
+    with local_params(), torch.no_grad():
+        trace = poutine.trace(model.model).get_trace(probe)
+    task_sites: "OrderedDict[str, SiteInfo]" = OrderedDict()
+    global_sites: "OrderedDict[str, SiteInfo]" = OrderedDict()
+    for name, site in trace.nodes.items():
+        if not _is_latent(site):
+            continue
+        frames = _frames(site)
+        fn = site["fn"]
+        if TASK_PLATE not in frames:
+            shape = site["value"].shape
+            event = torch.Size(fn.event_shape)
+            batch_shape = shape[: len(shape) - len(event)]
+            global_sites[name] = SiteInfo(name, event, fn.support, is_global=True, batch_shape=batch_shape)
+        elif not any(d == POINT_DIM for n, d in frames.items() if n != TASK_PLATE):
+            task_sites[name] = SiteInfo(name, torch.Size(fn.event_shape), fn.support)
+    return task_sites, global_sites
+
+
 def task_latent_sites(model: MetaModel, batch: TaskBatch) -> "OrderedDict[str, SiteInfo]":
     """Unobserved sample sites inside the ``tasks`` plate and outside every point plate.
 
     Found by tracing ``model.model`` on ``batch`` with its target set observed (or empty).
     Returns ``{name: SiteInfo}`` in trace order. Raises ``ValueError`` if there is none.
     """
-    probe = batch if batch.target_y is not None else batch.context_only()
-    with local_params(), torch.no_grad():
-        trace = poutine.trace(model.model).get_trace(probe)
-    sites: "OrderedDict[str, SiteInfo]" = OrderedDict()
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site["infer"].get("_deterministic"):
-            continue
-        if site_is_subsample(site):
-            continue
-        frames = _frames(site)
-        if TASK_PLATE not in frames or any(d == POINT_DIM for n, d in frames.items() if n != TASK_PLATE):
-            continue
-        fn = site["fn"]
-        sites[name] = SiteInfo(name, fn.event_shape, fn.support)
+    sites, _ = discover_sites(model, batch)
     if not sites:
-        raise ValueError(
-            f"{type(model).__name__}.model has no task-level latent site: expected an unobserved "
-            f"pyro.sample inside pyro_meta.task_plate (plate {TASK_PLATE!r}, dim {TASK_DIM})"
-        )
+        raise ValueError(no_task_latent_message(model))
     return sites
+
+
+def no_task_latent_message(model: MetaModel) -> str:
+    return (
+        f"{type(model).__name__}.model has no task-level latent site: expected an unobserved "
+        f"pyro.sample inside pyro_meta.task_plate (plate {TASK_PLATE!r}, dim {TASK_DIM})"
+    )
 
 
 def global_latent_sites(model: MetaModel, batch: TaskBatch) -> Tuple[str, ...]:
     """Names of unobserved sample sites outside the tasks plate (global latents)."""
-    probe = batch if batch.target_y is not None else batch.context_only()
-    with local_params(), torch.no_grad():
-        trace = poutine.trace(model.model).get_trace(probe)
-    return tuple(
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not site["infer"].get("_deterministic")
-        and not site_is_subsample(site)
-        and TASK_PLATE not in _frames(site)
-    )
+    return tuple(discover_sites(model, batch)[1])
+
+
+def autoguides(model: torch.nn.Module) -> Iterator[AutoGuide]:
+    """The master AutoGuides among ``model``'s submodules (parts of an ``AutoGuideList`` are not listed)."""
+    for module in model.modules():
+        if isinstance(module, AutoGuide) and module.master is None:
+            yield module
 
 
 @contextlib.contextmanager

@@ -18,14 +18,13 @@ import numbers
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import matplotlib.pyplot as plt
-import pyro
 import torch
 from matplotlib.figure import Figure
-from pyro import poutine
 
 from .data.batch import TaskBatch
 from .inference import Posterior, infer
-from .model import MetaModel, check_model, local_params
+from .inference.predictive import predictive_trace
+from .model import MetaModel, check_model
 
 __all__ = ["function_draws", "plot_posterior_pairs", "plot_predictive", "plot_prior_functions"]
 
@@ -90,27 +89,13 @@ def function_draws(
         ``mean``, so they are draws of ``y`` including noise).
     """
     values = posterior.site_values(num_functions)
-    num = next(iter(values.values())).shape[0]
-    model = posterior.model
-    batch = batch.without_target_y()
-    with local_params(), torch.no_grad():
-        if model.vectorized:
-            with pyro.plate("_draws", num, dim=-(model.max_plate_nesting + 1)):
-                traces = [poutine.trace(poutine.condition(model.model, data=dict(values))).get_trace(batch)]
-        else:
-            traces = [
-                poutine.trace(poutine.condition(model.model, data={k: v[i] for k, v in values.items()})).get_trace(batch)
-                for i in range(num)
-            ]
-    out, is_mean = [], True
-    for trace in traces:
-        node = trace.nodes["y_target"]
-        try:
-            f = node["fn"].mean.expand_as(node["value"])
-        except (AttributeError, NotImplementedError):
-            f, is_mean = node["value"], False
-        out.append(f)
-    f = out[0] if model.vectorized else torch.stack(out)
+    trace = predictive_trace(posterior.model, batch.without_target_y(), values, fn=posterior.fn, sites=posterior.sites)
+    node = trace.nodes["y_target"]
+    try:
+        f = node["fn"].mean.expand_as(node["value"])
+        is_mean = True
+    except (AttributeError, NotImplementedError):
+        f, is_mean = node["value"], False
     return f.detach(), is_mean
 
 

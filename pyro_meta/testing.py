@@ -25,7 +25,7 @@ import torch
 
 from .data.batch import TaskBatch
 from .data.tasks import Sinusoid
-from .inference import METHODS, fit, infer
+from .inference import available_methods, fit, infer
 from .model import MetaModel, task_latent_sites
 
 __all__ = ["MetaModelContract", "assert_close"]
@@ -56,18 +56,25 @@ class MetaModelContract:
     ``num_target``, ``num_samples``; override :meth:`make_tasks` for non-sinusoid data.
     """
 
-    methods: Tuple[str, ...] = METHODS
+    methods: Tuple[str, ...] = available_methods()
     method_options: Dict[str, Dict[str, Any]] = {
         "svi": {"num_steps": 5, "num_particles": 2},
         "importance": {"num_proposals": 64},
         "nuts": {"num_warmup": 10, "num_chains": 2, "max_tree_depth": 4},
         "hmc": {"num_warmup": 10, "num_chains": 1, "num_steps": 4},
     }
+    #: also run every method with ``vectorized = False`` (one trace per draw) and compare (slower)
+    check_unvectorized: bool = False
     num_tasks: int = 3
     num_context: Any = (2, 4)
     num_target: int = 5
     num_samples: int = 8
     fit_options: Dict[str, Any] = {"lr": 1e-2}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.check_unvectorized:
+            cls.test_unvectorized_agrees = None  # not collected (pytest ignores non-callables)
 
     # ------------------------------------------------------------ hooks
     def make_model(self) -> MetaModel:
@@ -126,7 +133,7 @@ class MetaModelContract:
         assert all(bool(torch.isfinite(p).all()) for p in after)
         assert any(not torch.equal(a, b) for a, b in zip(after, before)), "fit changed no parameter"
 
-    @pytest.mark.parametrize("method", METHODS)
+    @pytest.mark.parametrize("method", available_methods())
     def test_infer_method(self, method):
         if method not in self.methods:
             pytest.skip(f"{type(self).__name__} does not support method={method!r}")
@@ -145,6 +152,55 @@ class MetaModelContract:
         lp = pred.log_prob(batch.target_y)
         assert lp.shape == batch.target_mask.shape and bool(torch.isfinite(lp).all())
         assert bool((lp[~batch.target_mask] == 0).all()), "padded target points must not count"
+
+    @pytest.mark.parametrize("method", available_methods())
+    def test_unvectorized_agrees(self, method):
+        """``vectorized = False`` (one trace per draw) gives the same log densities and draws distributions.
+
+        Collected only where ``check_unvectorized = True`` (one trace per draw is slow).
+        """
+        if method not in self.methods:
+            pytest.skip(f"{type(self).__name__} does not support method={method!r}")
+        from .arviz import pointwise_log_likelihood
+
+        model, batch = self.new_model(), self.batch()
+        self._fit(model, steps=2)
+        options = dict(self.method_options.get(method, {}))
+        mcmc = method in ("nuts", "hmc")
+        if mcmc:
+            # NUTS/HMC evaluate one (unbatched) trace per step; from the same start the chains are identical
+            options["init"] = "median"
+        num = self.num_samples if mcmc else 200
+        runs = []
+        for vectorized in (True, False):
+            model.vectorized = vectorized  # an instance attribute shadows the class's
+            try:
+                post = infer(model, batch, method=method, num_samples=num, seed=0, **options)
+                lik = pointwise_log_likelihood(post)
+                pred = post.predict(num_samples=8)
+                runs.append((post, lik, pred))
+            finally:
+                del model.vectorized
+        (pv, lik_v, pred_v), (pu, lik_u, pred_u) = runs
+        # the same draws give the same densities whichever way they are traced
+        model.vectorized = False
+        try:
+            lik_cross = pointwise_log_likelihood(pv)
+        finally:
+            del model.vectorized
+        for k in lik_v:
+            assert_close(lik_cross[k], lik_v[k], atol=1e-4, rtol=1e-4, what=f"log-likelihood {k}, vectorized=False")
+        assert tuple(pred_u.samples.shape) == tuple(pred_v.samples.shape)
+        for name in pv.samples:
+            a, b = pv.samples[name].flatten(0, 1).double(), pu.samples[name].flatten(0, 1).double()
+            assert a.shape == b.shape and bool(torch.isfinite(b).all()), name
+            if mcmc:
+                assert_close(b, a, atol=1e-4, what=f"{method} draws of {name}, vectorized=False")
+                continue
+            sd = torch.sqrt(0.5 * (a.var(0) + b.var(0))).clamp_min(1e-6)
+            bound = 6 * sd * (2 / 50) ** 0.5  # at least 50 effective draws per run
+            excess = (a.mean(0) - b.mean(0)).abs() - bound
+            assert bool((excess <= 1e-6).all()), f"{method}: means of {name} differ beyond Monte Carlo error"
 
     def test_same_seed_same_numbers(self):
         runs = []

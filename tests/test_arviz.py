@@ -97,7 +97,8 @@ def test_mcmc_groups_dims_and_coords(nuts_post, nuts_idata):
     T, Nc, Nt = batch.num_tasks, batch.num_points("context"), batch.num_points("target")
     C, S = 2, 40
     assert set(idata.groups()) == {
-        "posterior", "posterior_predictive", "observed_data", "constant_data", "log_likelihood", "sample_stats"
+        "posterior", "posterior_predictive", "observed_data", "constant_data", "log_likelihood", "sample_stats",
+        "target_log_likelihood",
     }
     w = idata.posterior["w"]
     assert w.dims == ("chain", "draw", "task", "w_dim_0") and w.shape == (C, S, T, 4)
@@ -114,7 +115,8 @@ def test_mcmc_groups_dims_and_coords(nuts_post, nuts_idata):
     assert idata.constant_data["context_x"].dims == ("task", "context_point", "x_dim")
     assert idata.constant_data["target_mask"].dtype == bool
     assert idata.log_likelihood["y_context"].dims == ("chain", "draw", "context_obs")
-    assert idata.log_likelihood["y_target"].dims == ("chain", "draw", "target_obs")
+    assert idata.target_log_likelihood["y_target"].dims == ("chain", "draw", "target_obs")
+    assert list(idata.log_likelihood.data_vars) == ["y_context"]  # only what the posterior conditions on
     for name in ("diverging", "acceptance_rate", "step_size", "lp"):
         assert idata.sample_stats[name].dims == ("chain", "draw") and idata.sample_stats[name].shape == (C, S)
     assert idata.sample_stats["diverging"].dtype == bool
@@ -170,7 +172,7 @@ def test_padded_points_never_appear_as_real_values(nuts_post, nuts_idata):
     np.testing.assert_array_equal(idata.constant_data["context_mask"].values, real)
     # the log-likelihood holds the real points only
     assert idata.log_likelihood["y_context"].shape[-1] == int(real.sum())
-    assert idata.log_likelihood["y_target"].shape[-1] == int(batch.target_mask.sum())
+    assert idata.target_log_likelihood["y_target"].shape[-1] == int(batch.target_mask.sum())
     assert np.isfinite(idata.log_likelihood["y_context"].values).all()
 
 
@@ -180,7 +182,7 @@ def test_loo_counts_exactly_the_real_context_points(which, amortized_post, nuts_
     idata = to_inference_data(post, predictive=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pareto k warnings on 2-point tasks
-        loo = az.loo(idata, var_name="y_context", pointwise=True)
+        loo = az.loo(idata, pointwise=True)  # no var_name: the log_likelihood group holds y_context only
     M = int(post.batch.context_mask.sum())
     assert M < post.batch.context_mask.numel()
     assert loo.n_data_points == M and loo.loo_i.size == M
@@ -195,7 +197,8 @@ def test_log_likelihood_matches_hand_computation(nuts_post, nuts_idata):
         t = torch.as_tensor(idata.constant_data[f"{split}_obs_task"].values)
         n = torch.as_tensor(idata.constant_data[f"{split}_obs_point"].values)
         assert bool(batch.mask(split)[t, n].all()), f"{split}_obs maps to a padded point"
-        got = torch.as_tensor(idata.log_likelihood[f"y_{split}"].values)
+        group = idata.log_likelihood if split == "context" else idata.target_log_likelihood
+        got = torch.as_tensor(group[f"y_{split}"].values)
         assert_close(got, ref[:, :, t, n], atol=1e-4, what=f"log p(y_{split} | w)")
 
 
@@ -310,3 +313,50 @@ def test_bad_input_raises(amortized_post):
         to_inference_data(amortized_post, predictive="yes")
     with pytest.raises(TypeError, match="posterior"):
         pointwise_log_likelihood(None)
+
+
+def test_per_task_r_hat_and_ess_equal_arviz_on_the_exported_idata(nuts_post, nuts_idata):
+    """The printed per-task diagnostics are ArviZ's (rank-normalised R-hat, bulk and tail ESS), unclamped."""
+    d = nuts_post.diagnostics
+    for key, stat in (("r_hat", az.rhat(nuts_idata)), ("ess_bulk", az.ess(nuts_idata, method="bulk")),
+                      ("ess_tail", az.ess(nuts_idata, method="tail"))):
+        ref = stat["w"].values  # [task, w_dim_0]
+        worst = ref.max(-1) if key == "r_hat" else ref.min(-1)
+        np.testing.assert_allclose(d[key].numpy(), worst, rtol=1e-9, err_msg=key)
+    assert d["ess"] is d["ess_bulk"]
+
+
+@pytest.mark.parametrize("case", ["normal", "one_chain", "odd_draws", "constant", "sticky", "bimodal", "ar1", "few"])
+def test_vectorized_rhat_ess_equal_arviz_coordinate_by_coordinate(case):
+    """pyro_meta.arviz.rhat_ess is ArviZ's arithmetic over all coordinates at once: equal on every edge case."""
+    from pyro_meta.arviz import rhat_ess
+
+    g = np.random.default_rng(0)
+    C, S = {"one_chain": (1, 50), "odd_draws": (3, 37), "few": (2, 5)}.get(case, (4, 60))
+    x = g.normal(size=(C, S, 3, 2))
+    if case == "constant":
+        x[:, :, 0, 0] = 1.5
+    if case == "sticky":  # repeated values: ties in the ranks
+        x = np.round(x, 1)
+    if case == "bimodal":  # chains stuck in different modes
+        x[: C // 2] += 6.0
+    if case == "ar1":  # strongly autocorrelated chains: the Geyer sequence matters
+        for t in range(1, S):
+            x[:, t] = 0.95 * x[:, t - 1] + 0.3 * x[:, t]
+    got = rhat_ess(torch.as_tensor(x))
+    ds = az.convert_to_dataset({"x": x})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ warns about one chain
+        refs = {"r_hat": az.rhat(ds)["x"].values, "ess_bulk": az.ess(ds, method="bulk")["x"].values,
+                "ess_tail": az.ess(ds, method="tail")["x"].values}
+    for key, ref in refs.items():
+        np.testing.assert_allclose(got[key].numpy(), ref, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=key)
+
+
+def test_loo_works_without_var_name_and_targets_have_their_own_group(nuts_idata):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loo = az.loo(nuts_idata)  # one log-likelihood variable: the context the posterior conditions on
+    assert np.isfinite(loo.elpd_loo)
+    assert "y_target" not in nuts_idata.log_likelihood
+    assert nuts_idata.target_log_likelihood["y_target"].dims == ("chain", "draw", "target_obs")

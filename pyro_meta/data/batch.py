@@ -49,6 +49,12 @@ class TaskBatch:
         Per-task ground truth (e.g. ``amplitude [T]``), for plots and oracles.
     allow_empty_context : bool
         Allow tasks with no real context point (prior predictive, zero-shot). Default False.
+    task_index : long Tensor ``[T]``, optional
+        When the batch is a subset of a fixed set of ``task_set_size`` tasks (a minibatch of
+        :func:`pyro_meta.fit`), each task's index in that set: :func:`pyro_meta.task_plate` then
+        subsamples the tasks plate with these indices (per-task parameters line up).
+    task_set_size : int, optional
+        The size of that fixed task set (required with ``task_index``).
 
     Every field is validated on construction; a violation raises ``ValueError`` (or
     ``TypeError`` for a wrong type/dtype) naming the field and the expected shape.
@@ -62,6 +68,8 @@ class TaskBatch:
     target_mask: Optional[torch.Tensor] = None
     info: Dict[str, Any] = dataclasses.field(default_factory=dict)
     allow_empty_context: bool = False
+    task_index: Optional[torch.Tensor] = None
+    task_set_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         cx = _check_tensor("context_x", self.context_x)
@@ -112,6 +120,21 @@ class TaskBatch:
             raise ValueError("context_x has Nc = 0 points; pass allow_empty_context=True for zero-shot batches")
         if not isinstance(self.info, dict):
             raise TypeError(f"info must be a dict of per-task values, got {type(self.info).__name__}")
+        self._check_task_index(T)
+
+    def _check_task_index(self, T: int) -> None:
+        idx, size = self.task_index, self.task_set_size
+        if idx is None and size is None:
+            return
+        if idx is None or size is None:
+            raise ValueError("task_index [T] and task_set_size must be given together (or neither)")
+        if isinstance(size, bool) or not isinstance(size, int) or size < T:
+            raise ValueError(f"task_set_size must be an int >= T = {T}, got {size!r}")
+        _check_tensor("task_index", idx)
+        if idx.dtype != torch.long or tuple(idx.shape) != (T,):
+            raise ValueError(f"task_index must be a long tensor of shape [T] = [{T}], got {idx.dtype} {tuple(idx.shape)}")
+        if T and (int(idx.min()) < 0 or int(idx.max()) >= size or idx.unique().numel() != T):
+            raise ValueError(f"task_index must hold {T} distinct indices in [0, task_set_size = {size})")
 
     @staticmethod
     def _check_y(name: str, y: torch.Tensor, T: int, n: int) -> None:
@@ -132,6 +155,24 @@ class TaskBatch:
     def num_tasks(self) -> int:
         """``T``."""
         return self.context_x.shape[0]
+
+    @property
+    def num_tasks_total(self) -> int:
+        """Size of the task set the batch was drawn from: ``task_set_size``, else ``T``."""
+        return self.task_set_size if self.task_index is not None else self.num_tasks
+
+    def with_task_index(self) -> "TaskBatch":
+        """This batch as a whole fixed task set: ``task_index = arange(T)`` (kept if already set)."""
+        if self.task_index is not None:
+            return self
+        T = self.num_tasks
+        return self.replace(task_index=torch.arange(T, device=self.device), task_set_size=T)
+
+    def without_task_index(self) -> "TaskBatch":
+        """The same tasks as a batch of their own (no ``task_index``)."""
+        if self.task_index is None:
+            return self
+        return self.replace(task_index=None, task_set_size=None)
 
     @property
     def x_dim(self) -> int:
@@ -220,6 +261,8 @@ class TaskBatch:
             target_mask=self.target_mask[index],
             info=info,
             allow_empty_context=self.allow_empty_context,
+            task_index=None if self.task_index is None else self.task_index[index],
+            task_set_size=self.task_set_size,
         )
 
     def to(self, *args: Any, **kwargs: Any) -> "TaskBatch":
@@ -239,6 +282,7 @@ class TaskBatch:
         return TaskBatch(
             move(self.context_x), move(self.context_y), move(self.target_x), move(self.target_y),
             move(self.context_mask), move(self.target_mask), info, self.allow_empty_context,
+            move(self.task_index), self.task_set_size,
         )
 
     def __len__(self) -> int:

@@ -2,7 +2,21 @@
 
 from .fit import FitResult, fit
 from .infer import METHODS, infer
+from .method import InferenceMethod, InferenceResult, Option, available_methods, get_method, register_method
 from .posterior import Posterior
 from .predictive import Predictive
 
-__all__ = ["FitResult", "METHODS", "Posterior", "Predictive", "fit", "infer"]
+__all__ = [
+    "FitResult",
+    "InferenceMethod",
+    "InferenceResult",
+    "METHODS",
+    "Option",
+    "Posterior",
+    "Predictive",
+    "available_methods",
+    "fit",
+    "get_method",
+    "infer",
+    "register_method",
+]

@@ -1,28 +1,26 @@
-"""Draw-based methods: ``"amortized"`` (the guide given the context) and ``"prior"``."""
+"""``method="amortized"``: draws of the model's guide given each task's context."""
 
 from __future__ import annotations
 
-import torch
-
 from .common import Problem
-from .draws import draw_sites, to_posterior
+from .draws import to_posterior
+from .method import InferenceMethod, InferenceResult, register_method
 
-__all__ = ["amortized_draws", "prior_draws"]
+__all__ = ["Amortized"]
 
 
-def amortized_draws(problem: Problem, num_samples: int) -> dict:
-    """``{site: [1, S, T, *event]}``: ``S`` draws of ``q(z_t | context_t)`` from ``model.guide``.
+class Amortized(InferenceMethod):
+    """``q(z_t | context_t)``: ``S`` draws of the model's guide given each task's context; no optimisation.
 
-    No optimisation happens; the guide sees each task's context only (target set empty).
-    Guides with an inner gradient loop run with gradients enabled; draws are detached.
+    The guide sees each task's context only (target set empty). Guides with an inner gradient loop
+    run with gradients enabled; draws are detached. Samples ``{site: [1, S, T, *event]}``.
     """
-    with torch.enable_grad():
-        values = draw_sites(problem.model.guide, problem.cond, num_samples, problem.sites, problem.model)
-    return to_posterior(values, problem.sites, 1)
+
+    name = "amortized"
+
+    def run(self, problem: Problem, num_samples: int) -> InferenceResult:
+        values = problem.guide_draws(num_samples)
+        return InferenceResult(samples=to_posterior(values, problem.sites, 1))
 
 
-def prior_draws(problem: Problem, num_samples: int) -> dict:
-    """``{site: [1, S, T, *event]}``: draws of the task latents from the meta-learned prior ``p(z)``."""
-    with torch.no_grad():
-        values = draw_sites(problem.fn, problem.cond, num_samples, problem.sites, problem.model)
-    return to_posterior(values, problem.sites, 1)
+register_method(Amortized())

@@ -10,11 +10,14 @@ from typing import Any, Callable, List, Optional, Union
 
 import pyro
 import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoContinuous
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.batch import TaskBatch
 from ..data.tasks import SizeSpec
-from ..model import MetaModel, check_model, local_params
+from ..model import TASK_PLATE, MetaModel, autoguides, check_model, local_params
+from .common import check_compatible
 
 __all__ = ["FitResult", "fit"]
 
@@ -68,7 +71,13 @@ def _make_optimizer(spec: OptimizerSpec, params, lr: float) -> torch.optim.Optim
 
 
 class _TaskSource:
-    """Draws a training batch per step from a task distribution or a fixed ``TaskBatch``."""
+    """Draws a training batch per step from a task distribution or a fixed ``TaskBatch``.
+
+    A fixed ``TaskBatch`` is a task set: every minibatch carries its tasks' ``task_index`` into
+    it, so :func:`~pyro_meta.task_plate` subsamples the tasks plate with those indices (Pyro's
+    subsampling: task-level terms scaled by ``T_total / T_batch``, per-task parameters aligned).
+    With ``tasks_per_batch`` equal to the set's size every step sees the whole set, in order.
+    """
 
     def __init__(self, tasks: Any, tasks_per_batch: int, num_context: SizeSpec, num_target: SizeSpec, generator: torch.Generator):
         self.tasks, self.generator = tasks, generator
@@ -80,22 +89,68 @@ class _TaskSource:
                 raise ValueError(
                     f"tasks_per_batch={tasks_per_batch} exceeds the {tasks.num_tasks} tasks of the TaskBatch"
                 )
+            self.tasks = tasks.with_task_index()
         elif not callable(getattr(tasks, "sample", None)):
             raise TypeError(
                 "tasks must be a TaskBatch or a task distribution with "
                 f".sample(num_tasks, num_context, num_target, generator=), got {type(tasks).__name__}"
             )
 
+    @property
+    def subsamples(self) -> bool:
+        """True when minibatches are strict subsets of a fixed task set."""
+        return isinstance(self.tasks, TaskBatch) and self.tasks_per_batch < self.tasks.num_tasks
+
     def next(self) -> TaskBatch:
         if isinstance(self.tasks, TaskBatch):
+            if not self.subsamples:
+                return self.tasks
             idx = torch.randperm(self.tasks.num_tasks, generator=self.generator)[: self.tasks_per_batch]
-            return self.tasks.select(idx)
+            return self.tasks.select(idx.sort().values)
         batch = self.tasks.sample(
             num_tasks=self.tasks_per_batch, num_context=self.num_context, num_target=self.num_target, generator=self.generator
         )
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"tasks.sample(...) must return a TaskBatch, got {type(batch).__name__}")
         return batch
+
+
+def _needs_priming(model: MetaModel) -> bool:
+    """Parameters created on the first call: an AutoGuide not set up yet, or a lazy torch module."""
+    if any(g.prototype_trace is None for g in autoguides(model)):
+        return True
+    return any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters())
+
+
+def _prime(model: MetaModel, batch: TaskBatch) -> None:
+    """Run the guide and the model once (no gradient) so that lazily created parameters exist."""
+    with local_params(), torch.no_grad():
+        guide_trace = poutine.trace(model.guide).get_trace(batch)
+        poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(batch)
+
+
+def _check_autoguide_subsampling(model: MetaModel, source: "_TaskSource") -> None:
+    """An AutoContinuous guide over task latents cannot index a subsample of the task set: refuse it."""
+    if not source.subsamples:
+        return
+    for guide in model.modules():
+        if not isinstance(guide, AutoContinuous) or guide.prototype_trace is None:
+            continue
+        if any(any(f.name == TASK_PLATE for f in site["cond_indep_stack"])
+               for _, site in guide.prototype_trace.iter_stochastic_nodes()):
+            raise ValueError(
+                f"{type(guide).__name__} packs every task's latents into one vector and cannot follow a subsample "
+                f"of the task set: use tasks_per_batch={source.tasks.num_tasks} (the whole set every step) or "
+                "AutoNormal for the task latents"
+            )
+
+
+def _add_new_params(opt: torch.optim.Optimizer, model: MetaModel, known: set) -> None:
+    """Add parameters created after the optimizer was built (lazily) to it, so that they are trained."""
+    new = [p for p in model.parameters() if p.requires_grad and id(p) not in known]
+    if new:
+        opt.add_param_group({"params": new})
+        known.update(id(p) for p in new)
 
 
 def _check_no_bare_params(model: MetaModel) -> None:
@@ -176,9 +231,17 @@ def fit(
     generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
     source = _TaskSource(tasks, tasks_per_batch, num_context, num_target, generator)
 
+    first = source.next()
+    if device is not None:
+        first = first.to(device)
+    check_compatible(model, first)
+    if _needs_priming(model):
+        _prime(model, first)
+    _check_autoguide_subsampling(model, source)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters to meta-learn")
+    known = {id(p) for p in params}
     opt = _make_optimizer(optimizer, params, lr)
     sched = None
     if lr_decay is not None:
@@ -194,6 +257,7 @@ def fit(
             generator.set_state(state["generator"])
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
+        first = None  # drawn before the RNG state was restored: the resumed run draws its own
 
     def write(step: int) -> None:
         if checkpoint is not None:
@@ -215,9 +279,12 @@ def fit(
     try:
         with local_params():
             while step < num_steps:
-                batch = source.next()
-                if device is not None:
-                    batch = batch.to(device)
+                if first is not None:
+                    batch, first = first, None
+                else:
+                    batch = source.next()
+                    if device is not None:
+                        batch = batch.to(device)
                 opt.zero_grad(set_to_none=True)
                 loss = model.loss(batch)
                 if not torch.isfinite(loss):
@@ -227,8 +294,9 @@ def fit(
                 loss.backward()
                 if step == start_step:
                     _check_no_bare_params(model)
+                _add_new_params(opt, model, known)
                 if clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip_norm)
                 opt.step()
                 if sched is not None:
                     sched.step()

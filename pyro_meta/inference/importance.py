@@ -10,59 +10,93 @@ per-task log joint, so the weighting is written here on top of Pyro traces.
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+import warnings
+from functools import partial
+from typing import Optional
 
 import torch
-from pyro import poutine
 
+from ..validation import check_int, check_number, optional
 from .common import Problem
-from .draws import draw_sites, per_task_log_density, to_posterior, trace_with_draws
-from .svi import fit_task_gaussian
+from .draws import draw_sites, per_task_log_density, to_posterior, trace_draws
+from .method import InferenceMethod, InferenceResult, Option, register_method
+from .svi import _bar, fit_task_gaussian
 
-__all__ = ["importance_posterior"]
+__all__ = ["Importance"]
 
 
-def importance_posterior(
-    problem: Problem,
-    num_samples: int,
-    num_proposals: int = 2000,
-    widen: float = 1.5,
-    num_init_draws: int = 256,
-    batch_size: int = 500,
-) -> Tuple[Dict[str, torch.Tensor], Dict]:
-    """Importance-resampled draws ``{site: [1, S, T, *event]}`` and diagnostics.
+class Importance(InferenceMethod):
+    """Importance-resampled draws ``{site: [1, S, T, *event]}`` with per-task diagnostics.
 
-    Diagnostics: ``ess [T]`` (``1 / sum_n w_n^2`` per task), ``log_evidence [T]`` (the
-    estimate ``log mean_n w_n`` of ``log p(context_t)``), ``num_proposals``.
+    Options: ``num_proposals`` (``N`` per task), ``widen`` (proposal scale factor),
+    ``num_init_draws`` (guide draws the proposal is fitted to), ``batch_size`` (proposals per
+    vectorized pass), ``min_ess`` (warn, naming the tasks, when a task's importance ESS is below
+    it; default ``min(50, num_samples)``: fewer effective draws than that means the resampled
+    draws are mostly copies).
+
+    Per task: ``ess [T]`` (``1 / sum_n w_n^2``) and ``log_evidence [T]`` (``log mean_n w_n``, an
+    estimate of ``log p(context_t)``).
     """
-    model = problem.model
-    T = problem.num_tasks
-    q = fit_task_gaussian(problem, num_init_draws).to(problem.cond.device)
-    proposals, logw = {k: [] for k in problem.sites}, []
-    with torch.no_grad():
-        done = 0
-        while done < num_proposals:
-            n = min(batch_size, num_proposals - done)
-            z = draw_sites(lambda b: q.guide(b, widen), problem.cond, n, problem.sites, model)
-            logq = q.log_prob(z, widen)
-            trace = trace_with_draws(poutine.condition(problem.fn, data=z), problem.cond, n, model.max_plate_nesting, model.vectorized)
-            logp = per_task_log_density(trace, T)
-            logw.append(logp - logq)
-            for k in problem.sites:
-                proposals[k].append(z[k])
-            done += n
-        logw = torch.cat(logw, 0)  # [N, T]
-        logw = torch.where(torch.isfinite(logw), logw, torch.full_like(logw, -math.inf))
-        z = {k: torch.cat(v, 0) for k, v in proposals.items()}
-        w = torch.softmax(logw, 0)
-        ess = 1.0 / (w**2).sum(0)
-        log_evidence = torch.logsumexp(logw, 0) - math.log(logw.shape[0])
-        idx = torch.multinomial(w.T, num_samples, replacement=True)  # [T, S]
-        values = {}
-        for k, v in z.items():
-            # v: [N, T, 1, *event] -> gather per task
-            vt = v.transpose(0, 1)  # [T, N, 1, *event]
-            g = idx.reshape(idx.shape + (1,) * (vt.dim() - 2)).expand((T, num_samples) + tuple(vt.shape[2:]))
-            values[k] = torch.gather(vt, 1, g).transpose(0, 1)
-    diagnostics = {"ess": ess, "log_evidence": log_evidence, "num_proposals": num_proposals, "widen": widen}
-    return to_posterior(values, problem.sites, 1), diagnostics
+
+    name = "importance"
+    options = {
+        "num_proposals": Option(2000, check_int),
+        "widen": Option(1.5, partial(check_number, minimum=0.0)),
+        "num_init_draws": Option(256, partial(check_int, minimum=2)),
+        "batch_size": Option(500, check_int),
+        "min_ess": Option(None, optional(check_number, minimum=0.0)),
+    }
+
+    def run(self, problem: Problem, num_samples: int, num_proposals: int, widen: float, num_init_draws: int,
+            batch_size: int, min_ess: Optional[float]) -> InferenceResult:
+        model = problem.model
+        T = problem.num_tasks
+        q = fit_task_gaussian(problem, num_init_draws).to(problem.cond.device)
+        proposals, logw = {k: [] for k in problem.sites}, []
+        bar = _bar(problem.progress, num_proposals, "importance")
+        with torch.no_grad():
+            done = 0
+            while done < num_proposals:
+                n = min(batch_size, num_proposals - done)
+                z = draw_sites(partial(q.guide, widen=widen), problem.cond, n, problem.sites, model)
+                logq = q.log_prob(z, widen)
+                trace = trace_draws(problem.fn, problem.cond, n, model, data=z, sites=problem.sites, log_prob=True)
+                logw.append(per_task_log_density(trace, T) - logq)
+                for k in problem.sites:
+                    proposals[k].append(z[k])
+                done += n
+                if bar is not None:
+                    bar.update(n)
+            if bar is not None:
+                bar.close()
+            logw = torch.cat(logw, 0)  # [N, T]
+            logw = torch.where(torch.isfinite(logw), logw, torch.full_like(logw, -math.inf))
+            z = {k: torch.cat(v, 0) for k, v in proposals.items()}
+            w = torch.softmax(logw, 0)
+            ess = 1.0 / (w**2).sum(0)
+            log_evidence = torch.logsumexp(logw, 0) - math.log(logw.shape[0])
+            idx = torch.multinomial(w.T, num_samples, replacement=True)  # [T, S]
+            values = {}
+            for k, v in z.items():
+                vt = v.transpose(0, 1)  # [T, N, 1, *event]
+                g = idx.reshape(idx.shape + (1,) * (vt.dim() - 2)).expand((T, num_samples) + tuple(vt.shape[2:]))
+                values[k] = torch.gather(vt, 1, g).transpose(0, 1)
+        threshold = min(50.0, float(num_samples)) if min_ess is None else min_ess
+        bad = torch.nonzero(ess < threshold).flatten().tolist()
+        if bad:
+            warnings.warn(
+                f"importance: tasks {bad} have importance ESS below {threshold:.0f} (smallest {float(ess.min()):.1f}) "
+                f"from {num_proposals} proposals: the resampled draws are mostly copies and the proposal misses the "
+                "posterior there; use more num_proposals, a larger widen, or method='nuts'",
+                stacklevel=4,
+            )
+        return InferenceResult(
+            samples=to_posterior(values, problem.sites, 1),
+            per_task={"ess": ess, "log_evidence": log_evidence},
+            diagnostics={"num_proposals": num_proposals, "widen": widen},
+            summary={"min_ess": float(ess.min())},
+            bad_tasks=bad,
+        )
+
+
+register_method(Importance())

@@ -3,38 +3,40 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import pyro
 
 from ..data.batch import TaskBatch
-from ..model import MetaModel
-from .amortized import amortized_draws, prior_draws
+from ..model import MetaModel, no_task_latent_message
+from ..validation import check_int
+from . import amortized, importance, mcmc, prior, svi  # noqa: F401  (register the built-in methods)
 from .common import prepare
-from .importance import importance_posterior
-from .mcmc import mcmc_posterior
+from .method import InferenceMethod, available_methods, get_method
 from .posterior import Posterior
-from .svi import svi_posterior
 
 __all__ = ["METHODS", "infer"]
 
-METHODS = ("amortized", "svi", "importance", "nuts", "hmc", "prior")
+#: the built-in methods (``pyro_meta.available_methods()`` lists every registered one)
+METHODS = available_methods()
 
 
 def infer(
     model: MetaModel,
     batch: TaskBatch,
-    method: str = "amortized",
+    method: Union[str, InferenceMethod] = "amortized",
     num_samples: int = 500,
     seed: Optional[int] = None,
-    **kwargs: Any,
+    globals: str = "point",
+    progress: Optional[bool] = None,
+    **options: Any,
 ) -> Posterior:
     """Posterior over each task's latents ``p(z_t | context_t)``, global parameters fixed.
 
     Only the context set of ``batch`` is conditioned on; its ``target_x`` is where
-    :meth:`Posterior.predict` predicts.
-
-    Methods (extra keyword arguments go to the method):
+    :meth:`Posterior.predict` predicts. ``method`` names a registered
+    :class:`~pyro_meta.InferenceMethod` (``pyro_meta.available_methods()``; add one with
+    :func:`pyro_meta.register_method`); ``options`` are that method's options:
 
     * ``"amortized"`` -- draws of the model's guide given the context; no optimisation.
     * ``"svi"`` -- per-task Gaussian (full covariance up to 64 coordinates) started from the
@@ -48,55 +50,50 @@ def infer(
       (``target_accept_prob``, ``max_tree_depth``, ``step_size``, ``num_steps``...).
     * ``"prior"`` -- draws from the meta-learned prior ``p(z)`` (prior predictive checks).
 
+    Parameters
+    ----------
+    globals : "point" | "sample"
+        Global latent sites (outside the task plate): ``"point"`` (default) holds them at a point
+        estimate from the guide -- they are meta-learned from many tasks (empirical Bayes), and
+        sampling them couples every task; ``"sample"`` infers them jointly with the task latents
+        (``nuts``/``hmc``: the full hierarchical posterior on this fixed task set); their samples
+        are ``[C, S, *shape]``.
+    progress : bool, optional
+        Progress bars (SVI steps, importance proposals, NUTS/HMC warmup and sampling per chain).
+        Default: on when standard error is a terminal, off otherwise (logs, CI).
+
     Returns a :class:`Posterior` whose ``samples`` are ``{site: [C, S, T, *event]}``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    impl = get_method(method)
+    num_samples = check_int("num_samples", num_samples)
+    opts = impl.validate(options)
+    if globals == "sample" and not impl.samples_globals:
+        raise ValueError(
+            f"globals='sample': method={impl.name!r} holds global latents at a point estimate; methods that sample "
+            f"them: {[m for m in available_methods() if get_method(m).samples_globals]}"
+        )
     if seed is not None:
-        pyro.set_rng_seed(seed)
-    problem = prepare(model, batch)
+        pyro.set_rng_seed(check_int("seed", seed, minimum=0))
+    problem = prepare(model, batch, globals=globals, progress=progress)
+    if not problem.sites and impl.needs_task_latents:
+        raise ValueError(f"method={impl.name!r}: " + no_task_latent_message(model))
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    diagnostics: dict = {}
-    stats: dict = {}
     try:
-        if method == "amortized":
-            _no_kwargs(method, kwargs)
-            samples = amortized_draws(problem, num_samples)
-        elif method == "prior":
-            _no_kwargs(method, kwargs)
-            samples = prior_draws(problem, num_samples)
-        elif method == "svi":
-            samples, diagnostics = svi_posterior(problem, num_samples, **kwargs)
-        elif method == "importance":
-            samples, diagnostics = importance_posterior(problem, num_samples, **kwargs)
-            _warn_low_ess(diagnostics["ess"], min(50.0, diagnostics["num_proposals"] / 10))
-        else:
-            samples, diagnostics, stats = mcmc_posterior(problem, method, num_samples=num_samples, **kwargs)
+        result = impl.run(problem, num_samples, **opts)
     finally:
         model.train(was_training)
-    return Posterior(
-        model=model, batch=batch, method=method, samples=samples, sites=problem.sites,
-        diagnostics=diagnostics, sample_stats=stats, seconds=time.perf_counter() - t0, fn=problem.fn,
-    )
-
-
-def _no_kwargs(method: str, kwargs: dict) -> None:
-    if kwargs:
-        raise TypeError(f"method={method!r} takes no options, got {sorted(kwargs)}")
-
-
-def _warn_low_ess(ess, threshold: float) -> None:
-    import warnings
-
-    bad = (ess < threshold).nonzero().flatten().tolist()
-    if bad:
-        warnings.warn(
-            f"importance: tasks {bad} have importance ESS below {threshold:.0f} (smallest "
-            f"{float(ess.min()):.1f}): the proposal misses the posterior there; use more "
-            "num_proposals, a larger widen, or method='nuts'",
-            stacklevel=3,
+    diagnostics = dict(result.diagnostics)
+    diagnostics.update(result.per_task)
+    diagnostics["bad_tasks"] = list(result.bad_tasks)
+    if problem.fixed_globals:
+        diagnostics["globals_note"] = (
+            f"global latent sites {sorted(problem.fixed_globals)} held at a point estimate (mean of 64 guide draws in "
+            "unconstrained space); infer(..., globals='sample') with nuts/hmc samples them"
         )
+    return Posterior(
+        model=model, batch=batch, method=impl.name, samples=result.samples, sites=problem.latent_sites,
+        diagnostics=diagnostics, sample_stats=result.sample_stats, seconds=time.perf_counter() - t0, fn=problem.fn,
+        per_task=tuple(result.per_task), summary=dict(result.summary), fixed_globals=problem.fixed_globals,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -14,9 +14,6 @@ from .predictive import Predictive, predictive_trace
 
 __all__ = ["Posterior"]
 
-#: diagnostics with one entry per task ``[T]`` (MCMC r_hat/ESS, importance ESS and evidence)
-_PER_TASK = ("r_hat", "ess", "log_evidence")
-
 
 @dataclasses.dataclass
 class Posterior:
@@ -25,14 +22,20 @@ class Posterior:
     Attributes
     ----------
     method : str
-        ``"amortized"``, ``"svi"``, ``"importance"``, ``"nuts"``, ``"hmc"`` or ``"prior"``.
-    samples : dict ``site -> Tensor [C, S, T, *event]``
-        ``C`` chains (1 unless MCMC), ``S`` draws per chain, ``T`` tasks.
+        The registered name of the inference method (``"amortized"``, ``"nuts"``, ...).
+    samples : dict ``site -> Tensor``
+        Task sites ``[C, S, T, *event]`` (``C`` chains, 1 unless MCMC; ``S`` draws per chain; ``T``
+        tasks); global sites ``[C, S, *shape]`` when they were sampled (``globals="sample"``).
     diagnostics : dict
-        Method-specific: MCMC ``divergences [C]``, ``acceptance_rate [C]``, ``step_size``,
-        per-task ``r_hat [T]`` / ``ess [T]`` and ``bad_tasks``; importance ``ess [T]``; ...
+        Method-specific: per-task entries ``[T]`` (MCMC ``r_hat``, ``ess_bulk``/``ess``, ``ess_tail``;
+        importance ``ess``, ``log_evidence``; their names in :attr:`per_task`), ``bad_tasks``, and
+        chain-level ones (``divergences [C]``, ``acceptance_rate [C]``, ``step_size``...).
     sample_stats : dict ``name -> Tensor [C, S]``
         Per-draw MCMC statistics (``diverging``, ``acceptance_rate``, ``step_size``, ``lp``).
+    summary : dict
+        The method's headline numbers, as :func:`pyro_meta.evaluate` reports them.
+    fixed_globals : dict ``site -> Tensor``
+        Global latent sites held at a point estimate (``globals="point"``), ``[*shape]``.
     batch : TaskBatch
         The batch conditioned on (its context) and predicted (its target x).
     seconds : float
@@ -49,6 +52,10 @@ class Posterior:
     seconds: float = 0.0
     #: the model as inferred (global latent sites held at their point estimate); None: ``model.model``
     fn: Optional[Callable] = dataclasses.field(default=None, repr=False)
+    #: names of the diagnostics with one entry per task
+    per_task: Tuple[str, ...] = ()
+    summary: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    fixed_globals: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @property
     def num_chains(self) -> int:
@@ -69,12 +76,18 @@ class Posterior:
         s = self.samples[site or next(iter(self.samples))]
         return s.reshape((-1,) + s.shape[2:]).std(0)
 
+    @property
+    def task_sites(self) -> Dict[str, SiteInfo]:
+        """The task-level latent sites (``[C, S, T, *event]`` samples)."""
+        return {k: v for k, v in self.sites.items() if not v.is_global}
+
     def site_values(self, num_samples: Optional[int] = None) -> Dict[str, torch.Tensor]:
-        """Draws in the model's shape ``{site: [N, T, 1, *event]}``, thinned evenly to ``num_samples``."""
+        """Draws in the model's shape ``{site: [N, *natural]}`` (task sites ``[N, T, 1, *event]``),
+        thinned evenly to ``num_samples``."""
         values = to_site_values(self.samples, self.sites)
         n = next(iter(values.values())).shape[0]
         if num_samples is not None and num_samples < n:
-            idx = torch.linspace(0, n - 1, num_samples).round().long()
+            idx = evenly_spaced(n, num_samples)
             values = {k: v[idx] for k, v in values.items()}
         return values
 
@@ -94,7 +107,8 @@ class Posterior:
             raise ValueError("batch has no target points to predict (target_x is [T, 0, Dx])")
         values = self.site_values(num_samples)
         n = next(iter(values.values())).shape[0]
-        trace = predictive_trace(self.model, batch.without_target_y(), values, fn=self.fn)
+        trace = predictive_trace(self.model, batch.without_target_y().without_task_index(), values, fn=self.fn,
+                                 sites=self.sites)
         site = trace.nodes["y_target"]
         y = site["value"]
         C = self.num_chains if num_samples is None or num_samples >= self.num_chains * self.num_samples else 1
@@ -104,19 +118,19 @@ class Posterior:
     def select(self, index: Any) -> "Posterior":
         """The posterior of the tasks ``index`` only (an int, int list, slice or bool/long tensor).
 
-        ``samples [C, S, T, ...] -> [C, S, T', ...]``, the batch by :meth:`TaskBatch.select`, and every
-        per-task diagnostic (``r_hat``, ``ess``, ``log_evidence``, ``bad_tasks`` renumbered) likewise;
-        chain-level statistics and the rest are kept as they are.
+        ``samples [C, S, T, ...] -> [C, S, T', ...]`` (sampled global sites are kept whole), the batch
+        by :meth:`TaskBatch.select`, and every per-task diagnostic (:attr:`per_task`, ``bad_tasks``
+        renumbered) likewise; chain-level statistics and the rest are kept as they are.
         """
         T = self.batch.num_tasks
         rows = torch.arange(T)[[index] if isinstance(index, int) else index]
         if rows.numel() == 0:
             raise ValueError(f"index selects no task of the {T} (got {index!r})")
         batch = self.batch.select(rows)
-        samples = {k: v[:, :, rows] for k, v in self.samples.items()}
+        samples = {k: v if self.sites[k].is_global else v[:, :, rows] for k, v in self.samples.items()}
         diagnostics: Dict[str, Any] = {}
         for k, v in self.diagnostics.items():
-            if k in _PER_TASK and isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == T:
+            if k in self.per_task:
                 diagnostics[k] = v[rows]
             elif k == "bad_tasks" and isinstance(v, (list, tuple)):
                 kept = rows.tolist()
@@ -134,3 +148,8 @@ class Posterior:
     def __repr__(self) -> str:
         shapes = {k: list(v.shape) for k, v in self.samples.items()}
         return f"Posterior(method={self.method!r}, samples={shapes}, seconds={self.seconds:.2f})"
+
+
+def evenly_spaced(n: int, k: int) -> torch.Tensor:
+    """``min(k, n)`` evenly spaced indices into ``n`` items (the first and the last included)."""
+    return torch.linspace(0, n - 1, min(k, n)).round().long()

@@ -6,53 +6,34 @@ import dataclasses
 import math
 from typing import Callable, Mapping, Optional, Tuple
 
-import pyro
 import torch
 from pyro import poutine
 
 from ..data.batch import TaskBatch
-from ..model import MetaModel, local_params
+from ..model import MetaModel, SiteInfo
+from .draws import trace_draws
 
 __all__ = ["Predictive", "predictive_trace"]
 
 
 def predictive_trace(
-    model: MetaModel, batch: TaskBatch, site_values: Mapping[str, torch.Tensor], fn: Optional[Callable] = None
+    model: MetaModel,
+    batch: TaskBatch,
+    site_values: Mapping[str, torch.Tensor],
+    fn: Optional[Callable] = None,
+    sites: Optional[Mapping[str, SiteInfo]] = None,
 ) -> poutine.Trace:
     """Trace of ``model.model`` (or ``fn``) on ``batch`` (``target_y=None``) conditioned on latent draws.
 
-    ``site_values`` are ``{site: [N, T, 1, *event]}``; ``fn`` is the model with global latents
-    held fixed (``Posterior.fn``). Vectorized models go through
-    ``pyro.infer.Predictive(..., parallel=True).get_vectorized_trace``; others run draw by draw.
+    ``site_values`` are draw values ``{site: [N, *natural]}`` (task sites ``[N, T, 1, *event]``);
+    ``fn`` is the model with global latents held fixed (``Posterior.fn``); ``sites`` says which
+    values are global. Runs through :func:`~pyro_meta.inference.draws.trace_draws` (vectorized
+    under the draws plate, or draw by draw when ``model.vectorized`` is False).
     """
     num = next(iter(site_values.values())).shape[0]
     fn = model.model if fn is None else fn
-    if model.vectorized:
-        pred = pyro.infer.Predictive(
-            fn, posterior_samples=dict(site_values), return_sites=["y_target"], parallel=True
-        )
-        with local_params(), torch.no_grad():
-            return pred.get_vectorized_trace(batch)
-    with local_params(), torch.no_grad():
-        traces = [
-            poutine.trace(poutine.condition(fn, {k: v[i] for k, v in site_values.items()})).get_trace(batch)
-            for i in range(num)
-        ]
-    trace = traces[-1]
-    site = trace.nodes["y_target"]
-    site["value"] = torch.stack([t.nodes["y_target"]["value"] for t in traces])
-    site["fn"] = _StackedFns([t.nodes["y_target"]["fn"] for t in traces])
-    return trace
-
-
-class _StackedFns:
-    """``log_prob`` of a list of per-draw distributions, stacked on dim 0."""
-
-    def __init__(self, fns):
-        self.fns = fns
-
-    def log_prob(self, y):
-        return torch.stack([f.log_prob(y) for f in self.fns])
+    with torch.no_grad():
+        return trace_draws(fn, batch, num, model, data=site_values, sites=sites)
 
 
 @dataclasses.dataclass
@@ -78,15 +59,19 @@ class Predictive:
         """Draws ``[C*S, T, Nt, ...]``."""
         return self.samples.reshape((-1,) + tuple(self.samples.shape[2:]))
 
+    def _float_draws(self) -> torch.Tensor:
+        flat = self.flat
+        return flat if flat.is_floating_point() else flat.to(torch.get_default_dtype())
+
     @property
     def mean(self) -> torch.Tensor:
-        """Predictive mean ``[T, Nt, Dy]`` (Monte Carlo)."""
-        return self.flat.to(torch.get_default_dtype()).mean(0)
+        """Predictive mean ``[T, Nt, Dy]`` (Monte Carlo), in the draws' dtype."""
+        return self._float_draws().mean(0)
 
     @property
     def std(self) -> torch.Tensor:
-        """Predictive standard deviation ``[T, Nt, Dy]`` (Monte Carlo)."""
-        return self.flat.to(torch.get_default_dtype()).std(0)
+        """Predictive standard deviation ``[T, Nt, Dy]`` (Monte Carlo), in the draws' dtype."""
+        return self._float_draws().std(0)
 
     def interval(self, prob: float = 0.9) -> Tuple[torch.Tensor, torch.Tensor]:
         """Central ``prob`` interval ``(lower, upper)``, each ``[T, Nt, Dy]``, from quantiles of the draws."""

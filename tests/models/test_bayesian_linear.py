@@ -8,6 +8,8 @@ from pyro_meta.testing import MetaModelContract, assert_close
 
 
 class TestBayesianLinearContract(MetaModelContract):
+    check_unvectorized = True
+
     def make_model(self):
         return BayesianLinear()
 
