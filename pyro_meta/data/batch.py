@@ -339,7 +339,7 @@ class TaskBatch:
         """
         context, target, ids = table_tasks(
             table, task, x, y, split=split, num_context=num_context, context_fraction=context_fraction,
-            generator=generator, seed=seed,
+            generator=generator, seed=seed, dtype=dtype,
         )
         fields = pad_tasks(context, target, pad_value, dtype=dtype, device=device)
         return cls(**fields, info={"task_id": ids}, allow_empty_context=allow_empty_context)

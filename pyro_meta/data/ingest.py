@@ -305,6 +305,7 @@ def table_tasks(
     context_fraction: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
 ):
     """Group a table's rows by task id and split them: ``(context pairs, target pairs, task ids)``.
 
@@ -332,6 +333,9 @@ def table_tasks(
     if len(kinds) > 1:
         raise TypeError(f"x: columns {x_names} have different dtypes {[str(c.dtype) for c in x_cols]}; "
                         "cast them to one dtype (or pass dtype=torch.float32)")
+    if dtype is None and x_cols[0].dtype.kind != "f":
+        raise TypeError(f"x: columns {x_names} are {x_cols[0].dtype}; x must be floating (pass dtype=torch.float32 "
+                        "to cast them explicitly)")
     x_all = np.stack(x_cols, axis=-1)
     for c, name in zip(x_cols, x_names):
         if c.dtype.kind == "f" and not np.isfinite(c).all():
@@ -348,6 +352,9 @@ def table_tasks(
         y_all = np.stack(y_cols, axis=-1)
     else:
         y_all = y_cols[0]
+    if dtype is None and y_all.dtype.kind == "f" and y_all.dtype != x_all.dtype:
+        raise TypeError(f"y: column(s) {y_names} are {y_all.dtype} but the x columns are {x_all.dtype}; pass "
+                        "dtype=torch.float32 (or another floating dtype) to cast both explicitly")
 
     if generator is not None and seed is not None:
         raise ValueError("pass generator or seed, not both")

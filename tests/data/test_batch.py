@@ -295,6 +295,8 @@ def test_from_table_context_fraction_and_targets_to_predict():
         (dict(y=np.where(np.arange(12) == 0, np.nan, 1.0)), dict(split="role"), ValueError, "context rows.*NaN"),
         (dict(x0=np.where(np.arange(12) == 0, np.inf, 1.0)), dict(split="role"), ValueError, "x: column 'x0'"),
         (dict(x0=np.arange(12)), dict(split="role", x=["x0", "x1"]), TypeError, "x: columns"),
+        (dict(x0=np.arange(12), x1=np.arange(12)), dict(split="role", x=["x0", "x1"]), TypeError, "x: columns.*dtype="),
+        (dict(y=np.arange(12.0, dtype=np.float32)), dict(split="role"), TypeError, "y: column.*float32.*float64"),
         (dict(y=np.arange(11.0)), dict(split="role"), ValueError, "equal lengths"),
         ({}, dict(num_context=1, seed=0, generator=torch.Generator()), ValueError, "generator or seed"),
         ({}, dict(num_context=-1), ValueError, "num_context"),
@@ -307,6 +309,13 @@ def test_from_table_bad_input_names_the_argument(change, kw, exc, match):
     kw = {"x": "x0", "y": "y", **kw}
     with pytest.raises(exc, match=match):
         TaskBatch.from_table(table, **kw)
+
+
+def test_from_table_explicit_dtype_casts_integer_columns():
+    table = dict(_table(), x0=np.arange(12), y=np.arange(12.0, dtype=np.float32))
+    b = TaskBatch.from_table(table, x="x0", y="y", split="role", dtype=torch.float32)
+    assert b.context_x.dtype == b.context_y.dtype == torch.float32
+    assert b.context_x[0, :, 0].tolist() == [1.0, 4.0]  # task 1's context rows, table order
 
 
 def test_from_table_rejects_other_types():
