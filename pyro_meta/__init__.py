@@ -1,7 +1,14 @@
 """pyro_meta: Bayesian meta-learning as plain Pyro models and guides with task-level latents."""
 
 from . import data, metrics, oracles
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_writable,
+    load_checkpoint,
+    read_checkpoint_meta,
+    rebuild_model,
+    save_checkpoint,
+)
 from .data import TaskBatch
 from .evaluation import EvaluationTable, evaluate
 from .inference import (
@@ -24,6 +31,7 @@ from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "EvaluationTable",
     "FitResult",
     "GPOracle",
@@ -38,6 +46,7 @@ __all__ = [
     "SinusoidOracle",
     "TaskBatch",
     "available_methods",
+    "check_writable",
     "data",
     "evaluate",
     "fit",
@@ -49,6 +58,8 @@ __all__ = [
     "observe",
     "oracles",
     "point_plate",
+    "read_checkpoint_meta",
+    "rebuild_model",
     "register_method",
     "save_checkpoint",
     "task_latent_sites",

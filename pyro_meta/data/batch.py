@@ -7,9 +7,11 @@ Ragged tasks are padded to the longest set; the boolean masks say which points a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
+
+from .ingest import pad_tasks, table_tasks
 
 __all__ = ["TaskBatch", "SPLITS"]
 
@@ -300,36 +302,123 @@ class TaskBatch:
     @classmethod
     def from_tasks(
         cls,
-        context: Sequence[Tuple[torch.Tensor, torch.Tensor]],
-        target: Optional[Sequence[Tuple[torch.Tensor, Optional[torch.Tensor]]]] = None,
+        context: Sequence[Tuple[Any, Any]],
+        target: Optional[Sequence[Tuple[Any, Any]]] = None,
         info: Optional[Dict[str, Any]] = None,
         pad_value: float = 0.0,
         allow_empty_context: bool = False,
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[Union[str, torch.device]] = None,
     ) -> "TaskBatch":
         """Pad ragged per-task sets into a batch.
 
-        ``context`` is a list of ``(x [n_t, Dx], y [n_t, Dy] or long [n_t])`` per task;
-        ``target`` likewise (its ``y`` may be ``None`` for every task). Padded entries
-        get ``pad_value`` (finite, so padded points never produce NaN gradients).
+        Parameters
+        ----------
+        context : list of ``(x, y)``, one per task
+            ``x`` is ``[n_t, Dx]`` or ``[n_t]`` (read as ``[n_t, 1]``); a floating ``y`` is
+            ``[n_t, Dy]`` or ``[n_t]`` (read as ``[n_t, 1]``); an integer ``y`` is a vector of class
+            labels ``[n_t]`` (stored as long); a bool ``y`` is a binary label (stored as long 0/1).
+            Each may be a ``torch.Tensor``, a numpy array or a list.
+        target : list of ``(x, y)``, optional
+            Likewise; ``y`` may be ``None`` for every task (to predict). Default: no target set.
+        info : dict, optional
+            Per-task values (tensors or lists with a leading dim ``T`` follow :meth:`select`).
+        pad_value : float
+            Value of padded entries (finite, so padded points never produce NaN gradients).
+        dtype : floating torch.dtype, optional
+            Cast every floating input (and integer ``x``) to it. Default ``None``: keep the inputs'
+            dtype, which must then be one dtype across every task, ``x`` and ``y`` (numpy float64
+            stays float64; pass ``dtype=torch.float32`` for a float32 model).
+        device : torch device, optional
+            Put the batch there. Default ``None``: the inputs' device (they must agree; numpy and
+            lists are on cpu).
+
+        Raises ``TypeError``/``ValueError`` naming the task and the argument (``context[2] y``)
+        for wrong shapes, mixed ``Dx``/``Dy``, labels mixed with real-valued outputs, mixed
+        floating dtypes (never cast silently) or mixed devices.
         """
-        if len(context) == 0:
-            raise ValueError("context must hold at least one task")
-        if target is not None and len(target) != len(context):
-            raise ValueError(f"target has {len(target)} tasks but context has {len(context)}")
-        cx, cy, cm = _pad([c[0] for c in context], [c[1] for c in context], pad_value, "context")
-        if target is None:
-            tx = cx.new_zeros(cx.shape[0], 0, cx.shape[-1])
-            ty, tm = cy[:, :0], None
-        else:
-            ys = [t[1] for t in target]
-            if all(y is None for y in ys):
-                tx, _, tm = _pad([t[0] for t in target], None, pad_value, "target")
-                ty = None
-            elif any(y is None for y in ys):
-                raise ValueError("target: either every task's y is None or none is")
-            else:
-                tx, ty, tm = _pad([t[0] for t in target], ys, pad_value, "target")
-        return cls(cx, cy, tx, ty, cm, tm, dict(info or {}), allow_empty_context)
+        fields = pad_tasks(context, target, pad_value, dtype=dtype, device=device)
+        return cls(**fields, info=dict(info or {}), allow_empty_context=allow_empty_context)
+
+    @classmethod
+    def from_table(
+        cls,
+        table: Any,
+        task: Any = "task_id",
+        x: Any = "x",
+        y: Any = "y",
+        split: Any = None,
+        num_context: Optional[int] = None,
+        context_fraction: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        pad_value: float = 0.0,
+        allow_empty_context: bool = False,
+        dtype: Optional[torch.dtype] = None,
+        device: Optional[Union[str, torch.device]] = None,
+    ) -> "TaskBatch":
+        """A batch from a long table with one row per point: a pandas DataFrame or a dict of 1-D arrays.
+
+        Rows are grouped by the task-id column ``task``; tasks come in sorted order of their ids,
+        kept in ``info["task_id"]`` (a list ``[T]``). Within a task, rows keep their table order.
+
+        Parameters
+        ----------
+        table : pandas.DataFrame or dict of equal-length 1-D arrays (numpy, torch or lists)
+        task : column name of the task ids (sortable: numbers or strings)
+        x : column name or list of names -> ``x [n, Dx]`` (floating columns of one dtype)
+        y : column name -> ``[n, 1]`` (floating) or class labels ``[n]`` (integer or bool);
+            or a list of floating column names -> ``[n, Dy]``
+        split, num_context, context_fraction : the context/target rule (give exactly one)
+            ``split`` names a column: bool (True = context) or str (``"context"``/``"target"``);
+            ``num_context=k``: a seeded random ``k`` rows of each task are context, the rest targets
+            (a task with fewer than ``k`` rows raises ``ValueError``);
+            ``context_fraction=f``: ``round(f * n_t)`` (ties to even; at least 1) random rows per task.
+        generator, seed : the random split's ``torch.Generator``, or a seed for one (default seed 0:
+            the same table gives the same split). One ``torch.randperm(n_t)`` per task, in task order.
+        pad_value, allow_empty_context, dtype, device : as in :meth:`from_tasks`.
+
+        Target rows whose ``y`` is NaN in *every* target row make ``target_y=None`` (points to
+        predict); NaN in some target rows only, or in a context row, raises ``ValueError``.
+        """
+        context, target, ids = table_tasks(
+            table, task, x, y, split=split, num_context=num_context, context_fraction=context_fraction,
+            generator=generator, seed=seed, dtype=dtype,
+        )
+        fields = pad_tasks(context, target, pad_value, dtype=dtype, device=device)
+        return cls(**fields, info={"task_id": ids}, allow_empty_context=allow_empty_context)
+
+    def split(self, num_context: int, generator: Optional[torch.Generator] = None) -> "TaskBatch":
+        """Re-split each task's observed points: ``num_context`` random context points, the rest targets.
+
+        Context and target points of a task are pooled (``n_t`` real points) and a
+        ``torch.randperm(n_t, generator=generator)`` per task, in task order, picks the context;
+        both sets keep the pooled order (context first, then target). ``info`` is kept. Needs
+        ``target_y`` (an unobserved target cannot become context). A batch whose targets repeat
+        its context points (the NP protocol) would repeat them after pooling: re-split a batch
+        with disjoint sets. ``generator=None`` uses torch's global RNG (``pyro.set_rng_seed``).
+
+        Raises ``ValueError`` naming the task when it has fewer than ``num_context`` points.
+        """
+        if isinstance(num_context, bool) or not isinstance(num_context, int) or num_context < 0:
+            raise ValueError(f"num_context must be a non-negative int, got {num_context!r}")
+        if self.target_y is None:
+            raise ValueError("split: target_y is None (points to predict); only observed points can be re-split")
+        x, y, mask = self.observed()
+        context, target = [], []
+        for t in range(self.num_tasks):
+            real = torch.nonzero(mask[t]).flatten()
+            n = real.numel()
+            if n < num_context:
+                raise ValueError(f"split: task {t} has {n} observed points, fewer than num_context={num_context}")
+            perm = torch.randperm(n, generator=generator).to(real.device)
+            chosen = torch.zeros(n, dtype=torch.bool, device=real.device)
+            chosen[perm[:num_context]] = True
+            c, r = real[chosen], real[~chosen]
+            context.append((x[t, c], y[t, c]))
+            target.append((x[t, r], y[t, r]))
+        fields = pad_tasks(context, target, pad_value=0.0)
+        return type(self)(**fields, info=dict(self.info), allow_empty_context=self.allow_empty_context)
 
 
 def _split(split: str) -> str:
@@ -339,32 +428,10 @@ def _split(split: str) -> str:
 
 
 def _select_info(value: Any, index: Any, T: int) -> Any:
+    """Index per-task info: tensors with a leading dim ``T`` and lists/tuples of length ``T``."""
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == T:
         return value[index]
+    if isinstance(value, (list, tuple)) and len(value) == T:
+        picked = torch.arange(T)[index.cpu() if isinstance(index, torch.Tensor) else index]
+        return type(value)(value[i] for i in picked.reshape(-1).tolist())
     return value
-
-
-def _pad(xs, ys, pad_value, split):
-    T = len(xs)
-    n = max(int(x.shape[0]) for x in xs)
-    Dx = xs[0].shape[-1]
-    x_out = torch.full((T, n, Dx), pad_value, dtype=xs[0].dtype)
-    mask = torch.zeros(T, n, dtype=torch.bool)
-    y_out = None
-    if ys is not None:
-        y0 = ys[0]
-        shape = (T, n) if not y0.is_floating_point() else (T, n, y0.shape[-1])
-        fill = 0 if not y0.is_floating_point() else pad_value
-        y_out = torch.full(shape, fill, dtype=y0.dtype)
-    for t, x in enumerate(xs):
-        if x.dim() != 2 or x.shape[-1] != Dx:
-            raise ValueError(f"{split} x of task {t} must have shape [n, Dx={Dx}], got {tuple(x.shape)}")
-        k = x.shape[0]
-        x_out[t, :k] = x
-        mask[t, :k] = True
-        if ys is not None:
-            y = ys[t]
-            if y.shape[0] != k:
-                raise ValueError(f"{split} y of task {t} has {y.shape[0]} points but x has {k}")
-            y_out[t, :k] = y
-    return x_out, y_out, mask
