@@ -1,14 +1,16 @@
 """Batched neural building blocks for meta-learners.
 
 Functional networks, weights as one flat tensor ``phi [..., T, P]`` per task and draw, evaluated
-without a loop over tasks: :class:`FunctionalMLP` (batched matmuls) and :func:`inner_loop`
-(differentiable gradient steps on such weights).
+without a loop over tasks: :class:`FunctionalMLP` (batched matmuls), :class:`FunctionalConv4`
+(the few-shot Conv-4 image backbone, grouped convolutions) and :func:`inner_loop` (differentiable
+gradient steps on such weights).
 
 Padded sets carry a bool mask ``[T, N]`` (True = real point): :func:`masked_mean`.
 """
 
 from .adaptation import inner_loop
+from .conv import FunctionalConv4
 from .masking import masked_mean
 from .mlp import FunctionalMLP
 
-__all__ = ["FunctionalMLP", "inner_loop", "masked_mean"]
+__all__ = ["FunctionalConv4", "FunctionalMLP", "inner_loop", "masked_mean"]
