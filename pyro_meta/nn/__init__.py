@@ -5,12 +5,15 @@ without a loop over tasks: :class:`FunctionalMLP` (batched matmuls), :class:`Fun
 (the few-shot Conv-4 image backbone, grouped convolutions) and :func:`inner_loop` (differentiable
 gradient steps on such weights).
 
-Padded sets carry a bool mask ``[T, N]`` (True = real point): :func:`masked_mean`.
+Set layers, ordinary ``nn.Module``\\ s; padded sets carry a bool mask ``[T, N]`` (True = real point):
+:class:`MultiHeadAttention`, :class:`AttentionBlock` (self-attention over a set, cross-attention from
+targets to a context), :func:`masked_mean`.
 """
 
 from .adaptation import inner_loop
+from .attention import AttentionBlock, MultiHeadAttention
 from .conv import FunctionalConv4
 from .masking import masked_mean
 from .mlp import FunctionalMLP
 
-__all__ = ["FunctionalConv4", "FunctionalMLP", "inner_loop", "masked_mean"]
+__all__ = ["AttentionBlock", "FunctionalConv4", "FunctionalMLP", "MultiHeadAttention", "inner_loop", "masked_mean"]

@@ -18,6 +18,8 @@ from torch import nn
 __all__ = ["FunctionalMLP"]
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "elu": nn.functional.elu, "sigmoid": torch.sigmoid}
+#: module nonlinearities of the set layers' ordinary (non-functional) MLPs
+MODULE_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
 class FunctionalMLP(nn.Module):
@@ -150,3 +152,20 @@ def _broadcast_lead(parts: List[torch.Tensor]) -> List[torch.Tensor]:
     lead = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
     return [p.expand(lead + p.shape[-1:]) for p in parts]
 
+
+def module_mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """An ordinary MLP ``Linear -> act -> ... -> Linear`` over the last dim (no activation after the last layer).
+
+    ``sizes = (d_0, ..., d_L)``; ``activation`` one of :data:`MODULE_ACTIVATIONS`.
+    """
+    sizes = tuple(sizes)
+    if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise ValueError(f"sizes must be at least two positive ints, got {sizes!r}")
+    if activation not in MODULE_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(MODULE_ACTIVATIONS)}, got {activation!r}")
+    layers: List[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(MODULE_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
