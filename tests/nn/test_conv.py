@@ -1,4 +1,4 @@
-"""FunctionalConv4 against a per-task loop of torch.nn Conv2d/BatchNorm2d/MaxPool2d modules loaded with the same weights."""
+"""FunctionalConv4 against a per-task loop of torch.nn Conv2d/BatchNorm2d/MaxPool2d modules with the same weights."""
 
 import math
 
@@ -121,7 +121,7 @@ def test_batch_norm_statistics_ignore_padded_images_and_other_tasks(generator):
     out2 = net(x2, phi, mask)
     assert_close(out2[0][mask[0]], out[0][mask[0]], atol=1e-6, what="padding changed")
     assert_close(out2[2], out[2], atol=0, what="another task changed")
-    # an all-True mask (the masked statistics) equals no mask (torch's batch_norm)
+    # an all-True mask equals no mask (task 1 above, every image real, checked the masked statistics)
     assert_close(net(x, phi, torch.ones(T, N, dtype=torch.bool)), net(x, phi), atol=1e-5, what="all-True mask")
 
 
@@ -217,6 +217,8 @@ def test_bad_arguments_raise():
         net(torch.zeros(2, 3, 256), phi[:, :-1])
     with pytest.raises(TypeError, match="phi must be a floating tensor"):
         net(torch.zeros(2, 3, 256), phi.long())
+    with pytest.raises(TypeError, match="phi and x must have the same dtype"):
+        net(torch.zeros(2, 3, 256), phi.double())
     with pytest.raises(TypeError, match="mask must be a bool tensor"):
         net(torch.zeros(2, 3, 256), phi, torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"mask must have shape \[\.\.\., T, N\]"):
