@@ -1,4 +1,4 @@
-"""``inner_loop``: differentiable gradient steps on (flat, batched) weights -- the adaptation of gradient-based meta-learners.
+"""``inner_loop``: differentiable gradient steps on batched weights, the adaptation of gradient-based meta-learners.
 
 :func:`inner_loop` runs gradient steps on tensors such as per-task weights ``phi [..., T, P]``
 with ``torch.autograd.grad`` (second order through ``create_graph=True``, or first order).

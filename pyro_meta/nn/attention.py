@@ -57,7 +57,10 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Attend from ``q [..., T, Nq, Dq]`` to ``k, v [..., T, Nk, Dkv]`` with key mask ``[..., T, Nk]``: ``[..., T, Nq, dim]``."""
+        """Attend from ``q [..., T, Nq, Dq]`` to ``k, v [..., T, Nk, Dkv]`` with key mask ``[..., T, Nk]``.
+
+        Returns ``[..., T, Nq, dim]``; leading dims of ``q``, ``k`` and ``mask`` broadcast.
+        """
         _check_points(q, "q", self.dim_q)
         _check_points(k, "k", self.dim_kv)
         _check_points(v, "v", self.dim_kv)
@@ -130,7 +133,10 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``x [..., T, Nq, D]``, ``context [..., T, Nk, Dkv]`` or None (self-attention), key mask ``[..., T, Nk]``: ``[..., T, Nq, D]``."""
+        """Points ``x [..., T, Nq, D]``, ``context [..., T, Nk, Dkv]`` or None (self-attention), mask ``[..., T, Nk]``.
+
+        Returns ``[..., T, Nq, D]``.
+        """
         _check_points(x, "x", self.attention.dim_q)
         if context is not None:
             _check_points(context, "context", self.attention.dim_kv)

@@ -44,7 +44,7 @@ def _describe(x: object) -> str:
 
 
 def _check_mask(mask: object, points_shape: Tuple[int, ...], name: str = "mask") -> None:
-    """``TypeError``/``ValueError`` unless ``mask`` is a bool tensor ``[..., T, N]`` broadcastable to ``points_shape``."""
+    """``TypeError``/``ValueError`` unless ``mask`` is a bool ``[..., T, N]`` broadcastable to ``points_shape``."""
     expected = "[..., T, N]"
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor {expected} (True = real point), got {_describe(mask)}")

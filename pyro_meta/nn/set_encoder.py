@@ -95,7 +95,7 @@ class SetEncoder(nn.Module):
         self.rho = module_mlp([H, H, out_dim], activation)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Points ``x [..., T, N, Din]`` with mask ``[..., T, N]`` (True = real; None: all real) -> ``[..., T, out_dim]``."""
+        """Points ``x [..., T, N, Din]``, mask ``[..., T, N]`` (True = real, None = all) -> ``[..., T, out_dim]``."""
         _check_points(x, "x", self.in_dim)
         if mask is not None:
             _check_mask(mask, x.shape[:-1], "mask")

@@ -1,4 +1,4 @@
-"""MultiHeadAttention and AttentionBlock against torch.nn.MultiheadAttention / TransformerEncoderLayer with key_padding_mask."""
+"""MultiHeadAttention, AttentionBlock against torch's MultiheadAttention, TransformerEncoderLayer (key_padding_mask)."""
 
 import pytest
 import torch
@@ -84,7 +84,8 @@ def test_padding_and_permutation_invariance(generator):
     out = mha(q, k, v, mask)
     # padding: three more keys and values with large values, all masked
     pad = 100 * torch.randn(T, 3, D, generator=generator)
-    out_pad = mha(q, torch.cat([k, pad], 1), torch.cat([v, -pad], 1), torch.cat([mask, torch.zeros(T, 3, dtype=bool)], 1))
+    mask_pad = torch.cat([mask, torch.zeros(T, 3, dtype=torch.bool)], 1)
+    out_pad = mha(q, torch.cat([k, pad], 1), torch.cat([v, -pad], 1), mask_pad)
     assert_close(out_pad, out, atol=1e-6, what="padded keys")
     # keys permuted with their values and mask: invariant; queries permuted: equivariant
     perm = torch.randperm(Nk, generator=generator)
