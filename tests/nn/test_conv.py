@@ -71,6 +71,16 @@ def test_forward_matches_per_task_torch_modules(norm, generator):
     assert_close(net(x, phi[:, None, :]), out, atol=0, what="[T, 1, P] form")
 
 
+def test_features_keep_torch_flatten_order_when_maps_are_larger_than_1x1(generator):
+    net = FunctionalConv4((1, 35, 48), channels=(3, 3, 3, 4), num_classes=2, norm="instance")
+    assert net.feature_dim == 4 * 2 * 3  # 35 -> 17 -> 8 -> 4 -> 2, 48 -> 24 -> 12 -> 6 -> 3
+    x = torch.randn(2, 3, net.in_features, generator=generator)
+    phi = net.init_params(2, generator=generator)
+    out = net(x, phi)
+    for t in range(2):
+        assert_close(out[t], _run_reference(net, x[t], phi[t]), atol=1e-5, what=f"task {t}")
+
+
 def test_omniglot_default_shapes_and_param_count(generator):
     net = FunctionalConv4((1, 28, 28), num_classes=5)
     ref, _ = _reference(net, net.init_params(generator=generator))
