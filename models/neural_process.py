@@ -35,6 +35,7 @@ from torch.nn.functional import softplus
 
 from pyro_meta.data.batch import TaskBatch
 from pyro_meta.model import MetaModel, check_batch, observe, task_plate
+from pyro_meta.nn import masked_mean
 
 __all__ = ["NeuralProcess"]
 
@@ -52,12 +53,6 @@ def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
-
-
-def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``h [T, N, H]`` over the points where ``mask [T, N]`` is True: ``[T, H]`` (zeros if none)."""
-    m = mask.to(h.dtype)[..., None]
-    return (h * m).sum(-2) / m.sum(-2).clamp_min(1.0)
 
 
 def _cat_broadcast(*tensors: torch.Tensor) -> torch.Tensor:
@@ -136,7 +131,7 @@ class NeuralProcess(MetaModel):
     # ------------------------------------------------------------------ networks
     def encode(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> dist.Distribution:
         """``q(z | D)``: ``Normal(m [T, D], s [T, D]).to_event(1)`` from points ``x [T, N, Dx]``, ``y [T, N, Dy]``, ``mask [T, N]``."""
-        h = _masked_mean(self.latent_encoder(torch.cat([x, y], -1)), mask)
+        h = masked_mean(self.latent_encoder(torch.cat([x, y], -1)), mask)
         loc, raw = self.latent_head(h).chunk(2, -1)
         return dist.Normal(loc, self.min_latent_std + softplus(raw)).to_event(1)
 
@@ -145,7 +140,7 @@ class NeuralProcess(MetaModel):
         if self.det_encoder is None:
             return None
         h = self.det_encoder(torch.cat([batch.context_x, batch.context_y], -1))
-        return _masked_mean(h, batch.context_mask)[:, None, :]
+        return masked_mean(h, batch.context_mask)[:, None, :]
 
     def decode(self, x: torch.Tensor, z: torch.Tensor, r: Optional[torch.Tensor] = None) -> dist.Distribution:
         """``p(y | x, z[, r])``: ``Normal(mu, sigma).to_event(1)``, batch ``[..., T, N]``, event ``[Dy]``.

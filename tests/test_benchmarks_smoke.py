@@ -50,3 +50,17 @@ def test_maml_family_script_smoke(tmp_path, monkeypatch, capsys):
         assert re.search(rf"^{name} .*(PASS|FAIL)$", out, flags=re.M), name
     for label in ("ABML model, NUTS", "PLATIPUS model, NUTS", "NeuralProcess, NUTS", "oracle (Bayes optimal)"):
         assert re.search(rf"^{re.escape(label)} +(nan|-?[0-9.]+) +-?[0-9.]+", out, flags=re.M), label
+
+
+def test_conv4_speed_script_smoke(monkeypatch, capsys):
+    """``benchmarks/conv4_speed.py --smoke``: the three arms agree (checked by the script) and every row is printed."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("conv4_speed", None)
+    import conv4_speed
+
+    conv4_speed.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "SMOKE" in out and "MAML meta-step" in out
+    for arm in ("grouped conv (FunctionalConv4)", "torch.func.vmap", "per-task loop"):
+        assert len(re.findall(rf"^\| {re.escape(arm)} \| 2 \| .* \| [0-9.]+ \|$", out, flags=re.M)) == 2, arm
+        assert re.search(rf"^\| {re.escape(arm)} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", out, flags=re.M), arm

@@ -1,11 +1,10 @@
-"""Batched functional networks: weights as one flat tensor with leading task (and particle) dims.
+"""``FunctionalMLP``: a multilayer perceptron whose weights are one flat tensor with leading task (and particle) dims.
 
 Gradient-based meta-learners (MAML, ABML, BMAML, PLATIPUS) hold a different copy of the base
 network's weights per task -- and per particle or posterior draw. :class:`FunctionalMLP` keeps
 those weights in one flat tensor ``phi [..., T, P]`` and evaluates every copy at once by batched
-matrix products (no Python loop over tasks); :func:`inner_loop` runs gradient steps on such
-tensors with ``torch.autograd.grad`` (second order through ``create_graph=True``, or first order).
-Pyro's ``SVI.step`` is not differentiable, so inner loops are written with autograd directly.
+matrix products (no Python loop over tasks); :func:`~pyro_meta.nn.inner_loop` runs gradient steps
+on such tensors.
 """
 
 from __future__ import annotations
@@ -16,11 +15,11 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-__all__ = ["FunctionalMLP", "inner_loop"]
+__all__ = ["FunctionalMLP"]
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "elu": nn.functional.elu, "sigmoid": torch.sigmoid}
-
-Tensors = Union[torch.Tensor, Sequence[torch.Tensor]]
+#: module nonlinearities of the set layers' ordinary (non-functional) MLPs
+MODULE_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
 class FunctionalMLP(nn.Module):
@@ -154,59 +153,19 @@ def _broadcast_lead(parts: List[torch.Tensor]) -> List[torch.Tensor]:
     return [p.expand(lead + p.shape[-1:]) for p in parts]
 
 
-def inner_loop(
-    loss_fn: Callable[..., torch.Tensor],
-    params: Tensors,
-    steps: int,
-    lr: Union[float, torch.Tensor, Sequence[Union[float, torch.Tensor]]],
-    first_order: bool = False,
-    create_graph: Optional[bool] = None,
-) -> Tensors:
-    """``steps`` gradient-descent steps ``p <- p - lr * grad_p sum(loss_fn(*p))``, differentiable.
+def module_mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """An ordinary MLP ``Linear -> act -> ... -> Linear`` over the last dim (no activation after the last layer).
 
-    Parameters
-    ----------
-    loss_fn : callable
-        ``loss_fn(*params) -> losses``, e.g. per-task losses ``[..., T]``. The step uses the
-        gradient of their sum: tasks do not interact, so every task moves by its own gradient.
-    params : Tensor or sequence of Tensors
-        Starting point, e.g. ``theta`` expanded to ``[T, P]``.
-    steps : int
-        Number of steps ``K >= 0``.
-    lr : float, Tensor or a sequence of them (one per param)
-        Step sizes; tensors broadcast against their param (scalar, ``[P]``...), and may be
-        meta-learned (they stay in the graph).
-    first_order : bool
-        Drop second derivatives (first-order MAML): the gradients are detached, the result
-        still depends on ``params`` through the identity path.
-    create_graph : bool, optional
-        Keep the graph of every step so that the result is twice differentiable. Default
-        ``not first_order`` when any param or lr requires grad, otherwise False (inference).
-
-    Returns
-    -------
-    The adapted params (a Tensor if ``params`` was one, otherwise a tuple).
+    ``sizes = (d_0, ..., d_L)``; ``activation`` one of :data:`MODULE_ACTIVATIONS`.
     """
-    single = isinstance(params, torch.Tensor)
-    ps = [params] if single else list(params)
-    if not ps or not all(isinstance(p, torch.Tensor) for p in ps):
-        raise TypeError("params must be a Tensor or a non-empty sequence of Tensors")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(ps)
-    if len(lrs) != len(ps):
-        raise ValueError(f"lr must be one value or one per param ({len(ps)}), got {len(lrs)}")
-    if steps == 0:
-        return ps[0] if single else tuple(ps)
-    with torch.enable_grad():
-        tracked = any(p.requires_grad for p in ps) or any(isinstance(a, torch.Tensor) and a.requires_grad for a in lrs)
-        if create_graph is None:
-            create_graph = tracked and not first_order
-        for _ in range(steps):
-            ps = [p if p.requires_grad else p.detach().requires_grad_(True) for p in ps]
-            loss = loss_fn(*ps).sum()
-            grads = torch.autograd.grad(loss, ps, create_graph=bool(create_graph))
-            ps = [p - a * g for p, a, g in zip(ps, lrs, grads)]
-            if not create_graph and not tracked:
-                ps = [p.detach() for p in ps]
-    return ps[0] if single else tuple(ps)
+    sizes = tuple(sizes)
+    if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise ValueError(f"sizes must be at least two positive ints, got {sizes!r}")
+    if activation not in MODULE_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(MODULE_ACTIVATIONS)}, got {activation!r}")
+    layers: List[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(MODULE_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
