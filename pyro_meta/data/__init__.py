@@ -1,18 +1,25 @@
-"""Task batches and task distributions."""
+"""Task batches and task distributions; few-shot image classification data (Omniglot, image folders)."""
 
 from .batch import TaskBatch
 from .features import FourierFeatures, PolynomialFeatures
 from .gp import GPCurves
+from .images import IMAGE_EXTENSIONS, read_image_folder, read_images, read_omniglot
+from .labelled import LabelledImages
 from .line_or_sine import LineOrSine
 from .tasks import LinearTasks, Sinusoid, TaskDistribution
 
 __all__ = [
     "FourierFeatures",
     "GPCurves",
+    "IMAGE_EXTENSIONS",
+    "LabelledImages",
     "LineOrSine",
     "LinearTasks",
     "PolynomialFeatures",
     "Sinusoid",
     "TaskBatch",
     "TaskDistribution",
+    "read_image_folder",
+    "read_images",
+    "read_omniglot",
 ]
