@@ -1,6 +1,7 @@
 """Task batches and task distributions; few-shot image classification data (Omniglot, image folders)."""
 
 from .batch import TaskBatch
+from .episodes import Episodes
 from .features import FourierFeatures, PolynomialFeatures
 from .gp import GPCurves
 from .images import IMAGE_EXTENSIONS, read_image_folder, read_images, read_omniglot
@@ -9,6 +10,7 @@ from .line_or_sine import LineOrSine
 from .tasks import LinearTasks, Sinusoid, TaskDistribution
 
 __all__ = [
+    "Episodes",
     "FourierFeatures",
     "GPCurves",
     "IMAGE_EXTENSIONS",
