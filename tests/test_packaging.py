@@ -43,3 +43,15 @@ def test_every_task_distribution_constructs_with_defaults():
         batch = cls().sample(2, 3, 4, generator=torch.Generator().manual_seed(0))
         assert batch.num_tasks == 2, cls
 
+
+def test_package_data_ships_the_omniglot_file_and_its_license():
+    """setup.cfg's package_data names the shipped files, and they exist (``pip wheel`` puts them in the wheel)."""
+    import configparser
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    listed = cfg["options.package_data"]["pyro_meta.data"].split()
+    assert sorted(listed) == ["assets/omniglot/LICENSE", "assets/omniglot/omniglot_small.npz"]
+    for rel in listed:
+        assert (root / "pyro_meta" / "data" / rel).is_file(), rel

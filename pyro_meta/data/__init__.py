@@ -7,6 +7,7 @@ from .gp import GPCurves
 from .images import IMAGE_EXTENSIONS, read_image_folder, read_images, read_omniglot
 from .labelled import LabelledImages
 from .line_or_sine import LineOrSine
+from .omniglot import OMNIGLOT_CITATION, OMNIGLOT_SPLITS, OmniglotEpisodes, load_omniglot
 from .tasks import LinearTasks, Sinusoid, TaskDistribution
 
 __all__ = [
@@ -17,10 +18,14 @@ __all__ = [
     "LabelledImages",
     "LineOrSine",
     "LinearTasks",
+    "OMNIGLOT_CITATION",
+    "OMNIGLOT_SPLITS",
+    "OmniglotEpisodes",
     "PolynomialFeatures",
     "Sinusoid",
     "TaskBatch",
     "TaskDistribution",
+    "load_omniglot",
     "read_image_folder",
     "read_images",
     "read_omniglot",
