@@ -24,3 +24,19 @@ def _fresh_pyro_state():
 def generator():
     """A seeded torch.Generator for task sampling."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def write_png():
+    """``write_png(path, array)``: save a uint8 ``[H, W]`` (mode L) or bool array (mode 1, True = white) as PNG."""
+    import numpy as np
+    from PIL import Image
+
+    def write(path, array):
+        array = np.asarray(array)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(array.astype(bool)).convert("1") if array.dtype == bool else Image.fromarray(array)
+        image.save(path)
+        return path
+
+    return write

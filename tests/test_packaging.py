@@ -18,7 +18,7 @@ def test_distribution_declares_only_pyro_meta_at_top_level():
     top = (dist.read_text("top_level.txt") or "").split()
     assert top == ["pyro_meta"], top
     requires = " ".join(dist.requires or [])
-    for name in ("pyro-ppl", "torch", "numpy", "arviz", "matplotlib", "tqdm"):
+    for name in ("pyro-ppl", "torch", "numpy", "arviz", "matplotlib", "pillow", "tqdm"):
         assert name in requires, name
 
 
@@ -42,3 +42,16 @@ def test_every_task_distribution_constructs_with_defaults():
     for cls in dists:
         batch = cls().sample(2, 3, 4, generator=torch.Generator().manual_seed(0))
         assert batch.num_tasks == 2, cls
+
+
+def test_package_data_ships_the_omniglot_file_and_its_license():
+    """setup.cfg's package_data names the shipped files, and they exist (``pip wheel`` puts them in the wheel)."""
+    import configparser
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    listed = cfg["options.package_data"]["pyro_meta.data"].split()
+    assert sorted(listed) == ["assets/omniglot/LICENSE", "assets/omniglot/omniglot_small.npz"]
+    for rel in listed:
+        assert (root / "pyro_meta" / "data" / rel).is_file(), rel

@@ -39,3 +39,10 @@ def test_readme_example_runs(capsys):
                                                          ("TinyNP", "importance"))}
     assert len(table.rows) == 6 and got == want, got
     assert all(r["nll"] == r["nll"] for r in table.rows), "NaN NLL in the README's evaluate table"
+
+
+def test_readme_omniglot_block_runs(capsys):
+    block = next(b for b in python_blocks() if "OmniglotEpisodes" in b)
+    exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert "nearest neighbour, 5-way 1-shot: 0.363" in out, out
