@@ -158,7 +158,7 @@ class MixtureHead(Head):
 
     def __init__(
         self, embed_dim: int, latent_dim: int, num_components: int = 4, hidden: Sequence[int] = (),
-        activation: str = "silu", init_scale: float = 1e-2, min_scale: float = 1e-3, init_spread: float = 0.5,
+        activation: str = "silu", init_scale: float = 1e-2, min_scale: float = 1e-3, init_spread: float = 0.3,
     ) -> None:
         super().__init__(embed_dim, latent_dim, hidden, activation, init_scale)
         if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
