@@ -286,7 +286,8 @@ def guide_parameters(model: MetaModel, batch: TaskBatch) -> List[torch.nn.Parame
 def model_parameters(model: MetaModel, batch: TaskBatch) -> List[torch.nn.Parameter]:
     """The parameters ``model.model`` uses at the guide's draws (``log p(y, z)``), in ``model.parameters()`` order.
 
-    The complement of :func:`guide_parameters` plus the shared ones (see there).
+    Found as :func:`guide_parameters` finds the guide's, on one trace of the model conditioned on
+    one draw of the guide. A parameter in both lists is shared (see :func:`guide_parameters`).
     """
     check_model(model)
     check_batch(batch)
