@@ -4,7 +4,8 @@ Part 1 -- one training step (loss + backward + Adam step on every parameter, the
 beforehand) of a small ``NeuralProcess`` under each objective of ``pyro_meta.inference.objectives``,
 next to the ELBO: ``model.loss`` (the NP's closed-form-KL ELBO without a Pyro trace, what ``fit``
 runs) and Pyro's generic ``Trace_ELBO`` over ``model.model``/``model.guide`` (``MetaModel.loss``).
-Arms run interleaved; the median over rounds of the mean step time is reported, one torch thread.
+Arms run interleaved; the median over rounds of the mean CPU time per step (``process_time``, one
+torch thread: robust to other processes on a shared machine) is reported.
 
 Part 2 -- each head of ``pyro_meta.guides`` fitted by maximum likelihood (forward KL) to the
 conditional bimodal ``BimodalTarget`` (2-D): time per step, the worst mode-mass error over 7
@@ -15,7 +16,7 @@ is installed (it is not a dependency: this is the measurement that decided it).
 Part 3 -- the two directions of ``FlowHead`` at ``D = 16``: scoring given points (forward KL, RWS,
 sleep) and scoring the head's own draws (ELBO, IWAE).
 
-    python benchmarks/guide_objectives.py [--iters 20] [--rounds 5] [--steps 1000] [--smoke]
+    python benchmarks/guide_objectives.py [--iters 30] [--rounds 7] [--steps 1000] [--smoke]
 """
 
 from __future__ import annotations
@@ -29,13 +30,28 @@ from typing import Callable, Dict
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_times, markdown_table, median  # noqa: E402
+from _common import markdown_table, median  # noqa: E402
 
 from pyro_meta.data import Sinusoid  # noqa: E402
 from pyro_meta.guides import BimodalTarget, FlowHead, FullNormalHead, MixtureHead, NormalHead  # noqa: E402
 from pyro_meta.inference.objectives import iwae_loss, rws_wake_loss, sleep_loss  # noqa: E402
 from pyro_meta.model import MetaModel, local_params  # noqa: E402
 from pyro_meta.models import NeuralProcess  # noqa: E402
+
+
+def cpu_times(steps: Dict[str, Callable[[], None]], iters: int, rounds: int, warmup: int = 3) -> Dict[str, list]:
+    """CPU seconds per call (``time.process_time``), arms interleaved: robust to other processes' load."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    out = {k: [] for k in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            t0 = time.process_time()
+            for _ in range(iters):
+                fn()
+            out[name].append((time.process_time() - t0) / iters)
+    return out
 
 
 def objective_steps(num_tasks: int, num_particles: int) -> Dict[str, Callable[[], None]]:
@@ -68,7 +84,7 @@ def _reverse_step_seconds(q, conditional, target: BimodalTarget, steps: int) -> 
     """Seconds per step of the ELBO direction: ``rsample`` 256 draws, ``log q`` of them, backward."""
     opt = torch.optim.Adam(q.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(2)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(steps):
         h = target.sample_context(256, gen)
         d = conditional(q, h)
@@ -81,7 +97,7 @@ def _reverse_step_seconds(q, conditional, target: BimodalTarget, steps: int) -> 
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return (time.perf_counter() - t0) / steps
+    return (time.process_time() - t0) / steps
 
 
 def head_fits(steps: int):
@@ -113,14 +129,14 @@ def head_fits(steps: int):
         q = make()
         opt = torch.optim.Adam(q.parameters(), lr=1e-2)
         gen = torch.Generator().manual_seed(0)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(steps):
             h, z = target.sample_pairs(256, gen)
             loss = -conditional(q, h).log_prob(z).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-        seconds = (time.perf_counter() - t0) / steps
+        seconds = (time.process_time() - t0) / steps
         with torch.no_grad():
             draws = conditional(q, contexts).sample((4000,))
             error = (target.mode_masses(contexts, draws) - target.exact_mode_masses(contexts)).abs().max()
@@ -159,15 +175,15 @@ def flow_directions(dim: int, repeats: int):
                 lp = d.log_prob(x)
             (lp.sum() + x.sum()).backward()
 
-        times = interleaved_times({"score": score, "draw": draw}, repeats, 3, warmup=1)
+        times = cpu_times({"score": score, "draw": draw}, repeats, 3, warmup=1)
         rows.append([name, f"{1e3 * median(times['score']):.1f}", f"{1e3 * median(times['draw']):.1f}"])
     return rows
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--particles", type=int, default=8)
     parser.add_argument("--steps", type=int, default=1000, help="maximum-likelihood steps per head (part 2)")
@@ -176,18 +192,18 @@ def main(argv=None) -> None:
     if args.smoke:
         args.iters, args.rounds, args.steps = 2, 1, 20
     torch.set_num_threads(1)
-    times = interleaved_times(objective_steps(args.tasks, args.particles), args.iters, args.rounds, warmup=3)
+    times = cpu_times(objective_steps(args.tasks, args.particles), args.iters, args.rounds)
     base = median(times["ELBO, model.loss (closed-form KL)"])
     generic = median(times["ELBO, Trace_ELBO (MetaModel.loss)"])
     rows = [[name, f"{1e3 * median(t):.2f}", f"{median(t) / base:.2f}", f"{median(t) / generic:.2f}"] for name, t in times.items()]
     print(f"\nNeuralProcess(latent_dim=8, hidden=32), {args.tasks} sinusoid tasks (5 context, 10 target), one thread")
-    print(markdown_table(["objective", "ms / step", "x model.loss", "x Trace_ELBO"], rows))
+    print(markdown_table(["objective", "CPU ms / step", "x model.loss", "x Trace_ELBO"], rows))
     print(f"Heads fitted by maximum likelihood to BimodalTarget (2-D), {args.steps} steps of 256 draws, Adam 1e-2")
     rows = head_fits(args.steps)
-    print("(ms / ML step: log q at the target's draws, the flows' inverse direction; ms / ELBO step: rsample and")
+    print("(CPU ms / ML step: log q at the target's draws, the flows' inverse direction; ms / ELBO step: rsample and")
     print("log q of the head's own draws, the direction a guide trained by the ELBO or IWAE uses)")
-    print(markdown_table(["head", "ms / ML step", "ms / ELBO step", "max mode-mass error", "forward KL", "parameters"], rows))
-    print("Flow directions at D=16 (3 layers, hidden 32): ms per call with backward")
+    print(markdown_table(["head", "CPU ms / ML step", "CPU ms / ELBO step", "max mode-mass error", "forward KL", "parameters"], rows))
+    print("Flow directions at D=16 (3 layers, hidden 32): CPU ms per call with backward")
     rows = flow_directions(16, 2 if args.smoke else 5)
     print(markdown_table(["flow", "log_prob of given points", "rsample + log_prob of the draws"], rows))
 
