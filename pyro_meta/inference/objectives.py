@@ -138,7 +138,9 @@ def iwae_loss(model: MetaModel, batch: TaskBatch, num_particles: int) -> torch.T
     of task ``t``, context and target). ``K = 1`` is the ELBO; the bound rises to ``log p(y_t)`` as
     ``K`` grows (Burda et al. 2016). Differentiable in the model's and the guide's parameters
     (pathwise through ``z``), so every guide site must be reparameterised (``has_rsample``); use
-    :func:`rws_wake_loss` otherwise. Returns a scalar.
+    :func:`rws_wake_loss` otherwise. The guide's gradient gets noisier relative to its size as ``K``
+    grows (Rainforth et al. 2018): for the guide, large ``K`` favours :func:`rws_wake_loss`.
+    Returns a scalar.
     """
     K = _check(model, batch, num_particles)
     logw = []
