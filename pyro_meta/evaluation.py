@@ -285,9 +285,9 @@ def evaluate(
     model: Union[MetaModel, Sequence[MetaModel], Mapping[str, MetaModel], None],
     tasks: Any,
     methods: Sequence[str] = ("amortized",),
-    num_tasks: int = 100,
+    num_tasks: Optional[int] = None,
     num_context: Union[int, Sequence[int]] = 5,
-    num_target: int = 50,
+    num_target: Optional[int] = None,
     seed: int = 0,
     method_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     oracle: Any = None,
@@ -300,14 +300,21 @@ def evaluate(
     ----------
     model : MetaModel, list of them, dict ``name -> MetaModel``, or None (oracle only)
         Trained models (their parameters are held fixed; ``infer`` sets eval mode).
-    tasks : task distribution
-        ``tasks.sample(num_tasks, num_context, num_target, generator=)`` -> ``TaskBatch``.
+    tasks : task distribution or TaskBatch
+        ``tasks.sample(num_tasks, num_context, num_target, generator=)`` -> ``TaskBatch``; or a fixed
+        ``TaskBatch`` of real tasks, whose points (context and target pooled) are re-split per context
+        size by :meth:`TaskBatch.split`: ``num_context`` random context points per task (seeded), the
+        rest targets.
     methods : sequence of str
-        ``infer`` methods (``"amortized"``, ``"svi"``, ``"importance"``, ``"nuts"``, ...).
-    num_tasks, num_target : int
-        Tasks per context size and target points per task.
+        Registered ``infer`` methods (``"amortized"``, ``"svi"``, ``"importance"``, ``"nuts"``, ...).
+    num_tasks : int, optional
+        Tasks per context size (default 100; for a fixed ``TaskBatch``, all its tasks, or its first
+        ``num_tasks``).
+    num_target : int, optional
+        Target points per task (default: the distribution's ``default_num_target`` if it declares one,
+        e.g. the queries per class of few-shot episodes, else 50; unused for a fixed ``TaskBatch``).
     num_context : int or list of int
-        Context sizes; one row per model x method x size.
+        Context sizes (for episodes: shots per class); one row per model x method x size.
     seed : int
         Seeds the task draws (a fresh ``torch.Generator(seed)`` per context size), every
         ``infer`` call and the oracle's draws.
@@ -329,10 +336,10 @@ def evaluate(
         Oracle row first, then models in order, methods in order, for each context size.
     """
     models = _check_models(model) if model is not None else {}
-    if not callable(getattr(tasks, "sample", None)):
+    if not isinstance(tasks, TaskBatch) and not callable(getattr(tasks, "sample", None)):
         raise TypeError(
-            f"tasks must be a task distribution with .sample(num_tasks, num_context, num_target, generator=), "
-            f"got {type(tasks).__name__}"
+            f"tasks must be a TaskBatch or a task distribution with .sample(num_tasks, num_context, num_target, "
+            f"generator=), got {type(tasks).__name__}"
         )
     if isinstance(methods, str):
         methods = [methods]
@@ -357,8 +364,17 @@ def evaluate(
     if not models and oracle is None:
         raise ValueError("nothing to evaluate: pass a model or an oracle")
     sizes = _check_sizes(num_context)
-    num_tasks = _positive_int("num_tasks", num_tasks)
-    num_target = _positive_int("num_target", num_target)
+    fixed = isinstance(tasks, TaskBatch)
+    if fixed:
+        if tasks.target_y is None:
+            raise ValueError("tasks: a fixed TaskBatch to evaluate on needs target_y (observed points)")
+        num_tasks = tasks.num_tasks if num_tasks is None else min(_positive_int("num_tasks", num_tasks), tasks.num_tasks)
+    else:
+        num_tasks = 100 if num_tasks is None else _positive_int("num_tasks", num_tasks)
+        if num_target is None:
+            num_target = getattr(tasks, "default_num_target", 50)
+        if num_target is not None:
+            num_target = _positive_int("num_target", num_target)
     num_samples = _positive_int("num_samples", num_samples)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an int, got {seed!r}")
@@ -372,7 +388,11 @@ def evaluate(
     rows: List[Dict[str, Any]] = []
     try:
         for nc in sizes:
-            batch = tasks.sample(num_tasks, nc, num_target, generator=torch.Generator().manual_seed(int(seed)))
+            generator = torch.Generator().manual_seed(int(seed))
+            if fixed:
+                batch = tasks.select(torch.arange(num_tasks)).split(nc, generator)
+            else:
+                batch = tasks.sample(num_tasks, nc, num_target, generator=generator)
             if not isinstance(batch, TaskBatch) or batch.target_y is None:
                 raise TypeError("tasks.sample(...) must return a TaskBatch with target_y")
             head = {"num_context": nc, "num_tasks": num_tasks}

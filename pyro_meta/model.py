@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import inspect
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
@@ -210,6 +211,43 @@ def _plate_scope() -> Iterator[None]:
         _PLATES.reset(token)
 
 
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON data (tuples become lists), or ``{"unrecordable": repr(value)}``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return {"unrecordable": repr(value)[:200]}
+
+
+def _recording_init(init: Callable) -> Callable:
+    """Wrap a MetaModel subclass's ``__init__`` so that the outermost call records its arguments."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "_init_args" not in self.__dict__:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded: Dict[str, Any] = {}
+            for name, value in list(bound.arguments.items())[1:]:
+                kind = signature.parameters[name].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(value)
+                elif kind is inspect.Parameter.VAR_POSITIONAL:
+                    if value:
+                        recorded[f"*{name}"] = {"unrecordable": "positional *args"}
+                else:
+                    recorded[name] = value
+            object.__setattr__(self, "_init_args", {k: _jsonable(v) for k, v in recorded.items()})
+        init(self, *args, **kwargs)
+
+    __init__._records_args = True
+    return __init__
+
+
 def _wrap_in_context(fn: Callable) -> Callable:
     """Like ``pyro.nn.pyro_method``: run ``fn`` inside the module's PyroModule context (once per method)."""
     if getattr(fn, "_pyro_meta_context", False):
@@ -265,6 +303,19 @@ class MetaModel(PyroModule):
             fn = cls.__dict__.get(name)
             if callable(fn):
                 setattr(cls, name, _wrap_in_context(fn))
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_records_args", False):
+            cls.__init__ = _recording_init(init)
+
+    @property
+    def init_args(self) -> Dict[str, Any]:
+        """The constructor's arguments (defaults filled in), as recorded when the instance was built.
+
+        Checkpoints store them (``meta["model_args"]``) so that :func:`pyro_meta.rebuild_model` can
+        rebuild the model from the file alone. Values that are not JSON-able (a module, a function)
+        are recorded as ``{"unrecordable": repr}`` and make the model not rebuildable from a file.
+        """
+        return dict(self.__dict__.get("_init_args", {}))
 
     def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, AutoGuide):

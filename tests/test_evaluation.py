@@ -279,3 +279,17 @@ def test_no_trained_model_beats_the_sinusoid_oracle():
     assert len(table.beating_oracle("mse")) == 0, table.beating_oracle("mse").to_markdown()
     for r in table.select(model="NeuralProcess"):
         assert r["nll_gap"] > 0 and r["nll_gap_se"] > 0
+
+
+def test_evaluate_accepts_a_fixed_task_batch_and_re_splits_it(linear):
+    """A fixed TaskBatch of real tasks (as fit accepts): ``num_context`` is a seeded split of each task's points."""
+    tasks, model = linear
+    data = tasks.sample(6, 4, 6, generator=torch.Generator().manual_seed(5))
+    kw = dict(methods=["amortized"], num_context=[2, 5], num_samples=40, seed=1)
+    a, b = evaluate(model, data, **kw), evaluate(model, data, **kw)
+    assert _strip(a) == _strip(b)
+    assert [r["num_context"] for r in a.rows] == [2, 5] and all(r["num_tasks"] == 6 for r in a.rows)
+    # every task has 10 points: 5 context leaves 5 targets; more context, better predictions (on average)
+    assert a.rows[1]["nll"] < a.rows[0]["nll"]
+    with pytest.raises(ValueError, match="fewer than|too few|points"):
+        evaluate(model, data, num_context=11)

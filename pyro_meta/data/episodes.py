@@ -68,11 +68,16 @@ class Episodes:
       ``"queries"`` long ``[T]``, ``"way"`` (``N``) and, for images, ``"image_shape"`` (``item_shape``).
 
     ``num_context`` is the shots per class ``K`` and ``num_target`` the queries per class ``Q``, each an int
-    or an inclusive ``(min, max)`` range drawn per episode; None uses the constructor's ``shots``/``queries``.
-    Call :func:`pyro_meta.fit` with ``num_context=None, num_target=None`` to use those (its own defaults
-    are regression set sizes). Each class needs at least ``max K + max Q`` examples, else ``ValueError``.
+    or an inclusive ``(min, max)`` range drawn per episode; None uses the constructor's ``shots``/``queries``
+    (as :func:`pyro_meta.fit` and :func:`pyro_meta.evaluate` do by default: :attr:`default_num_context` and
+    :attr:`default_num_target` are None). Each class needs at least ``max K + max Q`` examples, else
+    ``ValueError``.
     Examples within an episode are distinct; draws use ``generator`` (torch's global RNG without one).
     """
+
+    #: ``fit``/``evaluate`` set sizes when not given: None, i.e. this distribution's shots and queries
+    default_num_context = None
+    default_num_target = None
 
     def __init__(
         self,
@@ -173,8 +178,8 @@ class Episodes:
             raise ValueError(
                 f"{shots_name} (shots per class, max {shots[1]}) + {queries_name} (queries per class, max "
                 f"{queries[1]}) = {need} exceeds the {have} examples of the smallest class ({name}); "
-                "pyro_meta.fit's default set sizes are for regression: pass num_context=None, num_target=None "
-                "to use this distribution's shots and queries"
+                "pass num_context=None, num_target=None (fit's and evaluate's default) to use this "
+                "distribution's shots and queries"
             )
 
     # --------------------------------------------------------------- sampling

@@ -13,10 +13,10 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import check_writable, load_checkpoint, save_checkpoint
 from ..data.batch import TaskBatch
 from ..data.tasks import SizeSpec
-from ..model import TASK_PLATE, MetaModel, autoguides, check_model, local_params
+from ..model import TASK_PLATE, MetaModel, _jsonable, autoguides, check_model, local_params
 from .common import check_compatible
 
 __all__ = ["FitResult", "fit"]
@@ -170,8 +170,8 @@ def fit(
     tasks: Any,
     num_steps: int = 1000,
     tasks_per_batch: int = 16,
-    num_context: SizeSpec = (3, 10),
-    num_target: SizeSpec = (10, 20),
+    num_context: Optional[SizeSpec] = None,
+    num_target: Optional[SizeSpec] = None,
     optimizer: OptimizerSpec = "adam",
     lr: float = 1e-3,
     seed: Optional[int] = 0,
@@ -199,8 +199,10 @@ def fit(
         ``TaskBatch`` (a fresh batch per step), or a fixed ``TaskBatch`` of real tasks from
         which ``tasks_per_batch`` tasks are drawn without replacement at every step.
     num_steps, tasks_per_batch : int
-    num_context, num_target : int or (min, max)
-        Set sizes per task (inclusive ranges are drawn per task; ragged sets are masked).
+    num_context, num_target : int or (min, max), optional
+        Set sizes per task (inclusive ranges are drawn per task; ragged sets are masked). Default:
+        the task distribution's ``default_num_context`` / ``default_num_target`` if it declares them
+        (e.g. few-shot episodes: their shots and queries per class), else ``(3, 10)`` / ``(10, 20)``.
     optimizer : "adam" | "adamw" | "sgd" | "rmsprop" | torch.optim class
     lr : float
     seed : int or None
@@ -229,7 +231,13 @@ def fit(
         pyro.set_rng_seed(seed)
     generator = torch.Generator()
     generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+    if num_context is None:
+        num_context = getattr(tasks, "default_num_context", (3, 10))
+    if num_target is None:
+        num_target = getattr(tasks, "default_num_target", (10, 20))
     source = _TaskSource(tasks, tasks_per_batch, num_context, num_target, generator)
+    if checkpoint is not None:
+        check_writable(checkpoint)  # before any training, not after the last step
 
     first = source.next()
     if device is not None:
@@ -251,7 +259,7 @@ def fit(
     start_step = 0
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint, model, opt)
-        losses = list(state.get("losses", []))
+        losses = [float(v) for v in state.get("losses", [])]
         start_step = int(state.get("step", 0))
         if "generator" in state:
             generator.set_state(state["generator"])
@@ -259,12 +267,20 @@ def fit(
             torch.set_rng_state(state["torch_rng"])
         first = None  # drawn before the RNG state was restored: the resumed run draws its own
 
+    config = {
+        "tasks": type(tasks).__name__, "num_steps": num_steps, "tasks_per_batch": tasks_per_batch,
+        "num_context": num_context, "num_target": num_target, "lr": lr, "seed": seed, "clip_norm": clip_norm,
+        "lr_decay": lr_decay, "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "?"),
+    }
+    meta = {"model_args": model.init_args, "config": _jsonable(config)}
+
     def write(step: int) -> None:
         if checkpoint is not None:
             save_checkpoint(
                 checkpoint, model, opt,
-                extra={"step": step, "losses": torch.tensor(losses), "generator": generator.get_state(),
+                extra={"step": step, "losses": list(losses), "generator": generator.get_state(),
                        "torch_rng": torch.get_rng_state()},
+                meta=meta,
             )
 
     bar = None
