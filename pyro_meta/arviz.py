@@ -178,7 +178,8 @@ def _ess(a: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- log-likelihood
-def _log_lik_draws(posterior: Posterior, batch: TaskBatch, values: Mapping[str, torch.Tensor], site: str) -> torch.Tensor:
+def _log_lik_draws(posterior: Posterior, batch: TaskBatch, values: Mapping[str, torch.Tensor],
+                   site: str) -> Optional[torch.Tensor]:
     """``log p(y_tn | z_n)`` of the observed ``site`` per draw, ``[N, T, n]`` (padded points 0).
 
     The inferred model (``posterior.fn``: global latents at their point estimate) traced on
@@ -188,11 +189,13 @@ def _log_lik_draws(posterior: Posterior, batch: TaskBatch, values: Mapping[str, 
     from .inference.draws import trace_draws
 
     model = posterior.model
-    num = next(iter(values.values())).shape[0]
+    num = posterior.num_chains * posterior.num_samples
     T, n = batch.num_tasks, batch.num_points(site[2:])
     fn = posterior.fn or model.model
     with torch.no_grad():
         trace = trace_draws(fn, batch, num, model, data=values, sites=posterior.sites, log_prob=True)
+    if site not in trace.nodes and not posterior.has_latents:
+        return None  # a conditional model need not score its context (it conditions on it as input)
     if site not in trace.nodes or not trace.nodes[site]["is_observed"]:
         raise ValueError(
             f"{type(model).__name__}.model has no observed site {site!r} on this batch "
@@ -226,7 +229,7 @@ def pointwise_log_likelihood(posterior: Posterior) -> Dict[str, torch.Tensor]:
     out = {"y_context": _log_lik_draws(posterior, batch.context_only(), values, "y_context")}
     if batch.target_y is not None and batch.num_points("target") > 0:
         out["y_target"] = _log_lik_draws(posterior, batch, values, "y_target")
-    return {k: v.reshape((C, S) + tuple(v.shape[1:])).detach() for k, v in out.items()}
+    return {k: v.reshape((C, S) + tuple(v.shape[1:])).detach() for k, v in out.items() if v is not None}
 
 
 # ------------------------------------------------------------------------------ groups
@@ -261,7 +264,8 @@ def _groups(
         is_global = posterior.sites[name].is_global
         extra = value.dim() - (2 if is_global else 3)
         dims[name] = ([] if is_global else ["task"]) + [f"{name}_dim_{i}" for i in range(extra)]
-    groups["posterior"] = (data, dims)
+    if data:  # a model without latent sites has no posterior group (only its predictive)
+        groups["posterior"] = (data, dims)
 
     has_target = batch.num_points("target") > 0
     if predictive and has_target:

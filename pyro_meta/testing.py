@@ -25,8 +25,8 @@ import torch
 
 from .data.batch import TaskBatch
 from .data.tasks import Sinusoid
-from .inference import available_methods, fit, infer
-from .model import MetaModel, task_latent_sites
+from .inference import available_methods, fit, get_method, infer
+from .model import MetaModel, discover_sites, task_latent_sites
 
 __all__ = ["MetaModelContract", "assert_close"]
 
@@ -65,6 +65,9 @@ class MetaModelContract:
     }
     #: also run every method with ``vectorized = False`` (one trace per draw) and compare (slower)
     check_unvectorized: bool = False
+    #: False for a model without task latents (a conditional model): methods that infer latents must
+    #: refuse it with a clear error, ``"amortized"`` gives the model's own predictive
+    has_task_latent: bool = True
     num_tasks: int = 3
     num_context: Any = (2, 4)
     num_target: int = 5
@@ -103,6 +106,11 @@ class MetaModelContract:
 
     def test_site_discovery(self):
         model, batch = self.new_model(), self.batch()
+        if not self.has_task_latent:
+            assert not discover_sites(model, batch)[0], "a conditional model must have no task latent"
+            with pytest.raises(ValueError, match="no task-level latent"):
+                task_latent_sites(model, batch)
+            return
         sites = task_latent_sites(model, batch)
         assert sites, "no task latent found"
         assert "y_context" not in sites and "y_target" not in sites
@@ -114,10 +122,11 @@ class MetaModelContract:
         model, batch = self.new_model(), self.batch()
         T = batch.num_tasks
         tr = pyro.poutine.trace(model.model).get_trace(batch)
-        for name, info in task_latent_sites(model, batch).items():
+        sites = discover_sites(model, batch)[0]
+        for name, info in sites.items():
             assert tuple(tr.nodes[name]["value"].shape) == (T, 1) + tuple(info.event_shape), name
         gtr = pyro.poutine.trace(model.guide).get_trace(batch)
-        for name, info in task_latent_sites(model, batch).items():
+        for name, info in sites.items():
             assert tuple(gtr.nodes[name]["value"].shape[-len(info.event_shape) - 2:]) == (T, 1) + tuple(info.event_shape)
         ytr = pyro.poutine.trace(model.model).get_trace(batch.without_target_y())
         y = ytr.nodes["y_target"]["value"]
@@ -139,7 +148,12 @@ class MetaModelContract:
             pytest.skip(f"{type(self).__name__} does not support method={method!r}")
         model, batch = self.new_model(), self.batch()
         self._fit(model, steps=2)
-        post = infer(model, batch, method=method, num_samples=self.num_samples, seed=0, **self.method_options.get(method, {}))
+        options = self.method_options.get(method, {})
+        if not self.has_task_latent and get_method(method).needs_task_latents:
+            with pytest.raises(ValueError, match=type(model).__name__):
+                infer(model, batch, method=method, num_samples=self.num_samples, seed=0, **options)
+            return
+        post = infer(model, batch, method=method, num_samples=self.num_samples, seed=0, **options)
         T = batch.num_tasks
         for name, info in post.sites.items():
             s = post.samples[name]
@@ -208,7 +222,8 @@ class MetaModelContract:
             model = self.new_model(seed=3)
             res = self._fit(model, steps=2, seed=3)
             post = infer(model, self.batch(), method="amortized", num_samples=4, seed=5)
-            runs.append((res.losses, {k: v.clone() for k, v in post.samples.items()}))
+            draws = {k: v.clone() for k, v in post.samples.items()} or {"y_target": post.predict().samples}
+            runs.append((res.losses, draws))
         assert runs[0][0] == runs[1][0], "fit losses differ for the same seed"
         for k in runs[0][1]:
             assert torch.equal(runs[0][1][k], runs[1][1][k]), f"amortized draws of {k} differ for the same seed"

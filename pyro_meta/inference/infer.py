@@ -76,7 +76,11 @@ def infer(
         pyro.set_rng_seed(check_int("seed", seed, minimum=0))
     problem = prepare(model, batch, globals=globals, progress=progress)
     if not problem.sites and impl.needs_task_latents:
-        raise ValueError(f"method={impl.name!r}: " + no_task_latent_message(model))
+        raise ValueError(
+            f"method={impl.name!r} infers task latents, but {no_task_latent_message(model)}. A model without "
+            "task latents (a conditional model) has nothing to infer: use method='amortized', whose predictive "
+            "is the model's own"
+        )
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
@@ -96,4 +100,5 @@ def infer(
         model=model, batch=batch, method=impl.name, samples=result.samples, sites=problem.latent_sites,
         diagnostics=diagnostics, sample_stats=result.sample_stats, seconds=time.perf_counter() - t0, fn=problem.fn,
         per_task=tuple(result.per_task), summary=dict(result.summary), fixed_globals=problem.fixed_globals,
+        draws_shape=result.draws_shape,
     )

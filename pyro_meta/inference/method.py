@@ -72,6 +72,8 @@ class InferenceResult:
     sample_stats: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     summary: Dict[str, float] = dataclasses.field(default_factory=dict)
     bad_tasks: List[int] = dataclasses.field(default_factory=list)
+    #: ``(C, S)`` when ``samples`` is empty (a model without latent sites: the draws of its predictive)
+    draws_shape: Optional[Tuple[int, int]] = None
 
 
 class InferenceMethod:

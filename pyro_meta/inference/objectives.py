@@ -27,13 +27,14 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Tuple
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from ..data.batch import TaskBatch
 from ..model import TASK_PLATE, MetaModel, check_batch, check_model, local_params, task_latent_sites
-from .draws import per_task_log_density, trace_with_draws
+from .draws import DRAW_PLATE, per_task_log_density
 
 __all__ = ["guide_parameters", "iwae_loss", "model_parameters", "rws_wake_loss", "sleep_loss"]
 
@@ -65,7 +66,8 @@ def _sizes(model: MetaModel, K: int) -> List[Optional[int]]:
 def _trace(fn, batch: TaskBatch, model: MetaModel, n: Optional[int]) -> poutine.Trace:
     """``fn(batch)`` traced under the draws plate of size ``n`` (site values ``[n, T, ...]``), or plainly for ``None``."""
     if n is not None:
-        return trace_with_draws(fn, batch, n, model.max_plate_nesting, True)
+        with local_params(), pyro.plate(DRAW_PLATE, n, dim=-(model.max_plate_nesting + 1)):
+            return poutine.trace(fn).get_trace(batch)
     with local_params():
         return poutine.trace(fn).get_trace(batch)
 

@@ -56,24 +56,37 @@ class Posterior:
     per_task: Tuple[str, ...] = ()
     summary: Dict[str, Any] = dataclasses.field(default_factory=dict)
     fixed_globals: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    #: ``(C, S)`` for a model with no latent site (a conditional model): its predictive draws
+    draws_shape: Optional[Tuple[int, int]] = None
 
     @property
     def num_chains(self) -> int:
-        return next(iter(self.samples.values())).shape[0]
+        return next(iter(self.samples.values())).shape[0] if self.samples else self.draws_shape[0]
 
     @property
     def num_samples(self) -> int:
         """Draws per chain ``S``."""
-        return next(iter(self.samples.values())).shape[1]
+        return next(iter(self.samples.values())).shape[1] if self.samples else self.draws_shape[1]
+
+    @property
+    def has_latents(self) -> bool:
+        """False for a model without a task latent (a conditional model): ``samples`` is empty."""
+        return bool(self.samples)
+
+    def _site(self, site: Optional[str]) -> torch.Tensor:
+        if not self.samples:
+            raise ValueError(f"{type(self.model).__name__} has no latent site: this posterior holds no samples "
+                             "(its predictive is the model's, see predict())")
+        return self.samples[site or next(iter(self.samples))]
 
     def mean(self, site: Optional[str] = None) -> torch.Tensor:
         """Posterior mean of a site, ``[T, *event]`` (default: the first site)."""
-        s = self.samples[site or next(iter(self.samples))]
+        s = self._site(site)
         return s.reshape((-1,) + s.shape[2:]).mean(0)
 
     def std(self, site: Optional[str] = None) -> torch.Tensor:
         """Posterior standard deviation of a site, ``[T, *event]``."""
-        s = self.samples[site or next(iter(self.samples))]
+        s = self._site(site)
         return s.reshape((-1,) + s.shape[2:]).std(0)
 
     @property
@@ -85,7 +98,7 @@ class Posterior:
         """Draws in the model's shape ``{site: [N, *natural]}`` (task sites ``[N, T, 1, *event]``),
         thinned evenly to ``num_samples``."""
         values = to_site_values(self.samples, self.sites)
-        n = next(iter(values.values())).shape[0]
+        n = self.num_chains * self.num_samples
         if num_samples is not None and num_samples < n:
             idx = evenly_spaced(n, num_samples)
             values = {k: v[idx] for k, v in values.items()}
@@ -106,9 +119,10 @@ class Posterior:
         if batch.num_points("target") == 0:
             raise ValueError("batch has no target points to predict (target_x is [T, 0, Dx])")
         values = self.site_values(num_samples)
-        n = next(iter(values.values())).shape[0]
+        total = self.num_chains * self.num_samples
+        n = total if num_samples is None else min(num_samples, total)
         trace = predictive_trace(self.model, batch.without_target_y().without_task_index(), values, fn=self.fn,
-                                 sites=self.sites)
+                                 sites=self.sites, num=n)
         site = trace.nodes["y_target"]
         y = site["value"]
         C = self.num_chains if num_samples is None or num_samples >= self.num_chains * self.num_samples else 1

@@ -22,15 +22,20 @@ def predictive_trace(
     site_values: Mapping[str, torch.Tensor],
     fn: Optional[Callable] = None,
     sites: Optional[Mapping[str, SiteInfo]] = None,
+    num: Optional[int] = None,
 ) -> poutine.Trace:
     """Trace of ``model.model`` (or ``fn``) on ``batch`` (``target_y=None``) conditioned on latent draws.
 
     ``site_values`` are draw values ``{site: [N, *natural]}`` (task sites ``[N, T, 1, *event]``);
     ``fn`` is the model with global latents held fixed (``Posterior.fn``); ``sites`` says which
     values are global. Runs through :func:`~pyro_meta.inference.draws.trace_draws` (vectorized
-    under the draws plate, or draw by draw when ``model.vectorized`` is False).
+    under the draws plate, or draw by draw when ``model.vectorized`` is False). ``num``: the number
+    of draws when there is no latent value (a model without latent sites).
     """
-    num = next(iter(site_values.values())).shape[0]
+    if site_values:
+        num = next(iter(site_values.values())).shape[0]
+    elif num is None:
+        raise ValueError("predictive_trace: no latent values and no number of draws")
     fn = model.model if fn is None else fn
     with torch.no_grad():
         return trace_draws(fn, batch, num, model, data=site_values, sites=sites)
