@@ -2,7 +2,7 @@
 
 Shapes use ``S`` predictive draws, ``T`` tasks, ``N`` points, ``D`` output features and ``C``
 classes. Sample arguments are ``[..., T, N, D]``: leading sample dims (such as the ``[C, S]`` of
-:attr:`pyro_meta.Predictive.samples`) are flattened into one. Averages are over real points (and
+:attr:`pyro_meta.PosteriorPredictive.samples`) are flattened into one. Averages are over real points (and
 features); scalar metrics return a Python float.
 
 Regression: :func:`mse`, :func:`log_likelihood`, :func:`crps`, :func:`coverage`, :func:`pit`,
@@ -94,7 +94,7 @@ def log_likelihood(log_prob_points: torch.Tensor, mask: torch.Tensor) -> float:
 
     Parameters
     ----------
-    log_prob_points : Tensor ``[T, N]``, e.g. :meth:`pyro_meta.Predictive.log_prob` or an oracle's ``log_prob``
+    log_prob_points : Tensor ``[T, N]``, e.g. :meth:`pyro_meta.PosteriorPredictive.log_prob` or an oracle's ``log_prob``
     mask : bool ``[T, N]``
     """
     lp = _check_y("log_prob_points", log_prob_points, 2, "[T, N]")

@@ -4,7 +4,7 @@ from .fit import FitResult, fit
 from .infer import METHODS, infer
 from .method import InferenceMethod, InferenceResult, Option, available_methods, get_method, register_method
 from .posterior import Posterior
-from .predictive import Predictive
+from .predictive import PosteriorPredictive, Predictive
 
 __all__ = [
     "FitResult",
@@ -13,6 +13,7 @@ __all__ = [
     "METHODS",
     "Option",
     "Posterior",
+    "PosteriorPredictive",
     "Predictive",
     "available_methods",
     "fit",

@@ -44,11 +44,16 @@ class FitResult:
         The optimizer, to continue training by hand.
     """
 
-    losses: List[float]
+    losses: List[float] = dataclasses.field(repr=False)
     num_steps: int
     seconds: float
     interrupted: bool = False
     optimizer: Optional[torch.optim.Optimizer] = dataclasses.field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        first = f"{self.losses[0]:.4g}" if self.losses else "n/a"
+        return (f"FitResult(num_steps={self.num_steps}, loss {first} -> {self.final_loss:.4g} (mean of the last 10%), "
+                f"seconds={self.seconds:.1f}, interrupted={self.interrupted})")
 
     @property
     def final_loss(self) -> float:

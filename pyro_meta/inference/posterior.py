@@ -10,7 +10,7 @@ import torch
 from ..data.batch import TaskBatch
 from ..model import MetaModel, SiteInfo
 from .draws import to_site_values
-from .predictive import Predictive, predictive_trace
+from .predictive import PosteriorPredictive, predictive_trace
 
 __all__ = ["Posterior"]
 
@@ -104,11 +104,11 @@ class Posterior:
             values = {k: v[idx] for k, v in values.items()}
         return values
 
-    def predict(self, batch: Optional[TaskBatch] = None, num_samples: Optional[int] = None) -> Predictive:
+    def predict(self, batch: Optional[TaskBatch] = None, num_samples: Optional[int] = None) -> PosteriorPredictive:
         """Posterior predictive of ``y_target`` at ``batch.target_x`` (default: the inferred batch).
 
         ``batch`` must hold the same tasks (its ``target_y`` is ignored: draws are sampled).
-        ``num_samples`` thins the posterior draws evenly. Returns :class:`Predictive` with
+        ``num_samples`` thins the posterior draws evenly. Returns :class:`PosteriorPredictive` with
         ``samples [C, S, T, Nt, Dy]``.
         """
         batch = self.batch if batch is None else batch
@@ -127,7 +127,7 @@ class Posterior:
         y = site["value"]
         C = self.num_chains if num_samples is None or num_samples >= self.num_chains * self.num_samples else 1
         y = y.reshape((C, n // C) + tuple(y.shape[1:]))
-        return Predictive(samples=y.detach(), batch=batch, _fn=site["fn"])
+        return PosteriorPredictive(samples=y.detach(), batch=batch, _fn=site["fn"])
 
     def select(self, index: Any) -> "Posterior":
         """The posterior of the tasks ``index`` only (an int, int list, slice or bool/long tensor).

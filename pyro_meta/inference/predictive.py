@@ -13,7 +13,7 @@ from ..data.batch import TaskBatch
 from ..model import MetaModel, SiteInfo
 from .draws import trace_draws
 
-__all__ = ["Predictive", "predictive_trace"]
+__all__ = ["PosteriorPredictive", "Predictive", "predictive_trace"]
 
 
 def predictive_trace(
@@ -42,8 +42,11 @@ def predictive_trace(
 
 
 @dataclasses.dataclass
-class Predictive:
-    """Posterior predictive draws of ``y_target``.
+class PosteriorPredictive:
+    """Posterior predictive draws of ``y_target`` (what :meth:`Posterior.predict` returns).
+
+    Not to be confused with ``pyro.infer.Predictive``, which *computes* predictive draws: this is a
+    result container. (It was called ``Predictive`` before 0.2; that name is a deprecated alias.)
 
     Attributes
     ----------
@@ -105,4 +108,24 @@ class Predictive:
         return out.masked_fill(~self.batch.target_mask, 0.0)
 
     def __repr__(self) -> str:
-        return f"Predictive(samples={list(self.samples.shape)})"
+        return f"PosteriorPredictive(samples={list(self.samples.shape)})"
+
+
+class _DeprecatedAlias(type):
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, PosteriorPredictive)
+
+
+class Predictive(PosteriorPredictive, metaclass=_DeprecatedAlias):
+    """Deprecated alias of :class:`PosteriorPredictive` (removed in the next release).
+
+    Renamed because ``pyro.infer.Predictive`` is a callable that computes predictive draws, while
+    this is a result container.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        import warnings
+
+        warnings.warn("pyro_meta.Predictive is renamed PosteriorPredictive; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        super().__init__(*args, **kwargs)
