@@ -206,3 +206,20 @@ def test_select_keeps_the_chosen_tasks_draws_and_diagnostics(setup):
     assert post.select(2).batch.num_tasks == 1
     with pytest.raises(ValueError, match="selects no task"):
         post.select([])
+
+
+def test_the_pyro_kernel_internals_the_recorder_reads_are_guarded():
+    """The per-draw recorder reads private HMC attributes: present in this Pyro, a clear error when not."""
+    from pyro.infer import NUTS
+
+    from pyro_meta.inference.mcmc import KERNEL_INTERNALS, check_kernel_internals
+
+    kernel = NUTS(lambda: None)
+    check_kernel_internals(kernel)  # the installed pyro-ppl has them
+    assert all(hasattr(kernel, name) for name in KERNEL_INTERNALS)
+
+    class Renamed:
+        step_size = 0.1
+
+    with pytest.raises(RuntimeError, match="pyro-ppl .* has no"):
+        check_kernel_internals(Renamed())
