@@ -286,7 +286,7 @@ def sample_batched_hmc(
     target_accept: float = 0.8,
     trajectory: str = "jitter",
     trajectory_length=None,
-    max_leapfrog: int = 1000,
+    max_leapfrog: int = 256,
     adapt_mass: bool = True,
     inverse_mass=None,
     seed: Optional[int] = None,
@@ -308,7 +308,9 @@ def sample_batched_hmc(
         adapted by ChEES during warmup; needs ``C >= 2``).
     trajectory_length : ``L`` (number or ``[T]``), integration time in mass-preconditioned units
         (a posterior of unit scale); default ``pi`` for ``"jitter"``, the starting ``L`` for ``"chees"``.
-    max_leapfrog : most leapfrog steps of one chain-task's trajectory.
+    max_leapfrog : most leapfrog steps of one chain-task's trajectory (a longer one is cut short). Every
+        draw costs the longest trajectory in the batch; where a smaller step does not raise acceptance
+        (a hard wall returning ``inf``), dual averaging shrinks the step and this cap bounds the cost.
     adapt_mass, inverse_mass : adapt the diagonal inverse mass matrix in Stan's windows; its starting
         value (number, ``[E]``, ``[T, E]`` or ``[C, T, E]``; default 1).
     seed, generator : randomness (a ``torch.Generator`` on ``init``'s device wins; default: a seed drawn
