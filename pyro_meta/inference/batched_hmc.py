@@ -14,20 +14,25 @@ a known algorithm implemented for task batches, nothing new:
   stretched, final fast window 50; scaled to 15%/75%/10% for short warmups, none under 20), each
   slow window's Welford variance regularised as ``n/(n+5) var + 1e-3 * 5/(n+5)``;
 * integration time jittered ``t = h L``, ``h`` a van der Corput (base-2 Halton) sequence in (0, 1)
-  shared by all chain-tasks in an iteration (Neal 2011, section 5.4.2.2, randomising the trajectory
-  against periodicity; the Halton form as in ChEES-HMC); each chain-task takes ``ceil(t / eps)``
-  steps of size ``t / ceil(t / eps)``, so its integration time is exactly ``t``. Chain-tasks whose
-  trajectory is done are masked while the others continue;
-* optionally ``L`` per task by ChEES (Hoffman, Radul & Sountsov 2021, AISTATS): gradient ascent on
-  ``E[(|x' - E x|^2 - |x - E x|^2)^2] / 4`` with RMSProp on ``log L`` (rate 0.025, clip 0.35, iterate
-  averaging ``k^-1/2``), expectations over the task's ``C >= 2`` chains in mass-preconditioned
-  coordinates ``x = u / sqrt(m)`` (weighted by acceptance), as in TensorFlow Probability's
-  ``GradientBasedTrajectoryLengthAdaptation``.
+  shared by all chain-tasks in an iteration (randomising the trajectory against periodicity, as
+  Neal 2011 recommends; the Halton form as in ChEES-HMC). Each chain-task takes ``ceil(t / eps)``
+  steps of size ``t / ceil(t / eps)``, so its integration time is exactly ``t``; chain-tasks whose
+  trajectory is done step with size 0 while the others continue, and dual averaging never lets
+  ``eps`` exceed ``L``;
+* optionally ``L`` per task by ChEES (Hoffman, Radul & Sountsov 2021, AISTATS): stochastic gradient
+  ascent on ``E[(|x' - E x|^2 - |x - E x|^2)^2] / 4`` over the task's ``C >= 2`` chains, with RMSProp
+  on ``log L`` (rate 0.025, clip 0.35, iterate averaging ``k^-1/2``) and acceptance weights, as in
+  TensorFlow Probability's ``GradientBasedTrajectoryLengthAdaptation``; ``x = u / sqrt(m)`` are
+  mass-preconditioned coordinates. Departure: ``E x`` is a running mean over iterations of the
+  task's chain mean (as fun_mc's ``state_mean`` option), since a handful of chains per task gives
+  too noisy a centre. ChEES starts after the first metric update and ends with warmup.
 
 Before the first metric update the time scale of the target is unknown, so warmup's initial window
-integrates ``ceil(h * 10)`` steps of the current step size instead of a time ``h L``. A step whose
-energy error exceeds 1000 or is not finite (``inf``/NaN potential or gradient) is a divergence: the
-chain-task's trajectory stops there and its proposal is rejected.
+integrates ``ceil(h * 10)`` steps of the current step size instead of a time ``h L``. A trajectory
+that reaches a non-finite potential or gradient stops at its last finite point; it, and one whose
+final energy error exceeds 1000, is a divergence, and its proposal is rejected (the first test is
+symmetric under reversing the trajectory; the second only rejects moves Metropolis would accept
+with probability below e^-1000).
 """
 
 from __future__ import annotations
@@ -123,8 +128,7 @@ def _integrate(pot, q, p, U, g, eps, n, minv):
     Returns ``(q, p, U, g, diverged, dH, calls)``: the end points and ``dH = H(end) - H(start)``.
     A finished chain-task keeps stepping with step size 0 (a no-op). One that reaches a non-finite
     potential or gradient is reverted to its last finite point and frozen; it, and any whose final
-    energy error exceeds 1000, is flagged divergent. (Both tests are symmetric under reversal of the
-    trajectory, so rejecting on them keeps detailed balance.)
+    energy error exceeds 1000, is flagged divergent (see the module docstring).
     """
     H0 = U + 0.5 * (minv * p * p).sum(-1)
     div = torch.zeros_like(U, dtype=torch.bool)
@@ -160,7 +164,7 @@ def _momentum(minv: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _init_step_size(pot, q, U, g, eps, minv, gen):
-    """Stan's heuristic per chain-task: double (halve) ``eps`` until one step's acceptance falls below (rises above) 0.8."""
+    """Stan's heuristic per chain-task: double (halve) ``eps`` until one step's acceptance crosses 0.8."""
     log08 = math.log(0.8)
 
     def trial(e):
@@ -248,12 +252,13 @@ def _check(init, potential_fn, num_samples, num_warmup, target_accept, trajector
     if not torch.is_tensor(init) or not init.is_floating_point():
         raise TypeError(f"init must be a floating-point tensor [C, T, E], got {getattr(init, 'dtype', type(init))}")
     if init.dim() != 3 or init.numel() == 0:
-        raise ValueError(f"init must have shape [C, T, E] (chains, tasks, coordinates), all > 0; got {list(init.shape)}")
+        raise ValueError(f"init must have shape [C, T, E] (chains, tasks, coordinates), none 0; got {list(init.shape)}")
     if not bool(torch.isfinite(init).all()):
         raise ValueError("init must be finite")
     if not callable(potential_fn):
         raise TypeError("potential_fn must be callable: u [C, T, E] -> U [C, T]")
-    for name, value, low in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0), ("max_leapfrog", max_leapfrog, 1)):
+    for name, value, low in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0),
+                             ("max_leapfrog", max_leapfrog, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if not 0.0 < float(target_accept) < 1.0:
@@ -333,7 +338,8 @@ def sample_batched_hmc(
     U, g = pot(q)
     bad = ~(torch.isfinite(U) & torch.isfinite(g).all(-1))
     if bool(bad.any()):
-        raise ValueError(f"potential_fn (or its gradient) is not finite at init for (chain, task) {bad.nonzero().tolist()[:10]}")
+        where = bad.nonzero().tolist()[:10]
+        raise ValueError(f"potential_fn (or its gradient) is not finite at init for (chain, task) {where}")
     minv = _positive("inverse_mass", 1.0 if inverse_mass is None else inverse_mass, (C, T, E), q)
     L = _positive("trajectory_length", math.pi if trajectory_length is None else trajectory_length, (T,), q)
     eps = _positive("step_size", 1.0 if step_size is None else step_size, (C, T), q)
