@@ -21,9 +21,12 @@ null), ``versions`` (pyro_meta, torch, pyro, python) and ``meta``: the caller's 
 by convention ``meta["model_args"]`` (the model's constructor keyword arguments, used by
 :func:`rebuild_model`) and ``meta["config"]`` (the training configuration).
 
-Writes go to a temporary ``.ckpt-*`` file in the same folder, fsync'ed and moved over the path
+Writes go to a temporary ``.ckpt-<pid>-*`` file in the same folder, fsync'ed and moved over the path
 with ``os.replace``, with SIGINT deferred (in the main thread) until the new file is in place:
 on disk there is always the old or the new complete checkpoint, and no temporary file is left.
+A process killed outright (SIGKILL, power loss) can leave its temporary file behind: the next
+:func:`check_writable` of a path in that folder (``fit`` calls it first) removes the ``.ckpt-<pid>-*``
+files of writers that are no longer running (POSIX).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import math
 import os
 import pickle
 import platform
+import re
 import signal
 import struct
 import tempfile
@@ -180,6 +184,39 @@ def _defer_sigint() -> Iterator[None]:
                 signal.raise_signal(signal.SIGINT)
 
 
+_TEMP = re.compile(r"^\.ckpt-(\d+)-")
+
+
+def _temp_prefix() -> str:
+    return f".ckpt-{os.getpid()}-"
+
+
+def _remove_stale_temps(folder: str) -> None:
+    """Remove the temporary files that writers killed mid-write left in ``folder`` (POSIX: the pid is gone)."""
+    if os.name != "posix":
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = _TEMP.match(name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except (ProcessLookupError, OverflowError):  # no such process: the writer died mid-write
+            pass
+        except OSError:  # e.g. PermissionError: a running process of another user
+            continue
+        else:  # the writer is running
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
 def _fsync_dir(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -207,11 +244,13 @@ def check_writable(path: PathLike) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=folder)
-        os.close(fd)
-        os.remove(tmp)
+        with _defer_sigint():  # never leave the probe file behind
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), dir=folder)
+            os.close(fd)
+            os.remove(tmp)
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path!r}: {e.strerror or e} ({folder!r})") from e
+    _remove_stale_temps(folder)
 
 
 def save_checkpoint(
@@ -288,7 +327,7 @@ def save_checkpoint(
         tmp = None
         try:
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), dir=folder)
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC)
                 f.write(digest.digest())
