@@ -104,18 +104,39 @@ class Posterior:
             values = {k: v[idx] for k, v in values.items()}
         return values
 
+    def _same_tasks(self, batch: Optional[TaskBatch]) -> TaskBatch:
+        """``batch`` (default: the inferred one) after checking that it holds the inferred tasks.
+
+        The draws are of each inferred task's latents: predicting other tasks with them would be silently
+        wrong. Two batches hold the same tasks when their context sets agree (masks equal, and inputs and
+        outputs equal at the real points); their target sets may differ.
+        """
+        if batch is None:
+            return self.batch
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"batch must be a pyro_meta.TaskBatch of the inferred tasks or None, got {type(batch).__name__}")
+        ref = self.batch
+        if batch.num_tasks != ref.num_tasks:
+            raise ValueError(f"batch has {batch.num_tasks} tasks but the posterior was inferred for {ref.num_tasks}")
+        differ = _differing_tasks(ref, batch)
+        if differ:
+            shown = differ[:10] + (["..."] if len(differ) > 10 else [])
+            raise ValueError(
+                f"batch: tasks {shown} have other context sets than the tasks the posterior was inferred on; the "
+                "draws belong to the inferred tasks. Predict them at new inputs with post.batch.with_targets(x), "
+                "or infer the other tasks first"
+            )
+        return batch
+
     def predict(self, batch: Optional[TaskBatch] = None, num_samples: Optional[int] = None) -> PosteriorPredictive:
         """Posterior predictive of ``y_target`` at ``batch.target_x`` (default: the inferred batch).
 
-        ``batch`` must hold the same tasks (its ``target_y`` is ignored: draws are sampled).
+        ``batch`` must hold the same tasks: the same context sets (``ValueError`` otherwise, naming the
+        tasks that differ); its target set is free (its ``target_y`` is ignored: draws are sampled).
         ``num_samples`` thins the posterior draws evenly. Returns :class:`PosteriorPredictive` with
         ``samples [C, S, T, Nt, Dy]``.
         """
-        batch = self.batch if batch is None else batch
-        if batch.num_tasks != self.batch.num_tasks:
-            raise ValueError(
-                f"batch has {batch.num_tasks} tasks but the posterior was inferred for {self.batch.num_tasks}"
-            )
+        batch = self._same_tasks(batch)
         if batch.num_points("target") == 0:
             raise ValueError("batch has no target points to predict (target_x is [T, 0, Dx])")
         values = self.site_values(num_samples)
@@ -139,7 +160,7 @@ class Posterior:
         Returns ``(f [N, T, Nt, Dy], is_mean)``: ``N = num_functions`` or ``C * S``; ``is_mean`` is False
         when the likelihood has no ``mean`` (then ``f`` are draws of ``y``, noise included).
         """
-        batch = self.batch if batch is None else batch
+        batch = self._same_tasks(batch)
         values = self.site_values(num_functions)
         total = self.num_chains * self.num_samples
         n = total if num_functions is None else min(num_functions, total)
@@ -196,3 +217,19 @@ class Posterior:
 def evenly_spaced(n: int, k: int) -> torch.Tensor:
     """``min(k, n)`` evenly spaced indices into ``n`` items (the first and the last included)."""
     return torch.linspace(0, n - 1, min(k, n)).round().long()
+
+
+def _differing_tasks(ref: TaskBatch, batch: TaskBatch) -> list:
+    """Indices of the tasks whose context sets differ between two batches of ``T`` tasks."""
+    T = ref.num_tasks
+    if (ref.context_x.shape != batch.context_x.shape or ref.context_y.shape != batch.context_y.shape
+            or ref.context_y.dtype != batch.context_y.dtype or ref.context_x.dtype != batch.context_x.dtype
+            or ref.device != batch.device):
+        return list(range(T))
+    mask = ref.context_mask
+    same = (mask == batch.context_mask).all(-1)
+    real = mask & batch.context_mask
+    x_ok = ((ref.context_x == batch.context_x).all(-1) | ~real).all(-1)
+    eq_y = ref.context_y == batch.context_y
+    y_ok = ((eq_y.all(-1) if eq_y.dim() == 3 else eq_y) | ~real).all(-1)
+    return torch.nonzero(~(same & x_ok & y_ok)).flatten().tolist()
