@@ -26,6 +26,7 @@ from .inference import (
     infer,
     register_method,
 )
+from .locking import PYRO_LOCK, pyro_lock
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
 from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
 
@@ -42,6 +43,7 @@ __all__ = [
     "METHODS",
     "MetaModel",
     "Option",
+    "PYRO_LOCK",
     "Posterior",
     "PosteriorPredictive",
     "Predictive",
@@ -60,6 +62,7 @@ __all__ = [
     "observe",
     "oracles",
     "point_plate",
+    "pyro_lock",
     "read_checkpoint_meta",
     "rebuild_model",
     "register_method",

@@ -50,6 +50,7 @@ import torch
 
 from .data.batch import TaskBatch
 from .inference.posterior import Posterior, evenly_spaced
+from .locking import serialized
 
 with warnings.catch_warnings():
     # ArviZ 0.2x announces its 1.x refactor with a FutureWarning on import: not actionable here
@@ -204,6 +205,7 @@ def _log_lik_draws(posterior: Posterior, batch: TaskBatch, values: Mapping[str, 
     return trace.nodes[site]["log_prob"].expand(num, T, n)
 
 
+@serialized
 def pointwise_log_likelihood(posterior: Posterior) -> Dict[str, torch.Tensor]:
     """Pointwise log-likelihood of the observed points under each posterior draw.
 
@@ -355,6 +357,7 @@ def _coords(batch: TaskBatch) -> Dict[str, np.ndarray]:
     return coords
 
 
+@serialized
 def to_inference_data(
     posterior: Posterior,
     predictive: bool = True,

@@ -40,6 +40,7 @@ import torch
 from . import metrics
 from .data.batch import TaskBatch
 from .inference import available_methods, get_method, infer
+from .locking import serialized
 from .model import MetaModel
 
 __all__ = ["EvaluationTable", "evaluate"]
@@ -281,6 +282,7 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+@serialized
 def evaluate(
     model: Union[MetaModel, Sequence[MetaModel], Mapping[str, MetaModel], None],
     tasks: Any,

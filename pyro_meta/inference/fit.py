@@ -9,6 +9,7 @@ from typing import Any, Callable, List, Optional, Union
 import torch
 
 from ..data.tasks import SizeSpec
+from ..locking import serialized
 from ..model import MetaModel
 from .training import OptimizerSpec, _Training
 
@@ -54,6 +55,7 @@ class FitResult:
         return sum(self.losses[-k:]) / k
 
 
+@serialized
 def fit(
     model: MetaModel,
     tasks: Any,

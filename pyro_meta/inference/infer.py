@@ -8,6 +8,7 @@ from typing import Any, Optional, Union
 import pyro
 
 from ..data.batch import TaskBatch
+from ..locking import serialized
 from ..model import MetaModel, no_task_latent_message
 from ..validation import check_int
 from . import amortized, importance, mcmc, prior, svi  # noqa: F401  (register the built-in methods)
@@ -21,6 +22,7 @@ __all__ = ["METHODS", "infer"]
 METHODS = available_methods()
 
 
+@serialized
 def infer(
     model: MetaModel,
     batch: TaskBatch,

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 
 from ..data.batch import TaskBatch
+from ..locking import serialized
 from ..model import MetaModel, SiteInfo
 from .draws import to_site_values
 from .predictive import PosteriorPredictive, predictive_trace
@@ -128,6 +129,7 @@ class Posterior:
             )
         return batch
 
+    @serialized
     def predict(self, batch: Optional[TaskBatch] = None, num_samples: Optional[int] = None) -> PosteriorPredictive:
         """Posterior predictive of ``y_target`` at ``batch.target_x`` (default: the inferred batch).
 
@@ -150,6 +152,7 @@ class Posterior:
         y = y.reshape((C, n // C) + tuple(y.shape[1:]))
         return PosteriorPredictive(samples=y.detach(), batch=batch, _fn=site["fn"])
 
+    @serialized
     def function_draws(self, batch: Optional[TaskBatch] = None,
                        num_functions: Optional[int] = None) -> Tuple[torch.Tensor, bool]:
         """``E[y | x, z_s]`` at ``batch.target_x`` for ``num_functions`` evenly spaced draws (None: all).
@@ -203,6 +206,7 @@ class Posterior:
                 diagnostics[k] = v
         return dataclasses.replace(self, batch=batch, samples=samples, diagnostics=diagnostics)
 
+    @serialized
     def to_arviz(self, **kwargs: Any):
         """This posterior as ``arviz.InferenceData`` (see :mod:`pyro_meta.arviz`)."""
         from .. import arviz as _az
