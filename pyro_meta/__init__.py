@@ -27,6 +27,7 @@ from .inference import (
     register_method,
 )
 from .locking import PYRO_LOCK, pyro_lock
+from .memory import DEFAULT_MEMORY_BUDGET, get_memory_budget, memory_budget, set_memory_budget
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
 from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
 
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "DEFAULT_MEMORY_BUDGET",
     "EvaluationTable",
     "FitResult",
     "GPOracle",
@@ -54,10 +56,12 @@ __all__ = [
     "data",
     "evaluate",
     "fit",
+    "get_memory_budget",
     "get_method",
     "infer",
     "load_checkpoint",
     "local_params",
+    "memory_budget",
     "metrics",
     "observe",
     "oracles",
@@ -67,6 +71,7 @@ __all__ = [
     "rebuild_model",
     "register_method",
     "save_checkpoint",
+    "set_memory_budget",
     "task_latent_sites",
     "task_plate",
 ]

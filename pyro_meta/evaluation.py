@@ -20,6 +20,10 @@ Regression rows (``T`` tasks, ``Nt`` target points, ``lp_tn = log p(y_tn | conte
   with two or more chains) over tasks; for importance sampling ``min_ess``
   (importance ESS).
 
+Memory: inference, the predictive and the draw metrics run in chunks of tasks sized to the memory
+budget (:func:`pyro_meta.set_memory_budget`), so the peak does not grow with ``num_tasks`` beyond the
+draws kept (``[S, T, Nt, Dy]``).
+
 Classification rows (``context_y``/``target_y`` long class labels) carry ``nll``, ``nll_se``,
 ``accuracy``, ``ece`` and ``brier`` instead of the regression metrics; the class probabilities
 are the predictive's ``p(y = c | context)`` for ``c < num_classes`` (``model.num_classes``, or the
@@ -41,6 +45,7 @@ from . import metrics
 from .data.batch import TaskBatch
 from .inference import available_methods, get_method, infer
 from .locking import serialized
+from .memory import get_memory_budget
 from .model import MetaModel
 
 __all__ = ["EvaluationTable", "evaluate"]
@@ -176,11 +181,38 @@ def _regression_scores(lp: torch.Tensor, mean: torch.Tensor, draws: torch.Tensor
     nll = _ratio_se(-(lp.double() * m).sum(-1), counts)
     sq = ((mean.double() - y.double()) ** 2).mean(-1) * m
     err = _ratio_se(sq.sum(-1), counts)
-    return {
-        "nll": nll["mean"], "nll_se": nll["se"], "mse": err["mean"], "mse_se": err["se"],
-        "crps": metrics.crps(draws, y, m), "coverage_50": metrics.coverage(draws, y, m, 0.5),
-        "coverage_90": metrics.coverage(draws, y, m, 0.9),
-    }
+    return {"nll": nll["mean"], "nll_se": nll["se"], "mse": err["mean"], "mse_se": err["se"], **_draw_scores(draws, y, m)}
+
+
+#: bytes the draw metrics (CRPS: float64 copies, a sort; coverage: quantiles) allocate per draw and point
+_DRAW_METRIC_BYTES = 48
+
+
+def _draw_scores(draws: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> Dict[str, float]:
+    """CRPS and 50%/90% coverage of ``draws [S, T, Nt, Dy]``, over chunks of tasks sized to the memory budget.
+
+    Each metric is a mean over real points (and features): chunk means are combined weighted by their
+    real-point counts (one chunk, the exact call, when everything fits the budget).
+    """
+    S, T = draws.shape[0], draws.shape[1]
+    per_task = S * max(1, y[0].numel()) * _DRAW_METRIC_BYTES
+    step = max(1, min(T, get_memory_budget() // per_task))
+    names = ("crps", "coverage_50", "coverage_90")
+    totals, count = dict.fromkeys(names, 0.0), 0
+    for start in range(0, T, step):
+        tasks = slice(start, min(start + step, T))
+        k = int(m[tasks].sum()) * (y.shape[-1] if y.dim() == 3 else 1)
+        if k == 0:
+            continue
+        d, yy, mm = draws[:, tasks], y[tasks], m[tasks]
+        part = {"crps": metrics.crps(d, yy, mm), "coverage_50": metrics.coverage(d, yy, mm, 0.5),
+                "coverage_90": metrics.coverage(d, yy, mm, 0.9)}
+        if step >= T:
+            return part
+        for name in names:
+            totals[name] += part[name] * k
+        count += k
+    return {name: totals[name] / count for name in names}
 
 
 def _classification_scores(log_probs: torch.Tensor, batch: TaskBatch) -> Dict[str, Any]:

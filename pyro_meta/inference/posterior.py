@@ -11,7 +11,7 @@ from ..data.batch import TaskBatch
 from ..locking import serialized
 from ..model import MetaModel, SiteInfo
 from .draws import to_site_values
-from .predictive import PosteriorPredictive, predictive_trace
+from .predictive import PosteriorPredictive, predictive_samples
 
 __all__ = ["Posterior"]
 
@@ -136,7 +136,8 @@ class Posterior:
         ``batch`` must hold the same tasks: the same context sets (``ValueError`` otherwise, naming the
         tasks that differ); its target set is free (its ``target_y`` is ignored: draws are sampled).
         ``num_samples`` thins the posterior draws evenly. Returns :class:`PosteriorPredictive` with
-        ``samples [C, S, T, Nt, Dy]``.
+        ``samples [C, S, T, Nt, Dy]``. Runs in chunks of tasks (and draws) sized to the memory budget
+        (:func:`pyro_meta.set_memory_budget`; see :mod:`pyro_meta.memory` for what chunking changes).
         """
         batch = self._same_tasks(batch)
         if batch.num_points("target") == 0:
@@ -144,13 +145,11 @@ class Posterior:
         values = self.site_values(num_samples)
         total = self.num_chains * self.num_samples
         n = total if num_samples is None else min(num_samples, total)
-        trace = predictive_trace(self.model, batch.without_target_y().without_task_index(), values, fn=self.fn,
-                                 sites=self.sites, num=n)
-        site = trace.nodes["y_target"]
-        y = site["value"]
+        y, density = predictive_samples(self.model, batch.without_target_y().without_task_index(), values, fn=self.fn,
+                                        sites=self.sites, num=n)
         C = self.num_chains if num_samples is None or num_samples >= self.num_chains * self.num_samples else 1
         y = y.reshape((C, n // C) + tuple(y.shape[1:]))
-        return PosteriorPredictive(samples=y.detach(), batch=batch, _fn=site["fn"])
+        return PosteriorPredictive(samples=y, batch=batch, _fn=density)
 
     @serialized
     def function_draws(self, batch: Optional[TaskBatch] = None,
@@ -167,13 +166,8 @@ class Posterior:
         values = self.site_values(num_functions)
         total = self.num_chains * self.num_samples
         n = total if num_functions is None else min(num_functions, total)
-        trace = predictive_trace(self.model, batch.without_target_y().without_task_index(), values, fn=self.fn,
-                                 sites=self.sites, num=n)
-        node = trace.nodes["y_target"]
-        try:
-            return node["fn"].mean.expand_as(node["value"]).detach(), True
-        except (AttributeError, NotImplementedError):
-            return node["value"].detach(), False
+        return predictive_samples(self.model, batch.without_target_y().without_task_index(), values, fn=self.fn,
+                                  sites=self.sites, num=n, means=True)
 
     def with_num_draws(self, num: int) -> "Posterior":
         """This posterior with exactly ``num`` draws as one chain: its draws thinned evenly, or reused cyclically."""

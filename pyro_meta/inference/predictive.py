@@ -11,9 +11,10 @@ from pyro import poutine
 
 from ..data.batch import TaskBatch
 from ..model import MetaModel, SiteInfo
+from .chunked import fill, slice_values, trace_chunks
 from .draws import trace_draws
 
-__all__ = ["PosteriorPredictive", "Predictive", "predictive_trace"]
+__all__ = ["ChunkedDensity", "PosteriorPredictive", "Predictive", "predictive_samples", "predictive_trace"]
 
 
 def predictive_trace(
@@ -32,13 +33,81 @@ def predictive_trace(
     under the draws plate, or draw by draw when ``model.vectorized`` is False). ``num``: the number
     of draws when there is no latent value (a model without latent sites).
     """
-    if site_values:
-        num = next(iter(site_values.values())).shape[0]
-    elif num is None:
-        raise ValueError("predictive_trace: no latent values and no number of draws")
+    num = _num_draws(site_values, num)
     fn = model.model if fn is None else fn
     with torch.no_grad():
         return trace_draws(fn, batch, num, model, data=site_values, sites=sites)
+
+
+def _num_draws(site_values: Mapping[str, torch.Tensor], num: Optional[int]) -> int:
+    if site_values:
+        return next(iter(site_values.values())).shape[0]
+    if num is None:
+        raise ValueError("predictive_trace: no latent values and no number of draws")
+    return num
+
+
+def predictive_samples(
+    model: MetaModel,
+    batch: TaskBatch,
+    site_values: Mapping[str, torch.Tensor],
+    fn: Optional[Callable] = None,
+    sites: Optional[Mapping[str, SiteInfo]] = None,
+    num: Optional[int] = None,
+    means: bool = False,
+) -> Tuple[torch.Tensor, object]:
+    """Draws of ``y_target`` (or, with ``means=True``, the means of its distribution) ``[N, T, Nt, ...]``.
+
+    As :func:`predictive_trace`, in chunks sized to the memory budget (:mod:`pyro_meta.memory`).
+    Returns ``(values, density)``: ``density`` is the ``y_target`` distribution of a single chunk, or a
+    :class:`ChunkedDensity` that recomputes log densities chunk by chunk; with ``means=True`` it is a
+    bool, False when the likelihood has no ``mean`` (the values are then draws of ``y``).
+    """
+    num = _num_draws(site_values, num)
+    fn = model.model if fn is None else fn
+    T = batch.num_tasks
+    out, is_mean = None, None
+    with torch.no_grad():
+        plan, chunks = trace_chunks(fn, batch, num, model, data=site_values, sites=sites, kind="predictive")
+        for draws, tasks, trace in chunks:
+            node = trace.nodes["y_target"]
+            value = node["value"]
+            if means:
+                try:
+                    value, is_mean = node["fn"].mean.expand_as(value), True
+                except (AttributeError, NotImplementedError):
+                    is_mean = False
+            if plan.single:
+                return value.detach(), (is_mean if means else node["fn"])
+            out = fill(out, num, T, draws, tasks, value.detach())
+    return out, (is_mean if means else ChunkedDensity(model, batch, site_values, fn, sites, num, plan))
+
+
+class ChunkedDensity:
+    """``log p(y | context)`` of a predictive computed in chunks: the model re-run with ``y_target = y``.
+
+    Holds the draws, not the distributions (whose parameters are as large as the draws of ``y``).
+    """
+
+    def __init__(self, model, batch, site_values, fn, sites, num, plan) -> None:
+        self.model, self.batch, self.site_values, self.fn = model, batch, site_values, fn
+        self.sites, self.num, self.plan = sites, num, plan
+
+    def log_predictive(self, y: torch.Tensor) -> torch.Tensor:
+        """``log (1/N) sum_n p(y | z_n)`` per point, ``[T, Nt]`` (logsumexp accumulated over the draw chunks)."""
+        out = None
+        with torch.no_grad():
+            for draws, tasks in self.plan:
+                y_t = y[tasks]
+                conditioned = poutine.condition(self.fn, data={"y_target": y_t})
+                trace = trace_draws(conditioned, self.batch.select(tasks), draws.stop - draws.start, self.model,
+                                    data=slice_values(self.site_values, self.sites, draws, tasks), sites=self.sites)
+                lp = trace.nodes["y_target"]["fn"].log_prob(y_t)
+                lp = torch.logsumexp(lp.reshape((-1,) + tuple(lp.shape[-2:])), 0)
+                if out is None:
+                    out = lp.new_full((y.shape[0],) + tuple(lp.shape[1:]), -math.inf)
+                out[tasks] = torch.logaddexp(out[tasks], lp)
+        return out - math.log(self.num)
 
 
 @dataclasses.dataclass
@@ -102,9 +171,12 @@ class PosteriorPredictive:
         if tuple(y.shape) != expected:
             raise ValueError(f"y must have shape {list(expected)} (the predictive's [T, Nt, Dy]), got {tuple(y.shape)}")
         with torch.no_grad():
-            lp = self._fn.log_prob(y)  # [N, T, Nt]
-        lp = lp.reshape((-1,) + lp.shape[-2:])
-        out = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+            if isinstance(self._fn, ChunkedDensity):
+                out = self._fn.log_predictive(y)
+            else:
+                lp = self._fn.log_prob(y)  # [N, T, Nt]
+                lp = lp.reshape((-1,) + lp.shape[-2:])
+                out = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
         return out.masked_fill(~self.batch.target_mask, 0.0)
 
     def __repr__(self) -> str:
