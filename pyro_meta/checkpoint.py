@@ -144,6 +144,17 @@ def _losses(value: Any, where: str) -> torch.Tensor:
     return t
 
 
+def _check_path(path: Any) -> str:
+    """``path`` as a str: ``TypeError``/``ValueError`` naming the argument for anything else."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike naming a checkpoint file, got {type(path).__name__}")
+    path = os.fspath(path)
+    path = os.fsdecode(path) if isinstance(path, bytes) else path
+    if not path or "\x00" in path:
+        raise ValueError(f"path must name a checkpoint file, got {path!r}")
+    return path
+
+
 def _refuse_foreign(path: str) -> None:
     """Never overwrite a file that is not a pyro_meta checkpoint (e.g. a data file given by mistake)."""
     if os.path.isdir(path):
@@ -352,7 +363,9 @@ def _damaged(path: str, reason: str) -> CheckpointError:
 
 def _read(path: PathLike):
     """``(header, payload bytes)`` of a verified checkpoint file."""
-    path = os.fspath(path)
+    path = _check_path(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path!r} is a directory, not a checkpoint file")
     with open(path, "rb") as f:
         data = f.read()
     if data[: len(MAGIC)] != MAGIC:
@@ -476,7 +489,7 @@ def rebuild_model(path: PathLike, allow: Sequence[str] = ("pyro_meta",), map_loc
     defeat ``weights_only``. The class must be a ``torch.nn.Module``; it is called as
     ``cls(**meta["model_args"])``.
     """
-    if isinstance(allow, str) or not all(isinstance(a, str) and a for a in allow):
+    if not isinstance(allow, (list, tuple)) or not all(isinstance(a, str) and a for a in allow):
         raise TypeError(f"allow must be a list of package names, got {allow!r}")
     path, header, raw = _read(path)
     rec = header.get("model_class") or {}
