@@ -47,6 +47,7 @@ from .inference import available_methods, get_method, infer
 from .locking import serialized
 from .memory import get_memory_budget
 from .model import MetaModel
+from .validation import check_bool, check_int
 
 __all__ = ["EvaluationTable", "evaluate"]
 
@@ -377,12 +378,17 @@ def evaluate(
         )
     if isinstance(methods, str):
         methods = [methods]
+    if not isinstance(methods, (list, tuple)):
+        raise TypeError(f"methods must be a method name or a list of them {list(available_methods())}, got "
+                        f"{type(methods).__name__}")
     methods = list(methods)
-    bad = [m for m in methods if m not in available_methods()]
+    bad = [m for m in methods if not isinstance(m, str) or m not in available_methods()]
     if bad:
         raise ValueError(f"methods must be among {available_methods()}, got {bad}")
     if models and not methods:
         raise ValueError("methods is empty: name at least one inference method")
+    if method_options is not None and not isinstance(method_options, Mapping):
+        raise TypeError(f"method_options must be a dict method -> dict of infer options, got {type(method_options).__name__}")
     options = dict(method_options or {})
     stray = sorted(set(options).difference(available_methods()))
     if stray:
@@ -410,8 +416,8 @@ def evaluate(
         if num_target is not None:
             num_target = _positive_int("num_target", num_target)
     num_samples = _positive_int("num_samples", num_samples)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    progress = check_bool("progress", progress)
 
     runs = len(sizes) * (len(models) * len(methods) + (oracle is not None))
     bar = None

@@ -85,7 +85,7 @@ def infer(
             f"them: {[m for m in available_methods() if get_method(m).samples_globals]}"
         )
     if seed is not None:
-        pyro.set_rng_seed(check_int("seed", seed, minimum=0))
+        pyro.set_rng_seed(check_int("seed", seed, minimum=0, maximum=2**32 - 1))
     problem = prepare(model, batch, globals=globals, progress=progress)
     if not problem.sites and impl.needs_task_latents:
         raise ValueError(

@@ -7,9 +7,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from ..data.batch import TaskBatch
+from ..data.batch import TaskBatch, _task_index
 from ..locking import serialized
 from ..model import MetaModel, SiteInfo
+from ..validation import check_int, optional
 from .draws import to_site_values
 from .predictive import PosteriorPredictive, predictive_samples
 
@@ -98,6 +99,7 @@ class Posterior:
     def site_values(self, num_samples: Optional[int] = None) -> Dict[str, torch.Tensor]:
         """Draws in the model's shape ``{site: [N, *natural]}`` (task sites ``[N, T, 1, *event]``),
         thinned evenly to ``num_samples``."""
+        num_samples = optional(check_int, minimum=1)("num_samples", num_samples)
         values = to_site_values(self.samples, self.sites)
         n = self.num_chains * self.num_samples
         if num_samples is not None and num_samples < n:
@@ -163,6 +165,7 @@ class Posterior:
         when the likelihood has no ``mean`` (then ``f`` are draws of ``y``, noise included).
         """
         batch = self._same_tasks(batch)
+        num_functions = optional(check_int, minimum=1)("num_functions", num_functions)
         values = self.site_values(num_functions)
         total = self.num_chains * self.num_samples
         n = total if num_functions is None else min(num_functions, total)
@@ -171,6 +174,7 @@ class Posterior:
 
     def with_num_draws(self, num: int) -> "Posterior":
         """This posterior with exactly ``num`` draws as one chain: its draws thinned evenly, or reused cyclically."""
+        num = check_int("num", num, minimum=1)
         n = self.num_chains * self.num_samples
         idx = torch.arange(num) % n if num > n else evenly_spaced(n, num)
         samples = {k: v.reshape((-1,) + tuple(v.shape[2:]))[idx][None] for k, v in self.samples.items()}
@@ -184,7 +188,7 @@ class Posterior:
         renumbered) likewise; chain-level statistics and the rest are kept as they are.
         """
         T = self.batch.num_tasks
-        rows = torch.arange(T)[[index] if isinstance(index, int) else index]
+        rows = torch.arange(T)[_task_index(index, T)]
         if rows.numel() == 0:
             raise ValueError(f"index selects no task of the {T} (got {index!r})")
         batch = self.batch.select(rows)

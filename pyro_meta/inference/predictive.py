@@ -11,6 +11,7 @@ from pyro import poutine
 
 from ..data.batch import TaskBatch
 from ..model import MetaModel, SiteInfo
+from ..validation import check_probability
 from .chunked import fill, slice_values, trace_chunks
 from .draws import trace_draws
 
@@ -152,8 +153,7 @@ class PosteriorPredictive:
 
     def interval(self, prob: float = 0.9) -> Tuple[torch.Tensor, torch.Tensor]:
         """Central ``prob`` interval ``(lower, upper)``, each ``[T, Nt, Dy]``, from quantiles of the draws."""
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must be in (0, 1), got {prob}")
+        prob = check_probability("prob", prob)
         q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype)
         lo, hi = torch.quantile(self.flat, q, dim=0)
         return lo, hi
@@ -168,8 +168,16 @@ class PosteriorPredictive:
         if y is None:
             raise ValueError("log_prob needs y [T, Nt, Dy]: the batch has no target_y")
         expected = tuple(self.samples.shape[2:])
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a tensor of shape {list(expected)} (the predictive's [T, Nt, Dy]), got "
+                            f"{type(y).__name__}")
         if tuple(y.shape) != expected:
             raise ValueError(f"y must have shape {list(expected)} (the predictive's [T, Nt, Dy]), got {tuple(y.shape)}")
+        if y.is_floating_point() != self.samples.is_floating_point():
+            raise TypeError(f"y must be {'real-valued (floating)' if self.samples.is_floating_point() else 'class labels (long)'}"
+                            f" like the predictive's draws, got dtype {y.dtype}")
+        if y.is_floating_point() and not bool(torch.isfinite(y[self.batch.target_mask]).all()):
+            raise ValueError("y has NaN or inf values at real target points")
         with torch.no_grad():
             if isinstance(self._fn, ChunkedDensity):
                 out = self._fn.log_predictive(y)

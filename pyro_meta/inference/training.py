@@ -376,7 +376,7 @@ class _Training:
             if not ready:
                 raise
             self.interrupted = True
-            warnings.warn(f"fit interrupted at step {self.step}; the model keeps its last parameters", stacklevel=3)
+            warnings.warn(f"fit interrupted at step {self.step}; the model keeps its last parameters", stacklevel=4)
         except Exception as err:
             if ready:
                 self._keep_progress(err)
