@@ -24,9 +24,10 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # the Hypothesis fuzz suite with its long profile (1,000 examples per test, random seeds; CI runs the
-# seeded 30-example "ci" profile as part of `make test`)
+# seeded 30-example "ci" profile as part of `make test`), then 50 random SIGINTs during fit (10 in CI)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz tests/fuzz
+	PYRO_META_SIGINT_ROUNDS=50 $(BIN)/python -m pytest -q tests/test_fault_injection.py -k sigints
 
 demo: $(STAMP)
 	$(BIN)/pyro-meta demo
