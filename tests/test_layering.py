@@ -11,8 +11,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pyro_meta"
 ENTRY_POINTS = {"cli.py", "__main__.py"}
@@ -114,10 +112,20 @@ def test_the_app_layer_imports_the_zoo_lazily():
     assert lazy, "the app layer builds zoo models: some function imports pyro_meta.models"
 
 
-@pytest.mark.parametrize("modules", [["pyro_meta", "pyro_meta.cli", "pyro_meta.apps", "pyro_meta.apps.commands"]])
-def test_importing_the_library_and_the_cli_loads_no_zoo_module(modules):
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
-            + "print(sorted(m for m in sys.modules if m == 'pyro_meta.models' or m.startswith('pyro_meta.models.')))")
+def test_python_m_pyro_meta_help_loads_no_zoo_module():
+    """A fresh interpreter: importing the library and the app layer, and ``python -m pyro_meta --help``
+    (run as ``runpy`` does for ``-m``), load no ``pyro_meta.models`` module."""
+    code = "\n".join([
+        "import runpy, sys",
+        "import pyro_meta, pyro_meta.apps, pyro_meta.apps.commands, pyro_meta.apps.build, pyro_meta.apps.demo",
+        "sys.argv = ['pyro-meta', '--help']",
+        "try:",
+        "    runpy.run_module('pyro_meta', run_name='__main__', alter_sys=True)",
+        "except SystemExit as e:",
+        "    assert e.code == 0, e.code",
+        "print('ZOO', sorted(m for m in sys.modules if m == 'pyro_meta.models' or m.startswith('pyro_meta.models.')))",
+    ])
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "[]", res.stdout
+    assert all(c in res.stdout for c in ("train", "evaluate", "predict", "demo", "--version")), res.stdout
+    assert res.stdout.strip().splitlines()[-1] == "ZOO []", res.stdout

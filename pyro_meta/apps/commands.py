@@ -235,7 +235,7 @@ def evaluate(checkpoint: str, config: Optional[Dict[str, Any]] = None, out: Opti
     oracle = build_oracle(settings.pop("oracle"), tasks)
     settings["seed"] = _seed(config, "evaluate", seed)
     sizes = settings.setdefault("num_context", [5])
-    name = config["model"]["name"].rpartition(":")[2]
+    name = type(model).__name__  # the checkpoint's model, whatever --config names
     echo(f"evaluating {name} from {checkpoint} (step {header.get('step')}) with {', '.join(settings['methods'])} "
          f"on {describe(config, 'evaluate')[1]}, context sizes {sizes}, seed {settings['seed']}")
     table = evaluate_models({name: model}, tasks, oracle=oracle, progress=progress, **settings)
