@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
     train.add_argument("--out", default="pyro_meta_train", help="output folder (default: ./pyro_meta_train)")
     train.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    train.add_argument("--steps", type=_positive, default=None,
+                       help="train this many steps in all, overriding train.num_steps (e.g. a quick trial of a preset)")
     _common(train, "seed of training (default: the config's train.seed, else 0)")
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint's model (methods, context sizes from the config)",
@@ -167,6 +169,8 @@ def _run(args) -> int:
         config = _config(args)
         if config is None:
             raise ConfigError("--config: give a configuration file (--config X.toml) or a preset (--preset NAME)")
+        if args.steps is not None:
+            config.setdefault("train", {})["num_steps"] = args.steps
         res = commands.train(config, args.out, resume=args.resume, seed=args.seed, progress=progress,
                              allow=args.allow_module)
         return 1 if res["fit"].interrupted else 0

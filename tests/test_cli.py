@@ -13,7 +13,7 @@ def test_no_command_is_a_usage_error(capsys):
 
 
 @pytest.mark.parametrize("command,words", [
-    ("train", ["--config", "--preset", "--list-presets", "--resume", "--out", "--seed", "--threads"]),
+    ("train", ["--config", "--preset", "--list-presets", "--resume", "--steps", "--out", "--seed", "--threads"]),
     ("evaluate", ["--checkpoint", "--config", "--preset", "--out"]),
     ("predict", ["--checkpoint", "--data", "--out", "--method", "--num-samples"]),
     ("demo", ["--smoke", "--steps", "--task", "noise_std"]),

@@ -314,3 +314,19 @@ def test_unwritable_out_is_a_clear_error(tmp_path, capsys):
         locked.mkdir(mode=0o500)
         code, _, err = _run(["demo", "--smoke", "--out", str(locked)], capsys)
         assert code == 2 and "--out" in err
+
+
+def test_the_maml_preset_trains_and_evaluates_with_its_reference(tmp_path, capsys):
+    """``--preset maml_sinusoid --steps 2``: the published protocol runs end to end and names its reference."""
+    code, out, err = _run(["train", "--preset", "maml_sinusoid", "--steps", "2", "--out", str(tmp_path),
+                           "--no-progress"], capsys)
+    assert code == 0, err
+    header = pyro_meta.read_checkpoint_meta(tmp_path / "checkpoint.ckpt")
+    assert header["step"] == 2 and header["meta"]["app"]["config"]["train"]["num_steps"] == 2
+    assert header["meta"]["model_args"]["eval_inner_steps"] == 10 and header["meta"]["config"]["tasks_per_batch"] == 25
+    code, out, err = _run(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.ckpt"), "--no-progress"], capsys)
+    assert code == 0, err
+    (row,) = _rows(tmp_path / "results.csv")
+    assert (row["method"], row["num_context"], row["num_tasks"]) == ("amortized", "10", "600")
+    assert "published: mse not recorded [Finn, Abbeel & Levine 2017" in out
+    assert f"measured here: mse {float(row['mse']):.4g}" in out
