@@ -226,7 +226,7 @@ def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: 
         row = _regression_scores(lp, pred.mean, pred.flat, batch)
     row["seconds"] = time.perf_counter() - t0
     row.update(post.summary)  # the method's own columns (MCMC divergences / ESS / R-hat, importance ESS...)
-    return row, _per_task_nll(lp, batch)
+    return row, _per_task_nll(lp, batch), post
 
 
 def _score_oracle(oracle: Any, batch: TaskBatch, num_samples: int, seed: int) -> tuple:
@@ -293,6 +293,7 @@ def evaluate(
     oracle: Any = None,
     num_samples: int = 200,
     progress: bool = False,
+    callback: Optional[Callable[[Dict[str, Any], Any], None]] = None,
 ) -> EvaluationTable:
     """Score models x inference methods x context sizes on the same seeded tasks.
 
@@ -329,6 +330,10 @@ def evaluate(
         Posterior draws per chain (and oracle predictive draws).
     progress : bool
         Show a tqdm bar over the runs.
+    callback : callable ``(row, posterior) -> None``, optional
+        Called after every model x method x size run with its finished table row and its
+        :class:`~pyro_meta.Posterior` (e.g. to keep posteriors for plots, or report MCMC mixing
+        per task); the oracle rows have no posterior and are not passed.
 
     Returns
     -------
@@ -363,6 +368,8 @@ def evaluate(
             raise TypeError(f"oracle must have log_prob(batch), predict(batch) and sample(...): lacks {missing}")
     if not models and oracle is None:
         raise ValueError("nothing to evaluate: pass a model or an oracle")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable (row, posterior) -> None, got {type(callback).__name__}")
     sizes = _check_sizes(num_context)
     fixed = isinstance(tasks, TaskBatch)
     if fixed:
@@ -404,11 +411,14 @@ def evaluate(
                     bar.update(1)
             for name, m in models.items():
                 for method in methods:
-                    row, task_nll = _score_method(m, batch, method, num_samples, int(seed), options.get(method, {}))
+                    row, task_nll, post = _score_method(m, batch, method, num_samples, int(seed),
+                                                        options.get(method, {}))
                     if ref is not None:
                         gap = _ratio_se(task_nll - ref, batch.target_mask.sum(-1))
                         row["nll_gap"], row["nll_gap_se"] = gap["mean"], gap["se"]
                     rows.append({"model": name, "method": method, **head, **row})
+                    if callback is not None:
+                        callback(dict(rows[-1]), post)
                     if bar is not None:
                         bar.update(1)
     finally:

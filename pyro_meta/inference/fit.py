@@ -6,7 +6,7 @@ import dataclasses
 import os
 import time
 import warnings
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import pyro
 import torch
@@ -194,6 +194,7 @@ def fit(
     device: Optional[Union[str, torch.device]] = None,
     guide_objective: str = "elbo",
     guide_particles: int = 8,
+    checkpoint_meta: Optional[Dict[str, Any]] = None,
 ) -> FitResult:
     """Meta-train ``model``: minimise ``model.loss(batch)`` over a fresh batch of tasks per step.
 
@@ -240,6 +241,9 @@ def fit(
         which do not collapse modes the way the ELBO's reverse KL does.
     guide_particles : int
         Particles per task of the guide objective (``K``).
+    checkpoint_meta : dict, optional
+        More JSON-able metadata for the checkpoint header, next to the ``model_args`` and
+        ``config`` that ``fit`` records (e.g. the command line's whole configuration file).
     """
     check_model(model)
     if not isinstance(num_steps, int) or num_steps < 0:
@@ -296,6 +300,13 @@ def fit(
         "lr_decay": lr_decay, "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "?"),
     }
     meta = {"model_args": model.init_args, "config": _jsonable(config)}
+    if checkpoint_meta is not None:
+        if not isinstance(checkpoint_meta, dict):
+            raise TypeError(f"checkpoint_meta must be a dict, got {type(checkpoint_meta).__name__}")
+        clash = sorted(set(checkpoint_meta) & set(meta))
+        if clash:
+            raise ValueError(f"checkpoint_meta may not use the keys fit records itself: {clash}")
+        meta.update(checkpoint_meta)
 
     def write(step: int) -> None:
         if checkpoint is not None:

@@ -191,3 +191,18 @@ def test_guide_objective_gradients_split_between_model_and_guide():
     for name in ("q_mu", "q_log_s", "q_log_noise"):  # the guide: the sleep phase's, not the ELBO's
         torch.testing.assert_close(got[name], sleep[name])
         assert not torch.allclose(got[name], elbo[name])
+
+
+def test_checkpoint_meta_is_recorded_beside_model_args_and_config(tmp_path):
+    path = tmp_path / "c.ckpt"
+    model = BayesianLinear(degree=2)
+    pyro_meta.fit(model, LinearTasks(), num_steps=2, progress=False, checkpoint=path,
+                  checkpoint_meta={"app": {"config": {"model": {"name": "BayesianLinear"}}, "labels": False}})
+    meta = pyro_meta.read_checkpoint_meta(path)["meta"]
+    assert meta["app"] == {"config": {"model": {"name": "BayesianLinear"}}, "labels": False}
+    assert meta["model_args"]["degree"] == 2 and meta["config"]["num_steps"] == 2
+    with pytest.raises(ValueError, match="keys fit records itself: \\['config'\\]"):
+        pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=1, progress=False, checkpoint=path,
+                      checkpoint_meta={"config": {}})
+    with pytest.raises(TypeError, match="checkpoint_meta must be a dict"):
+        pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=1, progress=False, checkpoint_meta=[1])
