@@ -4,7 +4,8 @@ from .abml import ABML
 from .bayesian_linear import BayesianLinear
 from .bmaml import BMAML
 from .maml import MAML
+from .mixture_platipus import MixturePLATIPUS
 from .neural_process import NeuralProcess
 from .platipus import PLATIPUS
 
-__all__ = ["ABML", "BMAML", "BayesianLinear", "MAML", "NeuralProcess", "PLATIPUS"]
+__all__ = ["ABML", "BMAML", "BayesianLinear", "MAML", "MixturePLATIPUS", "NeuralProcess", "PLATIPUS"]

@@ -43,6 +43,20 @@ __all__ = [
     "task_plate",
 ]
 
+def _register_mixture_support() -> None:
+    """torch has no bijection for ``MixtureSameFamily``'s support (the components' support, wrapped):
+    register it, so that a mixture prior is usable by NUTS/HMC, SVI and AutoGuides (Pyro calls
+    ``biject_to(site.support)``) as any other continuous latent."""
+    from torch.distributions import biject_to, transform_to
+    from torch.distributions.constraints import MixtureSameFamilyConstraint
+
+    for registry in (biject_to, transform_to):
+        if MixtureSameFamilyConstraint not in registry._registry:
+            registry.register(MixtureSameFamilyConstraint)(lambda c, r=registry: r(c.base_constraint))
+
+
+_register_mixture_support()
+
 TASK_PLATE = "tasks"
 TASK_DIM = -2
 POINT_DIM = -1
