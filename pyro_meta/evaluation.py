@@ -41,6 +41,7 @@ from . import metrics
 from .data.batch import TaskBatch
 from .inference import available_methods, get_method, infer
 from .model import MetaModel
+from .validation import check_int
 
 __all__ = ["EvaluationTable", "evaluate"]
 
@@ -276,9 +277,7 @@ def _check_sizes(num_context: Union[int, Sequence[int]]) -> List[int]:
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return check_int(name, value)
 
 
 def evaluate(
