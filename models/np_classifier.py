@@ -3,8 +3,13 @@
 Model (``T`` tasks, ``K`` classes, features ``h(x) [F]`` of a shared extractor, ``a(x) = [h(x), 1]``)::
 
     z_tk ~ N(0, I_D)                                   # task latent "z": one per class, [T, 1, K, D]
-    w_tk = g(z_tk)                                     # decoder (weight generator): an MLP R^D -> R^{F+1}
+    w_tk = g(z_tk, r_tk)                               # decoder (weight generator) -> R^{F+1}
     y_tn ~ Categorical(softmax_k(w_tk . a(x_tn)))      # long labels [T, N]
+
+with ``r_tk = [e_tk, ||e_tk||^2]`` the deterministic path (as a Neural Process's ``r_C``; off with
+``deterministic_path=False``): ``e_tk`` the mean context feature of class ``k``. The generator is an MLP
+plus a linear skip of ``[z_tk, r_tk]``, so it can represent the prototype classifier
+``w_k = [2 e_k, -||e_k||^2]`` exactly and the latent carries what the context leaves uncertain.
 
 Guide (amortized, VERSA's per-class amortization, Gordon et al. 2019): the context features of each class
 are mean-pooled, ``e_tk``, and one MLP shared by the classes maps ``[e_tk, log(1 + n_tk)]`` to
@@ -33,6 +38,7 @@ from typing import Optional, Sequence, Tuple, Union
 import pyro
 import pyro.distributions as dist
 import torch
+from torch import nn
 
 from pyro_meta.data.batch import SPLITS, TaskBatch
 from pyro_meta.model import MetaModel, check_batch, observe, task_plate
@@ -56,6 +62,8 @@ class NeuralProcessClassifier(MetaModel):
         Extractor options (see :class:`~pyro_meta.models._features.FeatureExtractor`).
     latent_dim : int
         ``D``, the size of each class's latent.
+    deterministic_path : bool
+        Feed each class's mean context feature to the weight generator as well (see the module doc).
     decoder_hidden, guide_hidden : int
         Widths of the weight generator ``g`` and of the guide's MLP.
     num_classes : int, optional
@@ -74,7 +82,8 @@ class NeuralProcessClassifier(MetaModel):
         channels: int = 64,
         hidden: Union[int, Sequence[int]] = (64, 64),
         feature_dim: Optional[int] = None,
-        latent_dim: int = 16,
+        latent_dim: int = 8,
+        deterministic_path: bool = True,
         decoder_hidden: int = 64,
         guide_hidden: int = 64,
         num_classes: Optional[int] = None,
@@ -96,7 +105,10 @@ class NeuralProcessClassifier(MetaModel):
         F = self.features.feature_dim
         self.feature_dim, self.latent_dim = F, latent_dim
         self.num_classes, self.objective, self.num_particles = num_classes, objective, num_particles
-        self.decoder = module_mlp([latent_dim, decoder_hidden, decoder_hidden, F + 1], "relu")
+        self.deterministic_path = bool(deterministic_path)
+        dec_in = latent_dim + (F + 1 if self.deterministic_path else 0)
+        self.decoder = module_mlp([dec_in, decoder_hidden, decoder_hidden, F + 1], "relu")
+        self.decoder_skip = nn.Linear(dec_in, F + 1)
         self.encoder = ClassGaussianEncoder(F, latent_dim, hidden=guide_hidden)
 
     # ------------------------------------------------------------------ pieces
@@ -122,9 +134,22 @@ class NeuralProcessClassifier(MetaModel):
                           torch.cat([batch.context_mask, batch.target_mask], 1))
         return h[:, :nc], h[:, nc:]
 
-    def logits(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``g(z_k) . [h(x), 1]``: ``h [T, N, F]``, ``z [..., T, K, D]`` -> ``[..., T, N, K]``."""
-        w = self.decoder(z)  # [..., T, K, F+1]
+    def path(self, h_context: torch.Tensor, batch: TaskBatch, K: int) -> Optional[torch.Tensor]:
+        """The deterministic path ``r_tk = [e_tk, ||e_tk||^2]`` ``[T, K, F+1]`` (None without it)."""
+        if not self.deterministic_path:
+            return None
+        e, _ = class_means(h_context, batch.context_y, batch.context_mask, K)
+        return torch.cat([e, (e * e).sum(-1, keepdim=True)], -1)
+
+    def weights(self, z: torch.Tensor, r: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Class weights ``g(z_k, r_k) [..., T, K, F+1]`` from ``z [..., T, K, D]`` and ``r [T, K, F+1]``."""
+        if r is not None:
+            z = torch.cat([z, r.expand(z.shape[:-1] + r.shape[-1:])], -1)
+        return self.decoder(z) + self.decoder_skip(z)
+
+    def logits(self, h: torch.Tensor, z: torch.Tensor, r: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``g(z_k, r_k) . [h(x), 1]``: ``h [T, N, F]``, ``z [..., T, K, D]`` -> ``[..., T, N, K]``."""
+        w = self.weights(z, r)  # [..., T, K, F+1]
         return h @ w[..., :-1].transpose(-1, -2) + w[..., -1].unsqueeze(-2)
 
     def posterior_params(self, batch: TaskBatch, h_context: Optional[torch.Tensor] = None, K: Optional[int] = None
@@ -141,11 +166,12 @@ class NeuralProcessClassifier(MetaModel):
         """``z_tk ~ N(0, I)`` ([T, 1, K, D]); ``y ~ Categorical(softmax_k(g(z_tk) . [h(x), 1]))`` ([T, N])."""
         K = self.check(batch)
         h = dict(zip(SPLITS, self.encode_batch(batch)))
+        r = self.path(h["context"], batch, K)
         prior = dist.Normal(batch.context_x.new_zeros(K, self.latent_dim), 1.0).to_event(2)
         with task_plate(batch):
             z = pyro.sample("z", prior).squeeze(-3)  # [..., T, K, D]
             for split in SPLITS:
-                observe(batch, lambda x, s=split: dist.Categorical(logits=self.logits(h[s], z)), splits=(split,))
+                observe(batch, lambda x, s=split: dist.Categorical(logits=self.logits(h[s], z, r)), splits=(split,))
 
     def guide(self, batch: TaskBatch) -> None:
         """``q(z_tk | context_t) = N(m(e_tk), diag(s(e_tk)^2))`` from each class's mean context feature ``e_tk``."""
@@ -160,10 +186,11 @@ class NeuralProcessClassifier(MetaModel):
         loc, scale = self.posterior_params(batch, hc, K)
         S = self.num_particles
         z = loc + scale * torch.randn((S,) + tuple(loc.shape), dtype=loc.dtype, device=loc.device)  # [S, T, K, D]
+        r = self.path(hc, batch, K)
         if self.objective == "versa":
             if batch.target_y is None or batch.num_points("target") == 0:
                 raise ValueError("batch: the 'versa' objective needs observed target points (target_y)")
-            lp = torch.distributions.Categorical(logits=self.logits(ht, z)).log_prob(batch.target_y)  # [S, T, Nt]
+            lp = torch.distributions.Categorical(logits=self.logits(ht, z, r)).log_prob(batch.target_y)  # [S, T, Nt]
             lp = torch.logsumexp(lp, 0) - math.log(S)
             m = batch.target_mask.to(lp.dtype)
             return -((lp * m).sum(-1) / m.sum(-1).clamp_min(1)).mean()
@@ -173,7 +200,7 @@ class NeuralProcessClassifier(MetaModel):
             y = batch.y(split)
             if y is None or batch.num_points(split) == 0:
                 continue
-            lp = torch.distributions.Categorical(logits=self.logits(h, z)).log_prob(y)  # [S, T, N]
+            lp = torch.distributions.Categorical(logits=self.logits(h, z, r)).log_prob(y)  # [S, T, N]
             log_lik = log_lik + (lp * batch.mask(split).to(lp.dtype)).sum(-1).mean(0)
         return (kl.sum((-1, -2)) - log_lik).mean()
 

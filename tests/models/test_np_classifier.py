@@ -61,11 +61,14 @@ def test_versa_loss_is_the_log_mean_predictive_per_target_point():
     total = 0.0
     with torch.no_grad():
         h = model.features(batch.target_x)
+        hc = model.features(batch.context_x)
         for t in range(3):
             m = batch.target_mask[t]
+            e = torch.stack([hc[t][batch.context_mask[t] & (batch.context_y[t] == k)].mean(0) for k in range(3)])
             lps = []
             for s in range(4):
-                w = model.decoder(z[s, t])  # [K, F+1]
+                u = torch.cat([z[s, t], e, (e**2).sum(-1, keepdim=True)], -1)
+                w = model.decoder(u) + model.decoder_skip(u)  # [K, F+1]
                 logits = h[t][m] @ w[:, :-1].T + w[:, -1]
                 lps.append(torch.log_softmax(logits, -1).gather(-1, batch.target_y[t][m][:, None])[:, 0])
             lp = torch.logsumexp(torch.stack(lps), 0) - math.log(4)
