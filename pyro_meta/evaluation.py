@@ -21,7 +21,8 @@ Regression rows (``T`` tasks, ``Nt`` target points, ``lp_tn = log p(y_tn | conte
   (importance ESS).
 
 Classification rows (``context_y``/``target_y`` long class labels) carry ``nll``, ``nll_se``,
-``accuracy``, ``ece`` (``ece_bins`` equal-width confidence bins) and ``brier`` instead of the regression metrics; the class
+``accuracy`` and its standard error over tasks ``accuracy_se`` (the ratio estimator above; a 95% interval
+is ``accuracy +- 1.96 accuracy_se``), ``ece`` (``ece_bins`` equal-width confidence bins) and ``brier`` instead of the regression metrics; the class
 probabilities are the predictive's :attr:`~pyro_meta.PosteriorPredictive.class_probs`
 ``p(y = k | context) [T, Nt, K]`` (the mean over posterior draws of each draw's class probabilities).
 """
@@ -47,7 +48,7 @@ __all__ = ["EvaluationTable", "evaluate"]
 #: column order of the tables (columns a table lacks are left out)
 COLUMNS = (
     "model", "method", "num_context", "num_tasks", "nll", "nll_se", "nll_gap", "nll_gap_se", "mse", "mse_se",
-    "crps", "coverage_50", "coverage_90", "accuracy", "ece", "brier", "seconds", "divergences", "min_ess",
+    "crps", "coverage_50", "coverage_90", "accuracy", "accuracy_se", "ece", "brier", "seconds", "divergences", "min_ess",
     "min_ess_tail", "max_r_hat",
 )
 ORACLE = "oracle"
@@ -191,9 +192,11 @@ def _classification_scores(log_probs: torch.Tensor, batch: TaskBatch, ece_bins: 
     probs = torch.softmax(log_probs.double(), -1)  # renormalise over the K classes scored
     lp = torch.gather(log_probs.double(), -1, y.clamp(0, K - 1)[..., None])[..., 0] * m
     nll = _ratio_se(-lp.sum(-1), m.sum(-1))
+    hits = (probs.argmax(-1) == y) & m
+    acc = _ratio_se(hits.sum(-1).double(), m.sum(-1))
     ece, _ = metrics.expected_calibration_error(probs, y, m, bins=ece_bins)
     return {"nll": nll["mean"], "nll_se": nll["se"], "accuracy": metrics.accuracy(probs, y, m),
-            "ece": ece, "brier": metrics.brier_score(probs, y, m)}
+            "accuracy_se": acc["se"], "ece": ece, "brier": metrics.brier_score(probs, y, m)}
 
 
 def _oracle_class_log_probs(log_prob: Callable[[torch.Tensor], torch.Tensor], batch: TaskBatch,

@@ -85,9 +85,15 @@ def test_bernoulli_on_long_labels_has_two_classes(generator):
     assert_close(pred.class_probs, torch.stack([1 - p1, p1], -1), atol=1e-6, what="Bernoulli class_probs")
     lp = pred.log_prob(batch.target_y)  # long labels: no dtype error
     assert bool(torch.isfinite(lp).all())
-    # the whole evaluation path scores it
+    # the whole evaluation path scores it; accuracy_se is the standard error of the per-task accuracies
     table = pyro_meta.evaluate(model, batch, methods="amortized", num_context=4, num_samples=5)
-    assert 0.0 <= table.rows[0]["accuracy"] <= 1.0
+    row = table.rows[0]
+    assert 0.0 <= row["accuracy"] <= 1.0
+    resplit = batch.split(4, torch.Generator().manual_seed(0))
+    pred = pyro_meta.infer(model, resplit, method="amortized", num_samples=5, seed=0).predict()
+    per_task = (pred.class_probs.argmax(-1) == resplit.target_y).double().mean(-1)  # equal set sizes here
+    assert abs(row["accuracy"] - float(per_task.mean())) < 1e-9
+    assert abs(row["accuracy_se"] - float(per_task.std() / 3**0.5)) < 1e-9
 
 
 def test_interval_refuses_class_labels_and_class_probs_refuse_regression(generator):
