@@ -259,6 +259,11 @@ class ClassGaussianEncoder(nn.Module):
     linear skip represents the prototype classifier ``w_k = [2 e_k, -||e_k||^2]`` exactly. The same
     networks serve every class, so the guide works for any number of classes.
 
+    Initialisation: the MLP's last layer is zero, so the guide starts at its linear skip; with
+    ``prototype_init=True`` (``out_dim = F + 1``) that skip is the prototype classifier, ``m_k = loc0 + [2 e_k,
+    -||e_k||^2]`` (the linear head equal to a ProtoNet on the same features, as Proto-MAML's head), otherwise
+    ``m_k = loc0``; the scale starts at ``init_scale`` (``scale0`` = None).
+
     Parameters
     ----------
     feature_dim : int
@@ -269,16 +274,34 @@ class ClassGaussianEncoder(nn.Module):
         Width of the MLP's two hidden layers.
     min_scale : float
         Lower bound of ``s``.
+    prototype_init : bool
+        Start at the prototype classifier (needs ``out_dim = feature_dim + 1``).
+    init_scale : float
+        The scale ``s`` at initialisation (without ``scale0``).
     """
 
-    def __init__(self, feature_dim: int, out_dim: int, hidden: int = 64, min_scale: float = 1e-3) -> None:
+    def __init__(self, feature_dim: int, out_dim: int, hidden: int = 64, min_scale: float = 1e-3,
+                 prototype_init: bool = False, init_scale: float = 0.1) -> None:
         super().__init__()
         for name, value in (("feature_dim", feature_dim), ("out_dim", out_dim), ("hidden", hidden)):
             if not _pos_int(value):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if prototype_init and out_dim != feature_dim + 1:
+            raise ValueError(f"prototype_init needs out_dim = feature_dim + 1, got {out_dim} and {feature_dim}")
+        if not min_scale < init_scale:
+            raise ValueError(f"init_scale must exceed min_scale ({min_scale}), got {init_scale}")
         self.out_dim, self.min_scale = out_dim, float(min_scale)
         self.mlp = module_mlp([feature_dim + 2, hidden, hidden, 2 * out_dim], "relu")
         self.skip = nn.Linear(feature_dim + 2, 2 * out_dim)
+        with torch.no_grad():
+            self.mlp[-1].weight.zero_()
+            self.mlp[-1].bias.zero_()
+            self.skip.weight.zero_()
+            self.skip.bias.zero_()
+            self.skip.bias[out_dim:] = math.log(math.expm1(init_scale - min_scale))
+            if prototype_init:
+                self.skip.weight[:feature_dim, :feature_dim] = 2 * torch.eye(feature_dim)
+                self.skip.weight[feature_dim, feature_dim] = -1.0
 
     def forward(self, means: torch.Tensor, counts: torch.Tensor, loc0: Optional[torch.Tensor] = None,
                 raw_scale0: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:

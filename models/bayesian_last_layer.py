@@ -18,9 +18,10 @@ Guide, conditioned on the context set only (also while meta-training; a valid EL
 point whose guide is the one used at test time):
 
 * class labels -- amortized, VERSA-like (Gordon et al. 2019): each class's context features are averaged,
-  ``e_tk``, and an MLP maps ``[e_tk, log(1 + n_tk)]`` to ``q(w_tk) = N(mu + m(e_tk), diag(s_tk^2))``
-  (:class:`~pyro_meta.models._features.ClassGaussianEncoder`; for "bernoulli" the one row sees both
-  classes' means);
+  ``e_tk``, and an MLP plus a linear skip maps ``[e_tk, ||e_tk||^2, log(1 + n_tk)]`` to
+  ``q(w_tk) = N(mu + m(e_tk), diag(s_tk^2))`` (:class:`~pyro_meta.models._features.ClassGaussianEncoder`;
+  for "bernoulli" the one row sees both classes' means). For "categorical" it starts at the prototype
+  classifier ``m = [2 e_tk, -||e_tk||^2]`` (a ProtoNet head) with scales ``0.1 prior_scale``;
 * "normal" -- the exact conditional posterior, Gaussian-conjugate given the features:
   ``P_r = diag(s_r^-2) + A^T A / noise^2``, ``m_r = P_r^-1 (mu_r / s_r^2 + A^T y_r / noise^2)``
   (:meth:`BayesianLastLayer.exact_posterior`), so NUTS over ``w`` is tested against a closed form, and
@@ -49,10 +50,6 @@ from pyro_meta.model import MetaModel, check_batch, observe, task_plate
 from ._features import ClassGaussianEncoder, FeatureExtractor, class_means, infer_num_classes
 
 __all__ = ["BayesianLastLayer"]
-
-
-def _inv_softplus(x: torch.Tensor) -> torch.Tensor:
-    return x + torch.log(-torch.expm1(-x))
 
 
 class BayesianLastLayer(MetaModel):
@@ -128,7 +125,9 @@ class BayesianLastLayer(MetaModel):
         self.encoder = None
         if likelihood != "normal":
             in_dim = F if likelihood == "categorical" else 2 * F + 1
-            self.encoder = ClassGaussianEncoder(in_dim, F + 1, hidden=guide_hidden)
+            self.encoder = ClassGaussianEncoder(in_dim, F + 1, hidden=guide_hidden,
+                                                prototype_init=likelihood == "categorical",
+                                                init_scale=0.1 * float(prior_scale))
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -207,8 +206,8 @@ class BayesianLastLayer(MetaModel):
         if self.likelihood == "bernoulli":  # one row, summarising both classes
             means = torch.cat([means[..., 0, :], means[..., 1, :], torch.log1p(counts[..., :1])], -1)[..., None, :]
             counts = counts[..., 1:]
-        loc0, s0 = self.prior_params(R)
-        return self.encoder(means, counts, loc0, _inv_softplus(s0))
+        loc0, _ = self.prior_params(R)
+        return self.encoder(means, counts, loc0)
 
     def _conjugate(self, a: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Exact ``p(w_r | context)`` for "normal": ``(mean [T, Dy, F+1], cov [T, Dy, F+1, F+1])``."""

@@ -9,7 +9,8 @@ Model (``T`` tasks, ``K`` classes, features ``h(x) [F]`` of a shared extractor, 
 with ``r_tk = [e_tk, ||e_tk||^2]`` the deterministic path (as a Neural Process's ``r_C``; off with
 ``deterministic_path=False``): ``e_tk`` the mean context feature of class ``k``. The generator is an MLP
 plus a linear skip of ``[z_tk, r_tk]``, so it can represent the prototype classifier
-``w_k = [2 e_k, -||e_k||^2]`` exactly and the latent carries what the context leaves uncertain.
+``w_k = [2 e_k, -||e_k||^2]`` exactly and the latent carries what the context leaves uncertain; it starts
+there (the MLP's last layer zero, ``z`` entering with small weights), and the guide at ``N(0, I)``.
 
 Guide (amortized, VERSA's per-class amortization, Gordon et al. 2019): the context features of each class
 are mean-pooled, ``e_tk``, and one MLP shared by the classes maps ``[e_tk, log(1 + n_tk)]`` to
@@ -109,7 +110,16 @@ class NeuralProcessClassifier(MetaModel):
         dec_in = latent_dim + (F + 1 if self.deterministic_path else 0)
         self.decoder = module_mlp([dec_in, decoder_hidden, decoder_hidden, F + 1], "relu")
         self.decoder_skip = nn.Linear(dec_in, F + 1)
-        self.encoder = ClassGaussianEncoder(F, latent_dim, hidden=guide_hidden)
+        self.encoder = ClassGaussianEncoder(F, latent_dim, hidden=guide_hidden, init_scale=1.0)
+        with torch.no_grad():  # start at the prototype classifier of the deterministic path, z with a small weight
+            self.decoder[-1].weight.zero_()
+            self.decoder[-1].bias.zero_()
+            self.decoder_skip.weight.mul_(0.1)
+            self.decoder_skip.bias.zero_()
+            if self.deterministic_path:
+                self.decoder_skip.weight[:, latent_dim:] = 0.0
+                self.decoder_skip.weight[:F, latent_dim:latent_dim + F] = 2 * torch.eye(F)
+                self.decoder_skip.weight[F, latent_dim + F] = -1.0
 
     # ------------------------------------------------------------------ pieces
     def check(self, batch: TaskBatch) -> int:

@@ -63,8 +63,10 @@ class EvaluationTable:
         Column name -> value (str, int or float); rows may lack columns (shown empty).
     """
 
-    def __init__(self, rows: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __init__(self, rows: Iterable[Mapping[str, Any]] = (), posteriors: Optional[Mapping[tuple, Any]] = None) -> None:
         self.rows: List[Dict[str, Any]] = [dict(r) for r in rows]
+        #: ``(model, method, num_context) -> Posterior`` of each run, when ``evaluate(..., keep_posteriors=True)``
+        self.posteriors: Dict[tuple, Any] = dict(posteriors or {})
 
     @property
     def columns(self) -> List[str]:
@@ -82,7 +84,7 @@ class EvaluationTable:
     def __add__(self, other: "EvaluationTable") -> "EvaluationTable":
         if not isinstance(other, EvaluationTable):
             return NotImplemented
-        return EvaluationTable(self.rows + other.rows)
+        return EvaluationTable(self.rows + other.rows, {**self.posteriors, **other.posteriors})
 
     def select(self, **where: Any) -> "EvaluationTable":
         """Rows whose columns equal the given values, e.g. ``table.select(method="nuts")``."""
@@ -218,7 +220,7 @@ def _per_task_nll(lp: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
 
 
 def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: int, seed: int,
-                  options: Mapping[str, Any], ece_bins: int = 10) -> tuple:
+                  options: Mapping[str, Any], ece_bins: int = 10, keep: Optional[list] = None) -> tuple:
     options = dict(options)
     num_samples = options.pop("num_samples", num_samples)
     t0 = time.perf_counter()
@@ -233,6 +235,8 @@ def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: 
         row = _regression_scores(lp, pred.mean, pred.flat, batch)
     row["seconds"] = time.perf_counter() - t0
     row.update(post.summary)  # the method's own columns (MCMC divergences / ESS / R-hat, importance ESS...)
+    if keep is not None:
+        keep.append(post)
     return row, _per_task_nll(lp, batch)
 
 
@@ -302,6 +306,7 @@ def evaluate(
     num_samples: int = 200,
     progress: bool = False,
     ece_bins: int = 10,
+    keep_posteriors: bool = False,
 ) -> EvaluationTable:
     """Score models x inference methods x context sizes on the same seeded tasks.
 
@@ -340,6 +345,9 @@ def evaluate(
         Show a tqdm bar over the runs.
     ece_bins : int
         Equal-width confidence bins of the expected calibration error (classification rows).
+    keep_posteriors : bool
+        Keep every run's :class:`~pyro_meta.Posterior` in the table's ``posteriors``, keyed by
+        ``(model, method, num_context)`` (per-task diagnostics, predictives, figures of the same run).
 
     Returns
     -------
@@ -398,6 +406,7 @@ def evaluate(
 
         bar = tqdm(total=runs, desc="evaluate")
     rows: List[Dict[str, Any]] = []
+    kept: Dict[tuple, Any] = {}
     try:
         for nc in sizes:
             generator = torch.Generator().manual_seed(int(seed))
@@ -416,8 +425,11 @@ def evaluate(
                     bar.update(1)
             for name, m in models.items():
                 for method in methods:
+                    keep: Optional[list] = [] if keep_posteriors else None
                     row, task_nll = _score_method(m, batch, method, num_samples, int(seed), options.get(method, {}),
-                                                  ece_bins)
+                                                  ece_bins, keep)
+                    if keep:
+                        kept[(name, method, nc)] = keep[0]
                     if ref is not None:
                         gap = _ratio_se(task_nll - ref, batch.target_mask.sum(-1))
                         row["nll_gap"], row["nll_gap_se"] = gap["mean"], gap["se"]
@@ -427,4 +439,4 @@ def evaluate(
     finally:
         if bar is not None:
             bar.close()
-    return EvaluationTable(rows)
+    return EvaluationTable(rows, kept)

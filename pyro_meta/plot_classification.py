@@ -204,6 +204,7 @@ def plot_reliability(
     bins: int = 15,
     title: Optional[str] = None,
     panel_size: float = 3.2,
+    max_columns: int = 4,
 ) -> Figure:
     """Reliability diagrams: per confidence bin, the accuracy (bars) against the mean confidence.
 
@@ -223,6 +224,8 @@ def plot_reliability(
         Figure title.
     panel_size : float
         Width of one panel in inches.
+    max_columns : int
+        Panels per row (more entries wrap to further rows).
     """
     if isinstance(reliability, Mapping):
         named = {str(k): _as_bins(v, f"reliability[{k!r}]", bins) for k, v in reliability.items()}
@@ -231,8 +234,15 @@ def plot_reliability(
     if not named:
         raise ValueError("reliability is empty: pass at least one set of bins")
     n = len(named)
-    fig, axes = plt.subplots(2, n, figsize=(panel_size * n, panel_size * 1.35), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True, layout="constrained")
+    ncols = min(n, max_columns)
+    nrows = math.ceil(n / ncols)
+    fig = plt.figure(figsize=(panel_size * ncols, panel_size * 1.35 * nrows), layout="constrained")
+    grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[3, 1] * nrows)
+    axes = np.empty((2, n), dtype=object)
+    for j in range(n):
+        r, c = divmod(j, ncols)
+        axes[0, j] = fig.add_subplot(grid[2 * r, c])
+        axes[1, j] = fig.add_subplot(grid[2 * r + 1, c], sharex=axes[0, j])
     for j, (label, b) in enumerate(named.items()):
         edges = b.edges.double().numpy()
         width = np.diff(edges)
@@ -251,13 +261,14 @@ def plot_reliability(
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_title((f"{label}: " if label else "") + f"ECE {_ece_of(b):.3f}", fontsize=10)
-        if j == 0:
+        if j % ncols == 0:
             ax.set_ylabel("accuracy")
+        if j == 0:
             ax.legend(loc="upper left", fontsize=7)
         share = count / max(count.sum(), 1)
         axes[1, j].bar(centers, share, width=width, color="tab:gray")
         axes[1, j].set_xlabel("confidence (max class probability)")
-        if j == 0:
+        if j % ncols == 0:
             axes[1, j].set_ylabel("share of points")
     if title:
         fig.suptitle(title)
