@@ -36,7 +36,7 @@ from torch import nn
 
 from pyro_meta.nn.mlp import MODULE_ACTIVATIONS, module_mlp
 
-__all__ = ["BACKBONES", "ClassGaussianEncoder", "FeatureExtractor", "class_means", "infer_num_classes"]
+__all__ = ["BACKBONES", "ClassGaussianEncoder", "FeatureExtractor", "class_means", "encode_sets", "infer_num_classes"]
 
 BACKBONES = ("conv4", "mlp")
 _CACHE_SIZE = 4
@@ -221,6 +221,25 @@ class FeatureExtractor(nn.Module):
     def extra_repr(self) -> str:
         what = f"image_shape={self.image_shape}" if self.image_shape is not None else f"x_dim={self.in_features}"
         return f"backbone={self.backbone!r}, {what}, feature_dim={self.feature_dim}"
+
+
+def encode_sets(extractor: FeatureExtractor, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Features of a batch's context and target points: ``(h_context [T, Nc, F], h_target [T, Nt, F])``.
+
+    In training mode both sets go through the extractor in one pass (its batch norm sees every image of the
+    meta-batch, as a ProtoNet's support and queries); in eval mode each set on its own (features are then
+    point-wise, so this is the same), which lets the extractor's identity cache serve repeated calls on the
+    same tensors (e.g. every NUTS step on one context set).
+    """
+    nc, nt = batch.num_points("context"), batch.num_points("target")
+    if extractor.training and nt > 0:
+        h = extractor(torch.cat([batch.context_x, batch.target_x], 1),
+                      torch.cat([batch.context_mask, batch.target_mask], 1))
+        return h[:, :nc], h[:, nc:]
+    hc = extractor(batch.context_x, batch.context_mask)
+    if nt == 0:
+        return hc, hc.new_zeros(batch.num_tasks, 0, extractor.feature_dim)
+    return hc, extractor(batch.target_x, batch.target_mask)
 
 
 def class_means(h: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, num_classes: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ from pyro_meta.likelihoods import check_likelihood, likelihood_from_outputs, num
 from pyro_meta.model import MetaModel, check_batch, observe, task_plate
 from pyro_meta.nn import FunctionalConv4, FunctionalMLP
 
-from ._features import FeatureExtractor
+from ._features import FeatureExtractor, encode_sets
 
 __all__ = ["ADAPTS", "NETS", "GradientBasedModel", "kl_diag_normal", "positive_param"]
 
@@ -216,20 +216,14 @@ class GradientBasedModel(MetaModel):
         return x if self.backbone is None else self.backbone(x, mask)
 
     def encode_batch(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(context inputs, target inputs)`` of the adapted network, one feature pass over both sets.
+        """``(context inputs, target inputs)`` of the adapted network.
 
-        With ``adapt="head"`` the context and target images go through the shared extractor together
-        (in training mode its batch norm sees both); otherwise the batch's own ``x``.
+        With ``adapt="head"`` the shared extractor's features (context and target images in one pass while
+        training, so that its batch norm sees both); otherwise the batch's own ``x``.
         """
         if self.backbone is None:
             return batch.context_x, batch.target_x
-        nc = batch.num_points("context")
-        if batch.num_points("target") == 0:
-            return self.encode(batch.context_x, batch.context_mask), batch.target_x.new_zeros(
-                batch.num_tasks, 0, self.backbone.feature_dim)
-        h = self.encode(torch.cat([batch.context_x, batch.target_x], 1),
-                        torch.cat([batch.context_mask, batch.target_mask], 1))
-        return h[:, :nc], h[:, nc:]
+        return encode_sets(self.backbone, batch)
 
     @staticmethod
     def observed_inputs(batch: TaskBatch, xc: torch.Tensor, xt: torch.Tensor

@@ -47,7 +47,7 @@ from pyro_meta.data.batch import SPLITS, TaskBatch
 from pyro_meta.likelihoods import check_likelihood, likelihood_from_outputs
 from pyro_meta.model import MetaModel, check_batch, observe, task_plate
 
-from ._features import ClassGaussianEncoder, FeatureExtractor, class_means, infer_num_classes
+from ._features import ClassGaussianEncoder, FeatureExtractor, class_means, encode_sets, infer_num_classes
 
 __all__ = ["BayesianLastLayer"]
 
@@ -160,12 +160,9 @@ class BayesianLastLayer(MetaModel):
         return torch.cat([h, torch.ones_like(h[..., :1])], -1)
 
     def encode_batch(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(a_context [T, Nc, F+1], a_target [T, Nt, F+1])`` from one pass of the extractor."""
-        nc = batch.num_points("context")
-        h = self.features(torch.cat([batch.context_x, batch.target_x], 1),
-                          torch.cat([batch.context_mask, batch.target_mask], 1))
-        a = self.augmented(h)
-        return a[:, :nc], a[:, nc:]
+        """``(a_context [T, Nc, F+1], a_target [T, Nt, F+1])`` (one extractor pass while training)."""
+        hc, ht = encode_sets(self.features, batch)
+        return self.augmented(hc), self.augmented(ht)
 
     def prior_params(self, R: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(mu, s)`` of the prior, each ``[R, F+1]``."""

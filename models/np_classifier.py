@@ -45,7 +45,7 @@ from pyro_meta.data.batch import SPLITS, TaskBatch
 from pyro_meta.model import MetaModel, check_batch, observe, task_plate
 from pyro_meta.nn.mlp import module_mlp
 
-from ._features import ClassGaussianEncoder, FeatureExtractor, class_means, infer_num_classes
+from ._features import ClassGaussianEncoder, FeatureExtractor, class_means, encode_sets, infer_num_classes
 
 __all__ = ["NeuralProcessClassifier"]
 
@@ -138,11 +138,8 @@ class NeuralProcessClassifier(MetaModel):
         return K
 
     def encode_batch(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Features ``(h_context [T, Nc, F], h_target [T, Nt, F])`` in one pass of the extractor."""
-        nc = batch.num_points("context")
-        h = self.features(torch.cat([batch.context_x, batch.target_x], 1),
-                          torch.cat([batch.context_mask, batch.target_mask], 1))
-        return h[:, :nc], h[:, nc:]
+        """Features ``(h_context [T, Nc, F], h_target [T, Nt, F])`` (one extractor pass while training)."""
+        return encode_sets(self.features, batch)
 
     def path(self, h_context: torch.Tensor, batch: TaskBatch, K: int) -> Optional[torch.Tensor]:
         """The deterministic path ``r_tk = [e_tk, ||e_tk||^2]`` ``[T, K, F+1]`` (None without it)."""

@@ -35,7 +35,7 @@ from torch import nn
 from pyro_meta.data.batch import SPLITS, TaskBatch
 from pyro_meta.model import MetaModel, check_batch, observe, task_plate
 
-from ._features import FeatureExtractor, class_means, infer_num_classes
+from ._features import FeatureExtractor, class_means, encode_sets, infer_num_classes
 
 __all__ = ["ProtoNet", "squared_distances"]
 
@@ -111,11 +111,8 @@ class ProtoNet(MetaModel):
         return K
 
     def encode_batch(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Features ``(h_context [T, Nc, F], h_target [T, Nt, F])`` in one pass of the extractor."""
-        nc = batch.num_points("context")
-        x = torch.cat([batch.context_x, batch.target_x], 1)
-        h = self.features(x, torch.cat([batch.context_mask, batch.target_mask], 1))
-        return h[:, :nc], h[:, nc:]
+        """Features ``(h_context [T, Nc, F], h_target [T, Nt, F])`` (one extractor pass while training)."""
+        return encode_sets(self.features, batch)
 
     def prototypes(self, h: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, K: int) -> torch.Tensor:
         """Class means of features ``[T, K, F]`` (the prior mean for a class without a point)."""
