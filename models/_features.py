@@ -15,7 +15,8 @@ Evaluating the network is the expensive part of every classifier here; two cache
 while the weights do not change (eval mode, no gradient needed for the weights -- e.g. inside NUTS,
 where the network is frozen and the potential is evaluated thousands of times on the same images):
 
-* the last few inputs are remembered by identity (the same tensor object, unmodified);
+* the last few inputs are remembered by identity (the same tensor object, unmodified; weakly referenced,
+  so that the cache never keeps a batch alive);
 * :meth:`FeatureExtractor.memoize` computes the features of a table of images once (e.g. every image of
   the meta-test alphabets) and serves any input made of those images by lookup: each input row is
   matched to a table row by a random projection and then compared exactly, falling back to the network
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -117,7 +119,7 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"feature_dim must be a positive int or None, got {feature_dim!r}")
         self.projection = nn.Linear(out, feature_dim) if feature_dim is not None else None
         self.feature_dim = feature_dim if feature_dim is not None else out
-        self._recent: List[Tuple[torch.Tensor, Optional[torch.Tensor], tuple, torch.Tensor]] = []
+        self._recent: List[tuple] = []
         self._memo: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]] = None
 
     # ------------------------------------------------------------------ evaluation
@@ -141,13 +143,14 @@ class FeatureExtractor(nn.Module):
                              f"{mask.dtype} {tuple(mask.shape)}")
         cacheable = self._cacheable()
         if cacheable:
-            version = self._version()
+            version = self._version() + (x._version,)
             for cx, cm, cv, out in self._recent:
-                if cx is x and cm is mask and cv == version:
+                if cx() is x and (cm() if cm is not None else None) is mask and cv == version:
                     return out
         out = self._compute(x, mask, cacheable)
-        if cacheable:
-            self._recent = [(x, mask, self._version(), out)] + self._recent[: _CACHE_SIZE - 1]
+        if cacheable:  # weak references: the cache never keeps a batch alive
+            entry = (weakref.ref(x), None if mask is None else weakref.ref(mask), self._version() + (x._version,), out)
+            self._recent = [entry] + [e for e in self._recent if e[0]() is not None][: _CACHE_SIZE - 1]
         return out
 
     def _compute(self, x: torch.Tensor, mask: Optional[torch.Tensor], cacheable: bool) -> torch.Tensor:

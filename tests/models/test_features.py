@@ -43,6 +43,10 @@ def test_caches_serve_only_unchanged_weights_in_eval_mode():
         fe.projection.weight.mul_(2.0)  # a changed weight invalidates the cache
         c = fe(x)
     assert len(calls) == 5 and not torch.allclose(c, a)
+    with torch.no_grad():
+        x.add_(1.0)  # so does an input changed in place
+        fe(x)
+    assert len(calls) == 6
 
 
 def test_memoize_equals_the_network_and_skips_it():
