@@ -171,18 +171,22 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
     with feature_memo(model, images):
         for way, shots, queries in arm.settings():
             test = test_episodes(way, shots, queries)
+            kept: Dict[Tuple[int, str], Any] = {}
+
+            def keep(row: Dict[str, Any], post: Any, kept: Dict[Tuple[int, str], Any] = kept) -> None:
+                kept[(row["num_tasks"], row["method"])] = post
+
             common = dict(num_context=shots, seed=config.seed, ece_bins=ECE_BINS, num_samples=arm.num_samples,
-                          keep_posteriors=True)
+                          callback=keep)
             table = pyro_meta.evaluate({arm.name: model}, test, methods=["amortized"], num_tasks=config.episodes,
                                        **common)
             if (way, shots) == (5, 1):
-                post = table.posteriors[(arm.name, "amortized", shots)]
-                bins[arm.name] = _bins(post.predict())
+                bins[arm.name] = _bins(kept[(config.episodes, "amortized")].predict())
             if arm.nuts:
                 paired = pyro_meta.evaluate({arm.name: model}, test, methods=["amortized", "nuts"],
                                             num_tasks=config.nuts_episodes, method_options=nuts_opts,
                                             **dict(common, seed=config.seed + 1))
-                nuts = paired.posteriors[(arm.name, "nuts", shots)]
+                nuts = kept[(config.nuts_episodes, "nuts")]
                 nuts_tasks[f"{way}-way {shots}-shot"] = {k: nuts.diagnostics[k].tolist()
                                                         for k in ("r_hat", "ess_bulk", "ess_tail")}
                 if (way, shots) == (5, 1):

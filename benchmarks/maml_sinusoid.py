@@ -188,12 +188,11 @@ def density_figure(shown, batch, oracle, tasks, figure: str, rows=(0, 1, 2), num
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pyro_meta.plot import _dense_batch
 
     rows = list(rows)
     sub = batch.select(rows)
     grid = torch.linspace(-5.5, 5.5, 111)
-    dense = _dense_batch(sub, grid)
+    dense = sub.with_targets(grid)
     draws = {"Bayes-optimal oracle": oracle.sample(dense, num_draws, generator=torch.Generator().manual_seed(0))[..., 0]}
     for label, post in shown.items():
         pred = post.select(rows).predict(dense)

@@ -63,10 +63,8 @@ class EvaluationTable:
         Column name -> value (str, int or float); rows may lack columns (shown empty).
     """
 
-    def __init__(self, rows: Iterable[Mapping[str, Any]] = (), posteriors: Optional[Mapping[tuple, Any]] = None) -> None:
+    def __init__(self, rows: Iterable[Mapping[str, Any]] = ()) -> None:
         self.rows: List[Dict[str, Any]] = [dict(r) for r in rows]
-        #: ``(model, method, num_context) -> Posterior`` of each run, when ``evaluate(..., keep_posteriors=True)``
-        self.posteriors: Dict[tuple, Any] = dict(posteriors or {})
 
     @property
     def columns(self) -> List[str]:
@@ -84,7 +82,7 @@ class EvaluationTable:
     def __add__(self, other: "EvaluationTable") -> "EvaluationTable":
         if not isinstance(other, EvaluationTable):
             return NotImplemented
-        return EvaluationTable(self.rows + other.rows, {**self.posteriors, **other.posteriors})
+        return EvaluationTable(self.rows + other.rows)
 
     def select(self, **where: Any) -> "EvaluationTable":
         """Rows whose columns equal the given values, e.g. ``table.select(method="nuts")``."""
@@ -220,7 +218,7 @@ def _per_task_nll(lp: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
 
 
 def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: int, seed: int,
-                  options: Mapping[str, Any], ece_bins: int = 10, keep: Optional[list] = None) -> tuple:
+                  options: Mapping[str, Any], ece_bins: int = 10) -> tuple:
     options = dict(options)
     num_samples = options.pop("num_samples", num_samples)
     t0 = time.perf_counter()
@@ -235,9 +233,7 @@ def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: 
         row = _regression_scores(lp, pred.mean, pred.flat, batch)
     row["seconds"] = time.perf_counter() - t0
     row.update(post.summary)  # the method's own columns (MCMC divergences / ESS / R-hat, importance ESS...)
-    if keep is not None:
-        keep.append(post)
-    return row, _per_task_nll(lp, batch)
+    return row, _per_task_nll(lp, batch), post
 
 
 def _score_oracle(oracle: Any, batch: TaskBatch, num_samples: int, seed: int, ece_bins: int = 10) -> tuple:
@@ -305,8 +301,8 @@ def evaluate(
     oracle: Any = None,
     num_samples: int = 200,
     progress: bool = False,
+    callback: Optional[Callable[[Dict[str, Any], Any], None]] = None,
     ece_bins: int = 10,
-    keep_posteriors: bool = False,
 ) -> EvaluationTable:
     """Score models x inference methods x context sizes on the same seeded tasks.
 
@@ -343,11 +339,12 @@ def evaluate(
         Posterior draws per chain (and oracle predictive draws).
     progress : bool
         Show a tqdm bar over the runs.
+    callback : callable ``(row, posterior) -> None``, optional
+        Called after every model x method x size run with its finished table row and its
+        :class:`~pyro_meta.Posterior` (e.g. to keep posteriors for plots, or report MCMC mixing
+        per task); the oracle rows have no posterior and are not passed.
     ece_bins : int
         Equal-width confidence bins of the expected calibration error (classification rows).
-    keep_posteriors : bool
-        Keep every run's :class:`~pyro_meta.Posterior` in the table's ``posteriors``, keyed by
-        ``(model, method, num_context)`` (per-task diagnostics, predictives, figures of the same run).
 
     Returns
     -------
@@ -382,6 +379,8 @@ def evaluate(
             raise TypeError(f"oracle must have log_prob(batch), predict(batch) and sample(...): lacks {missing}")
     if not models and oracle is None:
         raise ValueError("nothing to evaluate: pass a model or an oracle")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable (row, posterior) -> None, got {type(callback).__name__}")
     sizes = _check_sizes(num_context)
     fixed = isinstance(tasks, TaskBatch)
     if fixed:
@@ -406,7 +405,6 @@ def evaluate(
 
         bar = tqdm(total=runs, desc="evaluate")
     rows: List[Dict[str, Any]] = []
-    kept: Dict[tuple, Any] = {}
     try:
         for nc in sizes:
             generator = torch.Generator().manual_seed(int(seed))
@@ -425,18 +423,17 @@ def evaluate(
                     bar.update(1)
             for name, m in models.items():
                 for method in methods:
-                    keep: Optional[list] = [] if keep_posteriors else None
-                    row, task_nll = _score_method(m, batch, method, num_samples, int(seed), options.get(method, {}),
-                                                  ece_bins, keep)
-                    if keep:
-                        kept[(name, method, nc)] = keep[0]
+                    row, task_nll, post = _score_method(m, batch, method, num_samples, int(seed),
+                                                        options.get(method, {}), ece_bins)
                     if ref is not None:
                         gap = _ratio_se(task_nll - ref, batch.target_mask.sum(-1))
                         row["nll_gap"], row["nll_gap_se"] = gap["mean"], gap["se"]
                     rows.append({"model": name, "method": method, **head, **row})
+                    if callback is not None:
+                        callback(dict(rows[-1]), post)
                     if bar is not None:
                         bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return EvaluationTable(rows, kept)
+    return EvaluationTable(rows)

@@ -13,7 +13,6 @@ include the observation noise.
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -23,10 +22,11 @@ from matplotlib.figure import Figure
 
 from .data.batch import TaskBatch
 from .inference import Posterior, infer
-from .inference.predictive import predictive_trace
+from .inference.posterior import evenly_spaced
 from .model import MetaModel, check_model
+from .validation import check_int
 
-__all__ = ["function_draws", "plot_posterior_pairs", "plot_predictive", "plot_prior_functions"]
+__all__ = ["plot_posterior_pairs", "plot_predictive", "plot_prior_functions", "plot_sbc"]
 
 Posteriors = Union[Posterior, Sequence[Posterior], Mapping[str, Posterior]]
 
@@ -59,57 +59,6 @@ def _check_1d_regression(batch: TaskBatch, what: str) -> None:
     if batch.is_classification or batch.x_dim != 1 or batch.y_dim != 1:
         kind = "class labels" if batch.is_classification else f"Dx = {batch.x_dim}, Dy = {batch.y_dim}"
         raise ValueError(f"{what}: plots are for 1-D regression (Dx = Dy = 1), got {kind}")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _dense_batch(batch: TaskBatch, grid: torch.Tensor) -> TaskBatch:
-    """The batch's context with ``target_x`` = ``grid [G]`` for every task and no ``target_y``."""
-    T = batch.num_tasks
-    x = grid.to(batch.context_x)[None, :, None].expand(T, -1, 1).contiguous()
-    return batch.replace(target_x=x, target_y=None, target_mask=None)
-
-
-def function_draws(
-    posterior: Posterior, batch: TaskBatch, num_functions: Optional[int] = None
-) -> Tuple[torch.Tensor, bool]:
-    """``E[y | x, z_s]`` at ``batch.target_x`` for ``num_functions`` evenly spaced posterior draws (None: all).
-
-    ``y_target`` ~ ``p(y | x, z_s)`` is traced with the draws held fixed (vectorized, or draw by
-    draw when ``model.vectorized`` is False) and the mean of its distribution is taken.
-
-    Returns
-    -------
-    (Tensor ``[N, T, Nt, Dy]``, bool)
-        The function values (``N = num_functions`` or ``C * S``) and whether they are means (False: the likelihood has no
-        ``mean``, so they are draws of ``y`` including noise).
-    """
-    values = posterior.site_values(num_functions)
-    trace = predictive_trace(posterior.model, batch.without_target_y(), values, fn=posterior.fn, sites=posterior.sites)
-    node = trace.nodes["y_target"]
-    try:
-        f = node["fn"].mean.expand_as(node["value"])
-        is_mean = True
-    except (AttributeError, NotImplementedError):
-        f, is_mean = node["value"], False
-    return f.detach(), is_mean
-
-
-def _evenly(n: int, k: int) -> torch.Tensor:
-    """``min(k, n)`` evenly spaced indices into ``n`` items."""
-    return torch.linspace(0, n - 1, min(k, n)).round().long()
-
-
-def _with_draws(posterior: Posterior, num: int) -> Posterior:
-    """The posterior with exactly ``num`` draws as one chain: its draws reused cyclically, or thinned evenly."""
-    flat = {k: v.reshape((-1,) + tuple(v.shape[2:])) for k, v in posterior.samples.items()}
-    n = next(iter(flat.values())).shape[0]
-    idx = torch.arange(num) % n if num > n else _evenly(n, num)
-    return dataclasses.replace(posterior, samples={k: v[idx][None] for k, v in flat.items()})
 
 
 def _true_values(true_function: Any, batch: TaskBatch, x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -212,10 +161,10 @@ def plot_predictive(
         ``len(tasks) x len(posteriors)`` axes.
     """
     named = _named(posteriors)
-    num_grid = _check_positive_int("num_grid", num_grid)
+    num_grid = check_int("num_grid", num_grid)
     if isinstance(num_functions, bool) or not isinstance(num_functions, numbers.Integral) or num_functions < 0:
         raise ValueError(f"num_functions must be a non-negative int, got {num_functions!r}")
-    num_band_samples = _check_positive_int("num_band_samples", num_band_samples)
+    num_band_samples = check_int("num_band_samples", num_band_samples)
     T = min(p.batch.num_tasks for p in named.values())
     for label, p in named.items():
         _check_1d_regression(p.batch, f"posteriors[{label!r}]")
@@ -230,14 +179,14 @@ def plot_predictive(
         full = post.batch
         post = post.select(rows)  # predict the plotted tasks only (a dense grid over every task is slow)
         batch = post.batch
-        dense = _dense_batch(batch, grid)
-        pred = _with_draws(post, num_band_samples).predict(dense)
-        f_all, is_mean = function_draws(post, dense)  # [C*S, T, G, 1]
+        dense = batch.with_targets(grid)
+        pred = post.with_num_draws(num_band_samples).predict(dense)
+        f_all, is_mean = post.function_draws(dense)  # [C*S, T, G, 1]
         # the predictive mean: exact given the draws when the likelihood has a mean (smooth), else Monte Carlo
         mean = (f_all.mean(0) if is_mean else pred.mean)[..., 0].numpy()
         lo90, hi90 = (v[..., 0].numpy() for v in pred.interval(0.9))
         lo50, hi50 = (v[..., 0].numpy() for v in pred.interval(0.5))
-        fns = f_all[_evenly(f_all.shape[0], num_functions), ..., 0].numpy() if num_functions else None  # [N, T, G]
+        fns = f_all[evenly_spaced(f_all.shape[0], num_functions), ..., 0].numpy() if num_functions else None  # [N, T, G]
         # the true function is defined over every task of the batch (a user's callable sees [T, G, 1])
         truth = _true_values(true_function, full, grid.expand(full.num_tasks, num_grid)[..., None])
         truth = None if truth is None else truth[rows][..., 0].numpy()
@@ -306,15 +255,15 @@ def plot_prior_functions(
     """
     check_model(model)
     lo, hi = _check_range(x_range)
-    num_functions = _check_positive_int("num_functions", num_functions)
-    num_grid = _check_positive_int("num_grid", num_grid)
-    num_band_samples = _check_positive_int("num_band_samples", num_band_samples)
+    num_functions = check_int("num_functions", num_functions)
+    num_grid = check_int("num_grid", num_grid)
+    num_band_samples = check_int("num_band_samples", num_band_samples)
     grid = torch.linspace(lo, hi, num_grid)
     zeros = torch.zeros(1, 1, 1)
     batch = TaskBatch(zeros, zeros.clone(), grid[None, :, None], None,
                       context_mask=torch.zeros(1, 1, dtype=torch.bool), allow_empty_context=True)
     post = infer(model, batch, method="prior", num_samples=max(num_functions, num_band_samples), seed=seed)
-    fns = function_draws(post, batch, num_functions)[0][:, 0, :, 0].numpy()  # [N, G]
+    fns = post.function_draws(batch, num_functions)[0][:, 0, :, 0].numpy()  # [N, G]
     lo90, hi90 = (v[0, :, 0].numpy() for v in post.predict().interval(0.9))
     x = grid.numpy()
     new = ax is None
@@ -364,7 +313,7 @@ def plot_posterior_pairs(
     matplotlib.figure.Figure
     """
     named = _named(posteriors)
-    max_points = _check_positive_int("max_points", max_points)
+    max_points = check_int("max_points", max_points)
     first = next(iter(named.values()))
     site = next(iter(first.samples)) if site is None else site
     if (
@@ -387,7 +336,7 @@ def plot_posterior_pairs(
         if not all(-E <= d < E for d in dims):
             raise ValueError(f"dims {tuple(dims)} out of range for site {site!r} with {E} coordinates")
         if v.shape[0] > max_points:
-            v = v[_evenly(v.shape[0], max_points)]
+            v = v[evenly_spaced(v.shape[0], max_points)]
         points[label] = v[:, list(dims)].detach().cpu().numpy()
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.0, 4.0))
@@ -399,4 +348,40 @@ def plot_posterior_pairs(
     ax.set_ylabel(f"{site}[{dims[1]}]")
     ax.set_title(f"task {task}", fontsize=10)
     ax.legend(fontsize=7, loc="best", markerscale=2)
+    return fig
+
+
+def plot_sbc(result: Any, max_coordinates: int = 8, figsize: Optional[Tuple[float, float]] = None) -> Figure:
+    """Rank histograms of a :class:`pyro_meta.diagnostics.SBCResult`, one panel per latent coordinate.
+
+    Each panel shows the counts per bin, the expected count (uniform ranks) and its central 99%
+    binomial band; the title carries the coordinate's chi-square p-value. A U shape means an
+    overconfident posterior, a hump an underconfident one, a slope a biased one.
+    """
+    from scipy import stats
+
+    max_coordinates = check_int("max_coordinates", max_coordinates)
+    panels = []
+    for site, ranks in result.ranks.items():
+        flat, p = ranks.reshape(ranks.shape[0], -1), result.pvalues[site].reshape(-1)
+        for j in range(flat.shape[1]):
+            panels.append((f"{site}[{j}]" if flat.shape[1] > 1 else site, flat[:, j], float(p[j])))
+    panels = panels[:max_coordinates]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=figsize or (3.0 * cols, 2.4 * rows), squeeze=False)
+    R, B = next(iter(result.ranks.values())).shape[0], result.num_bins
+    per_bin = (result.num_rank_draws + 1) // B
+    lo, hi = stats.binom.ppf([0.005, 0.995], R, 1.0 / B)
+    for ax, (label, r, p) in zip(axes.flat, panels):
+        counts = torch.bincount(r // per_bin, minlength=B).numpy()
+        ax.axhspan(lo, hi, color="0.85", lw=0)
+        ax.bar(range(B), counts, width=0.9, color="C0")
+        ax.axhline(R / B, color="k", lw=0.8)
+        ax.set_title(f"{label}: p = {p:.2g}", fontsize=9)
+        ax.set_xticks([])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"SBC ranks, method={result.method} ({R} replicates, {result.num_rank_draws} draws)", fontsize=10)
+    fig.tight_layout()
     return fig

@@ -293,3 +293,22 @@ def test_evaluate_accepts_a_fixed_task_batch_and_re_splits_it(linear):
     assert a.rows[1]["nll"] < a.rows[0]["nll"]
     with pytest.raises(ValueError, match="fewer than|too few|points"):
         evaluate(model, data, num_context=11)
+
+
+def test_callback_gets_each_runs_row_and_posterior(linear):
+    """``callback(row, posterior)``: once per model x method x size, with the table's row and that run's posterior."""
+    tasks, model = linear
+    seen = []
+    table = evaluate(model, tasks, methods=["amortized", "importance"], num_tasks=3, num_context=[2, 4], num_target=5,
+                     seed=1, method_options=FAST, oracle=ExactLinearOracle(model), num_samples=50,
+                     callback=lambda row, post: seen.append((row, post)))
+    model_rows = [r for r in table.rows if r["method"] != "oracle"]
+    assert [row for row, _ in seen] == model_rows and len(seen) == 4
+    for row, post in seen:
+        assert post.method == row["method"] and post.batch.num_tasks == 3
+        assert int(post.batch.context_mask.sum(-1).max()) == row["num_context"]
+        # the row's MSE is that posterior's predictive mean against the targets (recomputed here)
+        mean = post.predict().mean
+        assert_close(metrics.mse(mean, post.batch.target_y, post.batch.target_mask), row["mse"], rtol=0.2)
+    with pytest.raises(TypeError, match="callback must be a callable"):
+        evaluate(model, tasks, num_tasks=2, callback=3)

@@ -11,7 +11,7 @@ from matplotlib.collections import PathCollection, PolyCollection
 import pyro_meta
 from pyro_meta.data import LinearTasks, Sinusoid, TaskBatch
 from pyro_meta.models import BayesianLinear
-from pyro_meta.plot import function_draws, plot_posterior_pairs, plot_predictive, plot_prior_functions
+from pyro_meta.plot import plot_posterior_pairs, plot_predictive, plot_prior_functions
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -78,7 +78,7 @@ def test_plot_predictive_defaults_one_posterior_callable_truth(setup):
 def test_function_draws_are_noise_free_means(setup):
     model, tasks, batch, posts = setup
     post = posts["amortized"]
-    f, is_mean = function_draws(post, batch, 5)
+    f, is_mean = post.function_draws(batch, 5)
     assert is_mean and f.shape == (5, 4, batch.num_points("target"), 1)
     w = post.site_values(5)["w"]  # [5, T, 1, K]
     expected = (model.features(batch.target_x) * w).sum(-1, keepdim=True)

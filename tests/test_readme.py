@@ -48,6 +48,25 @@ def test_readme_omniglot_block_runs(capsys):
     assert "nearest neighbour, 5-way 1-shot: 0.363" in out, out
 
 
+@pytest.mark.slow
+def test_readme_hierarchical_and_flow_blocks_run(capsys):
+    """The eight schools block (AutoNormal, NUTS with sampled globals) and the flow-guide block run as written."""
+    blocks = python_blocks()
+    namespace = {"__name__": "readme"}
+    exec(compile(blocks[0], str(README), "exec"), namespace)  # TinyNP, tasks, batch
+    hier = next(b for b in blocks if "EightSchools" in b)
+    exec(compile(hier, str(README), "exec"), namespace)
+    hmc = namespace["hmc"]
+    assert hmc.samples["tau"].shape == (2, 500) and hmc.samples["eta"].shape == (2, 500, 8)
+    assert namespace["idata"].posterior["tau"].dims == ("chain", "draw")
+    assert "tau:" in capsys.readouterr().out
+    flow = next(b for b in blocks if "AmortizedGuide" in b)
+    assert len(flow.strip().splitlines()) <= 18  # the guide itself is one line of the class
+    exec(compile(flow, str(README), "exec"), namespace)
+    assert namespace["post"].diagnostics["proposal"] == "guide"
+    assert "importance ESS per task" in capsys.readouterr().out
+
+
 def _strokes(seed):
     """A 105 x 105 Omniglot-style drawing: dark random strokes on white (uint8, mode L)."""
     import numpy as np

@@ -192,17 +192,19 @@ def run_omniglot_demo(config: Optional[OmniglotDemoConfig] = None, out_dir: Unio
                                        num_samples=config.num_samples if name != "ProtoNet" else 1, **common)
         # NUTS and the amortized guide on the same (fewer) episodes: another seeded draw
         nuts_rows = EvaluationTable()
+        posteriors: Dict[Tuple[str, str], Any] = {}
         for name, model, methods in (("ProtoNet", protonet, ["amortized"]),
                                      ("BayesianLastLayer", bll, ["amortized", "nuts"])):
             with feature_memo(model, images):
                 nuts_rows = nuts_rows + evaluate(
                     {name: model}, test, methods=methods, num_tasks=config.nuts_episodes, num_samples=(
                         config.num_samples if name != "ProtoNet" else 1), method_options=nuts_options,
-                    keep_posteriors=True, **dict(common, seed=config.seed + 1))
+                    callback=lambda row, post: posteriors.__setitem__((row["model"], row["method"]), post),
+                    **dict(common, seed=config.seed + 1))
     rows = rows + nuts_rows
     for r in rows:
         r["train_seconds"] = train_seconds[r["model"]]
-    nuts = nuts_rows.posteriors[("BayesianLastLayer", "nuts", config.eval_shots)]
+    nuts = posteriors[("BayesianLastLayer", "nuts")]
     markdown = format_rows(rows)
     print(f"\n{config.eval_way}-way {config.eval_shots}-shot on the meta-test alphabets "
           f"({', '.join(OMNIGLOT_SPLITS['test'])}), {config.eval_queries} queries per class:\n")
@@ -221,7 +223,7 @@ def run_omniglot_demo(config: Optional[OmniglotDemoConfig] = None, out_dir: Unio
                               ("BLL amortized", ("BayesianLastLayer", "amortized"), bll),
                               ("BLL NUTS", ("BayesianLastLayer", "nuts"), bll)):
         with feature_memo(model, images):
-            preds[label] = nuts_rows.posteriors[key + (config.eval_shots,)].predict()
+            preds[label] = posteriors[key].predict()
     nuts_batch = nuts.batch
     fig = plot_reliability(preds, bins=config.ece_bins, title=f"{config.eval_way}-way {config.eval_shots}-shot, "
                            f"{config.nuts_episodes} meta-test episodes")

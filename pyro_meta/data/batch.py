@@ -221,6 +221,22 @@ class TaskBatch:
         """The same batch with ``target_y=None``: a model run on it samples ``y_target``."""
         return self.replace(target_y=None)
 
+    def with_targets(self, x: torch.Tensor) -> "TaskBatch":
+        """The same context with targets at ``x`` and no ``target_y`` (to predict there).
+
+        ``x`` is ``[G]`` or ``[G, Dx]`` (the same points for every task: a plotting grid) or
+        ``[T, G, Dx]``.
+        """
+        T = self.num_tasks
+        x = torch.as_tensor(x).to(self.context_x)
+        if x.dim() == 1:
+            x = x[:, None]
+        if x.dim() == 2:
+            x = x[None].expand(T, -1, -1)
+        if x.dim() != 3 or x.shape[0] != T or x.shape[2] != self.x_dim:
+            raise ValueError(f"x must be [G], [G, Dx={self.x_dim}] or [T={T}, G, Dx={self.x_dim}], got {tuple(x.shape)}")
+        return self.replace(target_x=x.contiguous(), target_y=None, target_mask=None)
+
     def context_only(self) -> "TaskBatch":
         """The batch with an empty target set (``Nt = 0``): what inference conditions on."""
         T, Dx = self.num_tasks, self.x_dim

@@ -101,6 +101,8 @@ class GPCurves(TaskDistribution):
     jitter : float
         Added to the covariance diagonal before the Cholesky factorisation (in float64), default 1e-8.
 
+    Notes
+    -----
     ``batch.info`` holds ``lengthscale``, ``signal_scale``, ``period`` (0 for non-periodic kernels),
     ``noise_std`` (each ``[T]``) and ``kernel`` (the kernel name, a str).
     Targets include the context (``targets_include_context = True``) and the default set sizes of

@@ -68,6 +68,8 @@ class Head(nn.Module):
         Standard deviation of the last layer's initial weights (small: the head starts near a
         fixed distribution close to ``N(0, I)``, whatever ``h``).
 
+    Notes
+    -----
     Subclasses set ``num_params`` (outputs of the network) before calling :meth:`_build`, and
     implement :meth:`distribution` from the raw outputs ``[T, 1, num_params]``.
     """

@@ -1,5 +1,6 @@
 """Meta-training (``fit``) and posterior inference over task latents (``infer``)."""
 
+from .batched_hmc import BatchedHMCResult, sample_batched_hmc
 from .fit import FitResult, fit
 from .infer import METHODS, infer
 from .method import InferenceMethod, InferenceResult, Option, available_methods, get_method, register_method
@@ -7,6 +8,7 @@ from .posterior import Posterior
 from .predictive import PosteriorPredictive, Predictive
 
 __all__ = [
+    "BatchedHMCResult",
     "FitResult",
     "InferenceMethod",
     "InferenceResult",
@@ -20,4 +22,5 @@ __all__ = [
     "get_method",
     "infer",
     "register_method",
+    "sample_batched_hmc",
 ]

@@ -62,7 +62,10 @@ def infer(
         Progress bars (SVI steps, importance proposals, NUTS/HMC warmup and sampling per chain).
         Default: on when standard error is a terminal, off otherwise (logs, CI).
 
-    Returns a :class:`Posterior` whose ``samples`` are ``{site: [C, S, T, *event]}``.
+    Returns
+    -------
+    Posterior
+        Its ``samples`` are ``{site: [C, S, T, *event]}``.
     """
     impl = get_method(method)
     num_samples = check_int("num_samples", num_samples)

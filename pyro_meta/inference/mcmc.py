@@ -2,7 +2,7 @@
 
 All tasks of a chunk run as one joint chain over the product posterior
 ``prod_t p(z_t | context_t)`` (one NUTS over the tasks plate is far cheaper per draw than a
-loop of per-task runs, DESIGN section 7); ``chunk_size`` splits the tasks so that the
+loop of per-task runs, docs/design.md); ``chunk_size`` splits the tasks so that the
 shared step size is set by fewer tasks. Chains run one after the other, each started from
 the amortized guide by default (``init="guide"``): chain 0 at the guide's mean, the others
 at independent guide draws (dispersed starts for r_hat). With ``globals="sample"`` the global
@@ -52,8 +52,26 @@ def _initial_params(problem: Problem, init: str, num_chains: int) -> Optional[Li
     return starts
 
 
+#: the HMC/NUTS kernel attributes the per-draw recorder reads: Pyro has no public per-draw statistics
+#: (NumPyro's ``extra_fields``); checked by :func:`check_kernel_internals` so a Pyro release that renames
+#: them fails with a clear message instead of an AttributeError deep in sampling (tested)
+KERNEL_INTERNALS = ("_mean_accept_prob", "_divergences", "_potential_energy_last", "step_size")
+
+
+def check_kernel_internals(kernel: Any) -> None:
+    """``RuntimeError`` naming the Pyro version when an HMC/NUTS kernel lacks an attribute the recorder reads."""
+    missing = [name for name in KERNEL_INTERNALS if not hasattr(kernel, name)]
+    if missing:
+        import pyro
+
+        raise RuntimeError(
+            f"pyro-ppl {pyro.__version__}: the {type(kernel).__name__} kernel has no {missing}, which pyro_meta reads "
+            "for per-draw MCMC statistics (tested with pyro-ppl 1.9); install a supported pyro-ppl or report it"
+        )
+
+
 class _Recorder:
-    """``hook_fn`` collecting per-draw step size, acceptance, divergence and log density."""
+    """``hook_fn`` collecting per-draw step size, acceptance, divergence and log density (see KERNEL_INTERNALS)."""
 
     def __init__(self) -> None:
         self.step_size: List[float] = []
@@ -63,6 +81,8 @@ class _Recorder:
         self._prev_mean, self._n, self._div = 0.0, 0, 0
 
     def __call__(self, kernel, params, stage, i) -> None:
+        if not self._n and not self.accept:
+            check_kernel_internals(kernel)
         if not stage.startswith("Sample"):
             return
         self._n += 1

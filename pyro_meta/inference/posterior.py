@@ -129,6 +129,35 @@ class Posterior:
         y = y.reshape((C, n // C) + tuple(y.shape[1:]))
         return PosteriorPredictive(samples=y.detach(), batch=batch, _fn=site["fn"])
 
+    def function_draws(self, batch: Optional[TaskBatch] = None,
+                       num_functions: Optional[int] = None) -> Tuple[torch.Tensor, bool]:
+        """``E[y | x, z_s]`` at ``batch.target_x`` for ``num_functions`` evenly spaced draws (None: all).
+
+        ``y_target ~ p(y | x, z_s)`` is traced with the draws held fixed (vectorized, or draw by draw
+        when ``model.vectorized`` is False) and the mean of its distribution is taken.
+
+        Returns ``(f [N, T, Nt, Dy], is_mean)``: ``N = num_functions`` or ``C * S``; ``is_mean`` is False
+        when the likelihood has no ``mean`` (then ``f`` are draws of ``y``, noise included).
+        """
+        batch = self.batch if batch is None else batch
+        values = self.site_values(num_functions)
+        total = self.num_chains * self.num_samples
+        n = total if num_functions is None else min(num_functions, total)
+        trace = predictive_trace(self.model, batch.without_target_y().without_task_index(), values, fn=self.fn,
+                                 sites=self.sites, num=n)
+        node = trace.nodes["y_target"]
+        try:
+            return node["fn"].mean.expand_as(node["value"]).detach(), True
+        except (AttributeError, NotImplementedError):
+            return node["value"].detach(), False
+
+    def with_num_draws(self, num: int) -> "Posterior":
+        """This posterior with exactly ``num`` draws as one chain: its draws thinned evenly, or reused cyclically."""
+        n = self.num_chains * self.num_samples
+        idx = torch.arange(num) % n if num > n else evenly_spaced(n, num)
+        samples = {k: v.reshape((-1,) + tuple(v.shape[2:]))[idx][None] for k, v in self.samples.items()}
+        return dataclasses.replace(self, samples=samples, draws_shape=(1, num))
+
     def select(self, index: Any) -> "Posterior":
         """The posterior of the tasks ``index`` only (an int, int list, slice or bool/long tensor).
 
