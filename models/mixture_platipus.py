@@ -92,6 +92,9 @@ class MixturePLATIPUS(GradientBasedModel):
     ) -> None:
         super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, prior_scale=prior_scale, learn_prior_scale=False,
                          inner_steps=inner_steps, eval_inner_steps=eval_inner_steps, first_order=first_order, **kwargs)
+        if self.likelihood != "normal" or self.adapt_mode != "all":
+            raise ValueError("MixturePLATIPUS supports likelihood='normal' and adapt='all' only (its mixture "
+                             "responsibilities use the Gaussian likelihood of the whole network)")
         K = check_int("num_components", num_components)
         self.responsibility = check_one_of("responsibility", responsibility, ("prior", "adapted"))
         self.num_components = K

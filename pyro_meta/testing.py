@@ -24,11 +24,12 @@ import pytest
 import torch
 
 from .data.batch import TaskBatch
+from .data.episodes import Episodes
 from .data.tasks import Sinusoid
 from .inference import available_methods, fit, get_method, infer
 from .model import MetaModel, discover_sites, task_latent_sites
 
-__all__ = ["MetaModelContract", "assert_close"]
+__all__ = ["MetaModelContract", "assert_close", "toy_episodes"]
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 0.0, rtol: float = 0.0, what: str = "value") -> None:
@@ -46,6 +47,22 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 0.0
             f"(actual {float(actual.flatten()[i]):.4g}, expected {float(expected.flatten()[i]):.4g}, "
             f"allowed {float(bound.flatten()[i]):.4g})"
         )
+
+
+def toy_episodes(way: int = 3, num_classes: int = 6, per_class: int = 10, dim: int = 4,
+                 image_shape: Any = None, shots: Any = 1, queries: Any = 2, seed: int = 0) -> Episodes:
+    """Small synthetic N-way episodes for fast classification tests: Gaussian clusters of vectors or images.
+
+    ``num_classes`` classes of ``per_class`` examples: class ``c`` is a random centre ``mu_c ~ N(0, I)``
+    plus ``N(0, 0.3^2)`` noise per example, as vectors ``[dim]`` or, with ``image_shape=(H, W)``, as images
+    ``[H, W]`` (``dim`` ignored). Returns :class:`~pyro_meta.data.Episodes` (``way``, ``shots``, ``queries``).
+    """
+    g = torch.Generator().manual_seed(seed)
+    shape = (dim,) if image_shape is None else tuple(image_shape)
+    centres = torch.randn((num_classes,) + shape, generator=g)
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    x = centres[labels] + 0.3 * torch.randn((num_classes * per_class,) + shape, generator=g)
+    return Episodes(x, labels, way=way, shots=shots, queries=queries)
 
 
 class MetaModelContract:

@@ -64,3 +64,25 @@ def test_conv4_speed_script_smoke(monkeypatch, capsys):
     for arm in ("grouped conv (FunctionalConv4)", "torch.func.vmap", "per-task loop"):
         assert len(re.findall(rf"^\| {re.escape(arm)} \| 2 \| .* \| [0-9.]+ \|$", out, flags=re.M)) == 2, arm
         assert re.search(rf"^\| {re.escape(arm)} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", out, flags=re.M), arm
+
+
+@pytest.mark.slow
+def test_fewshot_omniglot_script_smoke(tmp_path, monkeypatch):
+    """``benchmarks/fewshot_omniglot.py --smoke``: every arm and baseline in every setting, NUTS diagnostics, checks."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("fewshot_omniglot", None)
+    import fewshot_omniglot
+
+    figure, markdown = tmp_path / "rel.png", tmp_path / "fewshot.md"
+    out = fewshot_omniglot.main(["--smoke", "--figure", str(figure), "--markdown", str(markdown)])
+    rows, text = out["rows"], markdown.read_text()
+    for way, shots, _ in fewshot_omniglot.SETTINGS:
+        setting = f"{way}-way {shots}-shot"
+        assert f"### {setting}" in text
+        models = {r["model"] for r in rows if r["setting"] == setting}
+        expected = {a.name for a in fewshot_omniglot.ARMS if (way, shots, _) in a.settings()}
+        assert expected | {"pixel nearest neighbour", "MLP from scratch on the support set"} == models, setting
+        assert any(r["method"] == "nuts" for r in rows if r["setting"] == setting)
+    assert len(out["checks"]) >= 3 and "Acceptance checks" in text
+    assert re.search(r"R-hat per task \[[0-9., na]+\]", text)
+    assert figure.stat().st_size > 1000

@@ -28,7 +28,7 @@ import torch
 
 from ..checkpoint import CheckpointError, check_writable, read_checkpoint_meta, rebuild_model
 from ..data.batch import TaskBatch
-from ..evaluation import EvaluationTable, _class_log_probs
+from ..evaluation import EvaluationTable
 from ..evaluation import evaluate as evaluate_models
 from ..inference import available_methods, fit, get_method, infer
 from .build import TRUSTED, build_model, build_oracle, build_tasks, describe, read_table
@@ -346,10 +346,7 @@ def _prediction_rows(model: Any, batch: TaskBatch, pred: Any, data: Mapping[str,
     x_names, y_names = list(data["x"]), list(data["y"])
     mask = batch.target_mask
     if batch.is_classification:
-        k = getattr(model, "num_classes", None)
-        if not isinstance(k, int) or k < 2:
-            k = int(batch.context_y.max()) + 1
-        probs = _class_log_probs(pred.log_prob, batch, k).exp()  # [T, Nt, K]
+        probs = pred.class_probs  # [T, Nt, K], the predictive class probabilities
     else:
         mean = pred.mean
         lo, hi = pred.interval(0.9)
