@@ -143,13 +143,13 @@ class FeatureExtractor(nn.Module):
                              f"{mask.dtype} {tuple(mask.shape)}")
         cacheable = self._cacheable()
         if cacheable:
-            version = self._version() + (x._version,)
+            version = self._weights_version() + (x._version,)
             for cx, cm, cv, out in self._recent:
                 if cx() is x and (cm() if cm is not None else None) is mask and cv == version:
                     return out
         out = self._compute(x, mask, cacheable)
         if cacheable:  # weak references: the cache never keeps a batch alive
-            entry = (weakref.ref(x), None if mask is None else weakref.ref(mask), self._version() + (x._version,), out)
+            entry = (weakref.ref(x), None if mask is None else weakref.ref(mask), self._weights_version() + (x._version,), out)
             self._recent = [entry] + [e for e in self._recent if e[0]() is not None][: _CACHE_SIZE - 1]
         return out
 
@@ -174,7 +174,7 @@ class FeatureExtractor(nn.Module):
             return False
         return not torch.is_grad_enabled() or not any(p.requires_grad for p in self.parameters())
 
-    def _version(self) -> tuple:
+    def _weights_version(self) -> tuple:
         return tuple(t._version for t in self.parameters()) + tuple(b._version for b in self.buffers()) + (
             tuple(id(t) for t in self.parameters()),)
 
@@ -199,7 +199,7 @@ class FeatureExtractor(nn.Module):
             proj = torch.randn(images.shape[1], generator=g, dtype=torch.float64)
             keys = images.double() @ proj
             order = torch.argsort(keys)
-            self._memo = (keys[order], order, images, feats, self._version())
+            self._memo = (keys[order], order, images, feats, self._weights_version())
             yield
         finally:
             self._memo = None
@@ -210,7 +210,7 @@ class FeatureExtractor(nn.Module):
         if self._memo is None or rows.shape[0] == 0:
             return None
         keys, order, table, feats, version = self._memo
-        if version != self._version():
+        if version != self._weights_version():
             return None
         g = torch.Generator().manual_seed(12345)
         proj = torch.randn(rows.shape[1], generator=g, dtype=torch.float64)

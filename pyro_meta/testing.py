@@ -245,6 +245,23 @@ class MetaModelContract:
         for k in runs[0][1]:
             assert torch.equal(runs[0][1][k], runs[1][1][k]), f"amortized draws of {k} differ for the same seed"
 
+    def test_checkpoint_round_trip(self, tmp_path):
+        """``save_checkpoint`` with ``model_args`` -> ``rebuild_model``: same class, same weights, same draws."""
+        from .checkpoint import rebuild_model, save_checkpoint
+
+        model = self.new_model(seed=0)
+        self._fit(model, steps=1)
+        path = tmp_path / "model.ckpt"
+        save_checkpoint(path, model, meta={"model_args": model.init_args})
+        again = rebuild_model(path, allow=("pyro_meta", type(model).__module__.split(".")[0]))
+        assert type(again) is type(model)
+        state = again.state_dict()
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, state[k]), f"{k} differs after the round trip"
+        a = infer(model.eval(), self.batch(), method="amortized", num_samples=3, seed=2).predict().mean
+        b = infer(again.eval(), self.batch(), method="amortized", num_samples=3, seed=2).predict().mean
+        assert torch.allclose(a, b), "the rebuilt model predicts differently"
+
     def test_two_instances_keep_their_own_parameters(self):
         a, b = self.new_model(seed=0), self.new_model(seed=1)
         self._fit(a, steps=2)

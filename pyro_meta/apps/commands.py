@@ -174,6 +174,7 @@ def train(config: Dict[str, Any], out: str, resume: bool = False, seed: Optional
 def _evaluation_settings(config: Mapping[str, Any]) -> Dict[str, Any]:
     """``[evaluate]`` checked against the method registry: methods, options, the rest for ``evaluate``."""
     ev = dict(config.get("evaluate", {}))
+    ev.pop("tasks", None)  # the evaluation task family: build_tasks(config, "evaluate")
     methods = ev.pop("methods", ["amortized"])
     for m in methods:
         if m not in available_methods():

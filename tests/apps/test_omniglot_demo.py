@@ -25,6 +25,17 @@ def test_smoke_demo_writes_table_and_figures(tmp_path, capsys):
         assert (tmp_path / result["paths"][key].split("/")[-1]).stat().st_size > 100, key
 
 
+@pytest.mark.slow
+def test_cli_runs_the_omniglot_demo(tmp_path, capsys):
+    from pyro_meta import cli
+
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--task", "omniglot", "--smoke", "--out", str(out), "--no-progress", "--steps", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "5-way 1-shot" in text and "BayesianLastLayer" in text and "NUTS per task" in text
+    assert (out / "results.md").stat().st_size > 100 and (out / "reliability.png").stat().st_size > 100
+
+
 def test_config_and_training_alphabets():
     full, smoke = OmniglotDemoConfig(), OmniglotDemoConfig().smoke()
     assert smoke.channels < full.channels and dataclasses.replace(smoke, channels=64).channels == 64
