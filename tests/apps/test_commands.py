@@ -13,9 +13,9 @@ import torch
 
 import pyro_meta
 from pyro_meta import cli
-from pyro_meta.apps.commands import reference_line
 from pyro_meta.apps import ConfigError, check_config, load_config, preset_path
 from pyro_meta.apps.build import build_tasks
+from pyro_meta.apps.commands import reference_line
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sine_np.toml"
