@@ -82,17 +82,22 @@ class Spec:
     lr: float
     cost: float
     latent: bool
+    arch: str
 
 
 MODELS: Dict[str, Spec] = {
     # the NeuralProcess of docs/benchmarks.md (3 x 128 SiLU, z in R^8, lr 3e-3)
-    "NeuralProcess": Spec(lambda: NeuralProcess(latent_dim=8, hidden=128, num_layers=3), 3e-3, 100, True),
-    "ConditionalNP": Spec(lambda: ConditionalNP(hidden=128, num_layers=3), 1e-3, 60, False),
-    "AttentiveNP": Spec(lambda: AttentiveNP(hidden=64, num_self_attention=1, latent_dim=8), 1e-3, 400, True),
-    "AttentiveNP (conditional)": Spec(lambda: AttentiveNP(hidden=64, num_self_attention=1, latent=False), 1e-3, 110,
-                                      False),
+    "NeuralProcess": Spec(lambda: NeuralProcess(latent_dim=8, hidden=128, num_layers=3), 3e-3, 100, True,
+                          "latent NP, mean-pooled encoder, 3 x 128 SiLU, z in R^8, ELBO"),
+    "ConditionalNP": Spec(lambda: ConditionalNP(hidden=128, num_layers=3), 3e-3, 60, False,
+                          "mean-pooled encoder and decoder 3 x 128 SiLU"),
+    "AttentiveNP": Spec(lambda: AttentiveNP(hidden=64, num_self_attention=1, latent_dim=8), 2e-3, 400, True,
+                        "2 x 64 ReLU MLPs, 4 heads, one self-attention block per path, z in R^8, ELBO"),
+    "AttentiveNP (conditional)": Spec(lambda: AttentiveNP(hidden=64, num_self_attention=1, latent=False), 2e-3, 110,
+                                      False, "the same without the latent path"),
     # TNP-D as published: 6 layers, d_model 64, 4 heads, feed-forward 128, 4-layer embedding
-    "TransformerNP": Spec(lambda: TransformerNP(), 5e-4, 480, False),
+    "TransformerNP": Spec(lambda: TransformerNP(), 1e-3, 480, False,
+                          "TNP-D: 6 post-norm layers, d 64, 4 heads, feed-forward 128, 4-layer embedding"),
 }
 NEW_MODELS = ["ConditionalNP", "AttentiveNP", "AttentiveNP (conditional)", "TransformerNP"]
 PROTOCOLS = {"dm": "DeepMind protocol (RBF)", "bnp": "BNP/TNP protocol (trained on RBF)"}
@@ -414,7 +419,7 @@ def plot_bands(models: Dict[str, Any], path: Path, smoke: bool) -> None:
             if name == "GPOracle":
                 mu, lo, hi = mean_o[0, :, 0], mean_o[0, :, 0] - 1.645 * sd_o, mean_o[0, :, 0] + 1.645 * sd_o
             else:
-                post = pyro_meta.infer(models[name], batch, num_samples=20 if smoke else 200, seed=SEED)
+                post = pyro_meta.infer(models[name], batch, num_samples=20 if smoke else 500, seed=SEED)
                 draws = post.predict().flat[:, 0, :, 0]
                 mu = draws.mean(0)
                 lo, hi = torch.quantile(draws, torch.tensor([0.05, 0.95]), dim=0)
@@ -562,8 +567,8 @@ def render(results, models, protocols, args, steps, out: Path, started: str, loa
               + ("\n**SMOKE RUN: tiny sizes, the numbers mean nothing.**\n" if args.smoke else "")
               + "\nModels (same budget: "
               f"{steps} steps x {TASKS_PER_BATCH} tasks each): "
-              + "; ".join(f"`{n}` lr {s.lr:g}" for n, s in MODELS.items()) + ". See `benchmarks/np_gp.py` for "
-              "the architectures.\n\n")
+              + "; ".join(f"`{n}` ({s.arch}; lr {s.lr:g})" for n, s in MODELS.items()) + ". Minimum predictive "
+              "scale 0.01 for every model.\n\n")
     return header + "\n".join(parts), summary
 
 

@@ -46,3 +46,14 @@ def test_readme_omniglot_block_runs(capsys):
     exec(compile(block, str(README), "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
     assert "nearest neighbour, 5-way 1-shot: 0.363" in out, out
+
+
+@pytest.mark.slow
+def test_readme_np_family_block_runs(capsys):
+    block = next(b for b in python_blocks() if "BNPGPCurves" in b)
+    namespace = {"__name__": "readme"}
+    exec(compile(block, str(README), "exec"), namespace)
+    pred, nuts, batch = namespace["pred"], namespace["nuts"], namespace["batch"]
+    assert tuple(pred.samples.shape) == (1, 50, 4, batch.target_x.shape[1], 1)
+    assert tuple(nuts.samples["z"].shape) == (2, 50, 4, 4) and "r_hat" in nuts.diagnostics
+    assert "torch.Size([1, 50, 4" in capsys.readouterr().out
