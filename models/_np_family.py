@@ -1,4 +1,4 @@
-"""The common model, guide and loss of the Neural Process family (``ConditionalNP``, ``AttentiveNP``, ``TransformerNP``).
+"""The model, guide and loss shared by the Neural Process family (ConditionalNP, AttentiveNP, TransformerNP).
 
 Each member computes a deterministic representation ``h_tn = h(x_tn; C_t)`` of a target input given the
 task's context set ``C_t`` (a mean-pooled embedding, cross-attention, a transformer); the targets'
@@ -107,14 +107,20 @@ class NPFamilyModel(MetaModel):
 
     # ------------------------------------------------------------------ networks
     def encode(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> dist.Distribution:
-        """``q(z | D)``: ``Normal(m [T, D], s [T, D]).to_event(1)`` from ``x [T, N, Dx]``, ``y [T, N, Dy]``, ``mask [T, N]``."""
+        """``q(z | D) = Normal(m [T, D], s [T, D]).to_event(1)``.
+
+        From the points ``x [T, N, Dx]``, ``y [T, N, Dy]`` and their ``mask [T, N]`` (latent form only).
+        """
         if self.latent_encoder is None:
             raise ValueError(f"{type(self).__name__}(latent=False) has no latent path")
         loc, raw = self.latent_encoder(torch.cat([x, y], -1), mask).chunk(2, -1)
         return dist.Normal(loc, self.min_latent_std + softplus(raw)).to_event(1)
 
     def decode(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> dist.Distribution:
-        """``p(y | h[, z]) = Normal(mu, sigma).to_event(1)``: ``h [T, N, F]``, ``z [..., T, 1, D]`` -> batch ``[..., T, N]``."""
+        """``p(y | h[, z]) = Normal(mu, sigma).to_event(1)``, batch shape ``[..., T, N]``, event ``[Dy]``.
+
+        ``h [T, N, F]`` (the representation), ``z [..., T, 1, D]`` (latent form); leading draw dims broadcast.
+        """
         inputs = h if z is None else _cat_broadcast(h, z)
         loc, raw = self.decoder(inputs).chunk(2, -1)
         return dist.Normal(loc, self.min_std + (1.0 - self.min_std) * softplus(raw)).to_event(1)
