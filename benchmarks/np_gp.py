@@ -257,21 +257,26 @@ def latent_path(model, smoke: bool, device: str) -> Dict[str, Any]:
 
 def run_unit(name: str, protocol: str, smoke: bool, device: str, steps: int, work: Path) -> Dict[str, Any]:
     """Train one model on one protocol, score it on the protocol's evaluation sets (and part C for the ANP)."""
+    c0 = time.process_time()
     model, seconds, final_loss = train(name, protocol, steps, device)
-    print(f"[{protocol}] trained {name}: {steps} steps in {seconds:.0f}s (final loss {final_loss:.3f})", flush=True)
+    cpu = time.process_time() - c0
+    print(f"[{protocol}] trained {name}: {steps} steps in {seconds:.0f}s, CPU {cpu:.0f}s (final loss "
+          f"{final_loss:.3f})", flush=True)
     torch.save(model.state_dict(), work / f"{protocol}_{_slug(name)}.pt")
     num = SMOKE["num_samples"] if smoke else NUM_SAMPLES
     scores = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for key, batch in eval_sets(protocol, smoke).items():
         scores[key] = score_model(model, batch, num_samples=num, device=device)
-    out = {"name": name, "protocol": protocol, "train_seconds": seconds, "final_loss": final_loss, "steps": steps,
-           "eval_seconds": time.perf_counter() - t0, "scores": scores}
+    out = {"name": name, "protocol": protocol, "train_seconds": seconds, "train_cpu_seconds": cpu,
+           "final_loss": final_loss, "steps": steps, "eval_seconds": time.perf_counter() - t0,
+           "eval_cpu_seconds": time.process_time() - c0, "scores": scores}
     print(f"[{protocol}] evaluated {name} in {out['eval_seconds']:.0f}s", flush=True)
     if protocol == "dm" and name == "AttentiveNP":
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out["latent_path"] = latent_path(model, smoke, device)
         out["latent_path"]["seconds"] = time.perf_counter() - t0
+        out["latent_path"]["cpu_seconds"] = time.process_time() - c0
         print(f"[{protocol}] latent path of {name} in {out['latent_path']['seconds']:.0f}s", flush=True)
     return out
 
@@ -341,11 +346,16 @@ def dm_section(results, oracle, protocol_seconds) -> Tuple[str, Dict[str, Any], 
     for view, title in (("all", "all targets (the 50 fresh points and the context: the docs' protocol)"),
                         ("fresh", "the 50 fresh target points only")):
         parts.append(f"**Scored on {title}.**\n\n" + table.select(view=view).to_markdown(cols))
-    train = markdown_table(["model", "steps", "lr", "train s", "final loss", "eval s"],
-                           [[n, results[(n, "dm")]["steps"], f"{MODELS[n].lr:g}",
-                             f"{results[(n, 'dm')]['train_seconds']:.0f}", f"{results[(n, 'dm')]['final_loss']:.2f}",
-                             f"{results[(n, 'dm')]['eval_seconds']:.0f}"] for n in names])
+    train = markdown_table(["model", "steps", "lr", "train s (wall)", "train s (CPU)", "final loss", "eval s (wall)"],
+                           [[n, r["steps"], f"{MODELS[n].lr:g}", f"{r['train_seconds']:.0f}", _cpu(r, "train"),
+                             f"{r['final_loss']:.2f}", f"{r['eval_seconds']:.0f}"]
+                            for n, r in ((n, results[(n, "dm")]) for n in names)])
     return "\n".join(parts) + "\nTraining (DeepMind protocol):\n\n" + train, checks, rows
+
+
+def _cpu(result: Dict[str, Any], what: str) -> str:
+    value = result.get(f"{what}_cpu_seconds")
+    return "" if value is None else f"{value:.0f}"
 
 
 def bnp_section(results, oracle) -> Tuple[str, List[str], List[dict]]:
@@ -367,10 +377,11 @@ def bnp_section(results, oracle) -> Tuple[str, List[str], List[dict]]:
                                "" if res is None else f"{-rt['nll_gap']:.3f} ± {rt['nll_gap_se']:.3f}",
                                f"{rt['mse']:.4f}", f"{rt['coverage_90']:.3f}", f"{rc['coverage_90']:.3f}",
                                "" if res is None else res["steps"],
-                               "" if res is None else f"{res['train_seconds']:.0f}"])
+                               "" if res is None else f"{res['train_seconds']:.0f}",
+                               "" if res is None else _cpu(res, "train")])
         lines.append(f"**{kernel}** ({ref_t['n'].shape[0]} tasks)\n\n" + markdown_table(
             ["model", "context log-lik", "target log-lik", "target - oracle", "target MSE", "target 90% cov.",
-             "context 90% cov.", "steps", "train s"], table_rows))
+             "context 90% cov.", "steps", "train s (wall)", "train s (CPU)"], table_rows))
     table = EvaluationTable(rows)
     violations = [f"{r['kernel']}: {r['model']}" for k in KERNELS
                   for r in table.select(view="target", kernel=k).beating_oracle("nll")]
@@ -474,6 +485,8 @@ def main(argv=None) -> Path:
     p.add_argument("--device", default="cpu", help="torch device for training and inference (e.g. cuda)")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per model (default {STEPS})")
     p.add_argument("--protocols", default="dm,bnp")
+    p.add_argument("--models", default=",".join(MODELS), help="models to train (with --work: the others' results "
+                   "are read from there)")
     p.add_argument("--work", default=None, help="keep the trained models and per-task scores in this directory")
     p.add_argument("--render-only", action="store_true", help="no training: tables and figure from --work")
     p.add_argument("--worker", nargs=1, help=argparse.SUPPRESS)
@@ -494,7 +507,11 @@ def main(argv=None) -> Path:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if not args.render_only:
-            train_and_score(units, args, steps, work)
+            chosen = [x for x in args.models.split(",") if x]
+            unknown = sorted(set(chosen).difference(MODELS))
+            if unknown:
+                raise ValueError(f"--models: unknown {unknown}; choose among {list(MODELS)}")
+            train_and_score([u for u in units if u[0] in chosen], args, steps, work)
             (work / "run.json").write_text(json.dumps({
                 "started": started, "load_before": load_before[0], "load_after": os.getloadavg()[0],
                 "seconds": time.perf_counter() - t_start, "jobs": args.jobs, "device": args.device}))
