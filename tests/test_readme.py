@@ -95,3 +95,13 @@ def test_readme_own_images_block_runs(tmp_path, write_png):
     assert probs.shape == (3, 20) and torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
     # a query identical to a support image sits on its prototype: that class is the most probable
     assert probs.argmax(-1).tolist() == [3, 7, 19]
+
+
+def test_readme_np_family_block_runs(capsys):
+    block = next(b for b in python_blocks() if "BNPGPCurves" in b)
+    namespace = {"__name__": "readme"}
+    exec(compile(block, str(README), "exec"), namespace)
+    pred, nuts, batch = namespace["pred"], namespace["nuts"], namespace["batch"]
+    assert tuple(pred.samples.shape) == (1, 50, 4, batch.target_x.shape[1], 1)
+    assert tuple(nuts.samples["z"].shape) == (2, 50, 4, 4) and "r_hat" in nuts.diagnostics
+    assert "torch.Size([1, 50, 4" in capsys.readouterr().out
