@@ -197,9 +197,9 @@ class MetaModelContract:
         model, batch = self.new_model(), self.batch()
         self._fit(model, steps=2)
         options = dict(self.method_options.get(method, {}))
-        mcmc = method in ("nuts", "hmc")
+        mcmc = "init" in get_method(method).options  # a Markov chain from a chosen start
         if mcmc:
-            # NUTS/HMC evaluate one (unbatched) trace per step; from the same start the chains are identical
+            # MCMC evaluates one (unbatched) trace per step; from the same start the chains are identical
             options["init"] = "median"
         num = self.num_samples if mcmc else 200
         runs = []
