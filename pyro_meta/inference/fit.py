@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 
@@ -40,6 +40,8 @@ class FitResult:
     seconds: float
     interrupted: bool = False
     optimizer: Optional[torch.optim.Optimizer] = dataclasses.field(default=None, repr=False)
+    #: the guide objective per step when ``fit(guide_objective=...)`` is not the ELBO
+    guide_losses: List[float] = dataclasses.field(default_factory=list, repr=False)
 
     def __repr__(self) -> str:
         first = f"{self.losses[0]:.4g}" if self.losses else "n/a"
@@ -74,6 +76,9 @@ def fit(
     resume: bool = False,
     callback: Optional[Callable[[int, float, MetaModel], Optional[bool]]] = None,
     device: Optional[Union[str, torch.device]] = None,
+    guide_objective: str = "elbo",
+    guide_particles: int = 8,
+    checkpoint_meta: Optional[Dict[str, Any]] = None,
 ) -> FitResult:
     """Meta-train ``model``: minimise ``model.loss(batch)`` over a fresh batch of tasks per step.
 
@@ -115,6 +120,17 @@ def fit(
         Called after each step; returning True stops training.
     device : torch device, optional
         Move each batch there (the model must already be there).
+    guide_objective : "elbo" | "iwae" | "rws" | "sleep"
+        How the guide's parameters are trained. ``"elbo"`` (default): by ``model.loss`` like every
+        parameter. Otherwise the model's parameters keep ``model.loss`` and the guide's get their own
+        objective (:mod:`pyro_meta.inference.objectives`): the importance-weighted bound (``"iwae"``),
+        reweighted wake-sleep's wake phase (``"rws"``) or the simulation-based forward KL (``"sleep"``),
+        which do not collapse modes the way the ELBO's reverse KL does.
+    guide_particles : int
+        Particles per task of the guide objective (``K``).
+    checkpoint_meta : dict, optional
+        More JSON-able metadata for the checkpoint header, next to the ``model_args`` and
+        ``config`` that ``fit`` records (e.g. the command line's whole configuration file).
 
     Every argument is checked before anything runs (``ValueError``/``TypeError`` naming it).
 
@@ -132,6 +148,7 @@ def fit(
     (delivered when they end), so an interrupt never leaves a half-made step or a half-done import.
     """
     return _Training(model, tasks, num_steps, tasks_per_batch, num_context, num_target, optimizer, lr, seed,
-                     progress, clip_norm, lr_decay, checkpoint, checkpoint_every, resume, callback, device).run()
+                     progress, clip_norm, lr_decay, checkpoint, checkpoint_every, resume, callback, device,
+                     guide_objective, guide_particles, checkpoint_meta).run()
 
 

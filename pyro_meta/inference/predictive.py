@@ -10,6 +10,7 @@ import torch
 from pyro import poutine
 
 from ..data.batch import TaskBatch
+from ..likelihoods import label_log_probs
 from ..model import MetaModel, SiteInfo
 from ..validation import check_probability
 from .chunked import fill, slice_values, trace_chunks
@@ -110,6 +111,21 @@ class ChunkedDensity:
                 out[tasks] = torch.logaddexp(out[tasks], lp)
         return out - math.log(self.num)
 
+    def class_log_probs(self) -> torch.Tensor:
+        """``log (1/N) sum_n p(y = k | z_n)`` per point and class, ``[T, Nt, K]`` (class labels; see
+        :func:`pyro_meta.likelihoods.label_log_probs`), logsumexp accumulated over the draw chunks."""
+        out = None
+        with torch.no_grad():
+            for draws, tasks in self.plan:
+                trace = trace_draws(self.fn, self.batch.select(tasks), draws.stop - draws.start, self.model,
+                                    data=slice_values(self.site_values, self.sites, draws, tasks), sites=self.sites)
+                lp = label_log_probs(trace.nodes["y_target"]["fn"])  # [..., t, Nt, K]
+                lp = torch.logsumexp(lp.reshape((-1,) + tuple(lp.shape[-3:])), 0)
+                if out is None:
+                    out = lp.new_full((self.batch.num_tasks,) + tuple(lp.shape[1:]), -math.inf)
+                out[tasks] = torch.logaddexp(out[tasks], lp)
+        return out - math.log(self.num)
+
 
 @dataclasses.dataclass
 class PosteriorPredictive:
@@ -122,6 +138,9 @@ class PosteriorPredictive:
     ----------
     samples : Tensor ``[C, S, T, Nt, Dy]`` (class labels: ``[C, S, T, Nt]``)
     batch : TaskBatch the predictive is for (its ``target_x``/``target_mask``)
+
+    For class labels, :attr:`class_probs` (and :attr:`class_log_probs`) give the predictive class
+    probabilities ``[T, Nt, K]`` from the distributions of the draws, not from the sampled labels.
     """
 
     samples: torch.Tensor
@@ -151,8 +170,56 @@ class PosteriorPredictive:
         """Predictive standard deviation ``[T, Nt, Dy]`` (Monte Carlo), in the draws' dtype."""
         return self._float_draws().std(0)
 
+    @property
+    def is_classification(self) -> bool:
+        """True when ``y_target`` holds class labels (the batch has long labels, or the draws are integers)."""
+        return self.batch.is_classification or not self.samples.is_floating_point()
+
+    @property
+    def class_log_probs(self) -> torch.Tensor:
+        """Log predictive class probabilities ``log p(y = k | context) [T, Nt, K]`` (class labels only).
+
+        ``log (1/N) sum_n p(y = k | z_n)`` over the ``N = C*S`` posterior draws, where ``p(y | z_n)`` is
+        the distribution of the ``y_target`` site in draw ``n`` (``Categorical``: its probabilities;
+        ``Bernoulli``: ``K = 2``, ``[1 - p, p]``; see :func:`pyro_meta.likelihoods.label_log_probs`), computed
+        with ``logsumexp`` so that confident mistakes keep a finite log-probability. Padded target points
+        (``batch.target_mask`` False) hold the uniform ``-log K``: they are not predictions.
+        """
+        if self._fn is None:
+            raise ValueError("class_log_probs: this predictive carries no distribution of y_target")
+        if not self.is_classification:
+            raise ValueError("class_log_probs: y_target is real-valued (regression); class probabilities need "
+                             "class labels")
+        T, Nt = self.batch.target_mask.shape
+        if isinstance(self._fn, ChunkedDensity):
+            out = self._fn.class_log_probs()
+        else:
+            with torch.no_grad():
+                lp = label_log_probs(self._fn)  # [..., T, Nt, K]
+            lp = lp.reshape((-1, T, Nt, lp.shape[-1]))
+            out = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+        K = out.shape[-1]
+        return out.masked_fill(~self.batch.target_mask[..., None], -math.log(K))
+
+    @property
+    def class_probs(self) -> torch.Tensor:
+        """Posterior predictive class probabilities ``p(y = k | context) [T, Nt, K]`` (class labels only).
+
+        The mean over the draws of each draw's class probabilities, ``(1/N) sum_n p(y = k | z_n)``
+        (``exp`` of :attr:`class_log_probs`), not a histogram of the sampled labels; each row sums to 1.
+        Padded target points (``batch.target_mask`` False) hold the uniform ``1/K``.
+        """
+        return self.class_log_probs.exp()
+
     def interval(self, prob: float = 0.9) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Central ``prob`` interval ``(lower, upper)``, each ``[T, Nt, Dy]``, from quantiles of the draws."""
+        """Central ``prob`` interval ``(lower, upper)``, each ``[T, Nt, Dy]``, from quantiles of the draws.
+
+        Regression only: class labels have no order to take quantiles of (``ValueError``; use
+        :attr:`class_probs`).
+        """
+        if self.is_classification:
+            raise ValueError("interval: y_target holds class labels, which have no predictive interval; use "
+                             "class_probs [T, Nt, K] (the predictive class probabilities) instead")
         prob = check_probability("prob", prob)
         q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype)
         lo, hi = torch.quantile(self.flat, q, dim=0)

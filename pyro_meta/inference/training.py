@@ -23,6 +23,7 @@ from ..model import TASK_PLATE, MetaModel, _jsonable, autoguides, check_model, l
 from ..validation import check_bool, check_int, check_number, optional
 from .common import check_compatible
 from .guard import LastGood, first_nonfinite, nonfinite_state
+from .objectives import GuideObjective
 
 __all__ = ["OPTIMIZERS"]
 
@@ -181,6 +182,7 @@ class _Training:
         self.step = 0
         self.start_step = 0
         self.losses: List[float] = []
+        self.guide_losses: List[float] = []
         self.interrupted = False
         self.pending = None
         self.in_commit = False
@@ -189,7 +191,8 @@ class _Training:
         self.model = args[0]
 
     def configure(self, model, tasks, num_steps, tasks_per_batch, num_context, num_target, optimizer, lr, seed,
-                  progress, clip_norm, lr_decay, checkpoint, checkpoint_every, resume, callback, device) -> None:
+                  progress, clip_norm, lr_decay, checkpoint, checkpoint_every, resume, callback, device,
+                  guide_objective, guide_particles, checkpoint_meta) -> None:
         """Check every argument (``ValueError``/``TypeError`` naming it) before anything runs."""
         self.model = check_model(model)
         self.tasks = tasks
@@ -216,6 +219,18 @@ class _Training:
             except (RuntimeError, TypeError, ValueError) as e:
                 raise ValueError(f"device must be a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}: {e}") from None
         self.device = device
+        if not isinstance(guide_objective, str):
+            raise TypeError(f"guide_objective must be a name such as 'elbo' or 'iwae', got {guide_objective!r}")
+        self.guide_obj = None
+        if guide_objective != "elbo":
+            self.guide_obj = GuideObjective(guide_objective, check_int("guide_particles", guide_particles))
+        if checkpoint_meta is not None:
+            if not isinstance(checkpoint_meta, dict):
+                raise TypeError(f"checkpoint_meta must be a dict, got {type(checkpoint_meta).__name__}")
+            clash = sorted(set(checkpoint_meta) & {"model_args", "config"})
+            if clash:
+                raise ValueError(f"checkpoint_meta may not use the keys fit records itself: {clash}")
+        self.checkpoint_meta = checkpoint_meta
         self.checkpoint = checkpoint
         if checkpoint is not None:
             check_writable(checkpoint)  # before any training, not after the last step
@@ -267,6 +282,7 @@ class _Training:
             else getattr(self.optimizer_spec, "__name__", "?"),
         }
         self.meta = {"model_args": model.init_args, "config": _jsonable(config)}
+        self.meta.update(self.checkpoint_meta or {})
         self.names = {id(p): name for name, p in model.named_parameters()}
         if self.progress:
             from tqdm.auto import tqdm
@@ -300,7 +316,16 @@ class _Training:
                 f"fit: non-finite loss {loss.item()} at step {step}; lower lr or check the model/data "
                 f"(the model keeps the parameters of step {step})"
             )
-        loss.backward()
+        guide_value = None
+        if self.guide_obj is None:
+            loss.backward()
+        else:
+            try:
+                self.guide_obj.backward(model, batch, loss)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err} at step {step}; no optimizer step was taken (the model keeps the "
+                                         f"parameters of step {step})") from None
+            guide_value = self.guide_obj.last
         value = float(loss.detach())
         if step == self.start_step:
             _check_no_bare_params(model)
@@ -331,6 +356,8 @@ class _Training:
             if self.sched is not None:
                 self.sched.step()
             self.losses.append(value)
+            if guide_value is not None:
+                self.guide_losses.append(guide_value)
             self.step = step + 1
             self.pending = None
             self.in_commit = False
@@ -391,7 +418,7 @@ class _Training:
         except KeyboardInterrupt:  # a second Ctrl-C during the last write: the file is in place (deferred)
             self.interrupted = True
         return FitResult(losses=self.losses, num_steps=self.step, seconds=time.perf_counter() - t0,
-                         interrupted=self.interrupted, optimizer=self.opt)
+                         interrupted=self.interrupted, optimizer=self.opt, guide_losses=self.guide_losses)
 
     def _keep_progress(self, err: Exception) -> None:
         """After a failed step: the last good state stays in memory and is written to the checkpoint."""
