@@ -111,8 +111,9 @@ def fit(
     lr_decay : float, optional
         In ``(0, 1]``: multiply the learning rate by this factor over the whole run (exponential schedule).
     checkpoint : path, optional
-        Write model, optimizer and RNG state there atomically every ``checkpoint_every`` (>= 1) steps,
-        at the end, on ``KeyboardInterrupt`` and when a step fails. Checked writable before training.
+        Write model, optimizer and RNG state there atomically every ``checkpoint_every`` steps (``0``:
+        no periodic checkpoint), at the end, on ``KeyboardInterrupt`` and when a step fails. Checked
+        writable before training.
         With ``resume=True`` training continues from it when it exists (with the same optimizer: another
         one raises :class:`~pyro_meta.CheckpointError` naming both); the resumed run ends with the
         parameters of an uninterrupted one.

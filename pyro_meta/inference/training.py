@@ -206,7 +206,7 @@ class _Training:
         self.progress = check_bool("progress", progress)
         self.clip_norm = optional(check_number, minimum=0.0)("clip_norm", clip_norm)
         self.lr_decay = optional(check_number, minimum=0.0, maximum=1.0)("lr_decay", lr_decay)
-        self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+        self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=0)
         self.resume = check_bool("resume", resume)
         if self.resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=path (the file to resume from)")
@@ -221,9 +221,8 @@ class _Training:
         self.device = device
         if not isinstance(guide_objective, str):
             raise TypeError(f"guide_objective must be a name such as 'elbo' or 'iwae', got {guide_objective!r}")
-        self.guide_obj = None
-        if guide_objective != "elbo":
-            self.guide_obj = GuideObjective(guide_objective, check_int("guide_particles", guide_particles))
+        guide_particles = check_int("guide_particles", guide_particles)
+        self.guide_obj = None if guide_objective == "elbo" else GuideObjective(guide_objective, guide_particles)
         if checkpoint_meta is not None:
             if not isinstance(checkpoint_meta, dict):
                 raise TypeError(f"checkpoint_meta must be a dict, got {type(checkpoint_meta).__name__}")
@@ -365,7 +364,7 @@ class _Training:
             self.bar.update(1)
             if self.step % 25 == 0:
                 self.bar.set_postfix(loss=f"{value:.4g}")
-        if self.checkpoint is not None and self.step % self.checkpoint_every == 0:
+        if self.checkpoint is not None and self.checkpoint_every and self.step % self.checkpoint_every == 0:
             self.write()
         return bool(self.callback is not None and self.callback(self.step, value, model))
 

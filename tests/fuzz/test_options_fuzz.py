@@ -39,7 +39,9 @@ METHOD_OPTIONS = {
             "final_lr_ratio": st.sampled_from(NOT_FLOAT + NON_FINITE + [0.0, 1.5, -0.1]),
             "num_init_draws": bad_int(2), "max_full_rank": bad_int(0)},
     "importance": {"num_proposals": bad_int(1), "widen": bad_positive_float(), "num_init_draws": bad_int(2),
-                   "batch_size": bad_int(1), "min_ess": st.sampled_from(NOT_FLOAT[:-2] + [math.nan, -1.0])},
+                   "batch_size": bad_int(1), "min_ess": st.sampled_from(NOT_FLOAT[:-2] + [math.nan, -1.0]),
+                   "proposal": st.sampled_from(["Guide", "", 3, None, ["guide"]]),
+                   "defensive": st.sampled_from(NOT_FLOAT + NON_FINITE + [-0.1, 1.5])},
     "nuts": {"num_warmup": bad_int(0), "num_chains": bad_int(1), "init": st.sampled_from(["random", "", 3, None]),
              "chunk_size": st.sampled_from([0, -1, True, 1.5, "2"]),
              "jit_compile": bad_bool(), "rhat_threshold": st.sampled_from(NOT_FLOAT + NON_FINITE + [0.5, 0.99]),
@@ -119,11 +121,14 @@ FIT_OPTIONS = {
     "seed": st.sampled_from([-1, 2**32, 1.5, True, "0"]), "progress": bad_bool(),
     "clip_norm": bad_positive_float().filter(lambda v: v is not None),  # None: no clipping
     "lr_decay": st.sampled_from([v for v in NOT_FLOAT if v is not None] + NON_FINITE + [0.0, -0.5, 1.01]),
-    "checkpoint_every": bad_int(1), "resume": bad_bool(), "callback": st.sampled_from([3, "print", [print]]),
+    "checkpoint_every": bad_int(0), "resume": bad_bool(), "callback": st.sampled_from([3, "print", [print]]),
     "optimizer": st.sampled_from(["lbfgs2", "", 3, torch.nn.Linear, None]),
     "device": st.sampled_from(["gpu0", "cuda:x", 3.5, []]),
     "num_context": st.sampled_from([-1, (5, 2), (1.5, 3), (1, 2, 3), "5", True]),
     "num_target": st.sampled_from([-1, (5, 2), (0, "a"), 2.5]),
+    "guide_objective": st.sampled_from(["kl", "", "ELBO", 3, None, ["iwae"]]),
+    "guide_particles": bad_int(1),
+    "checkpoint_meta": st.sampled_from([3, "meta", [("a", 1)], {"model_args": {}}, {"config": 1}]),
 }
 
 

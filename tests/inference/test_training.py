@@ -116,7 +116,7 @@ class NoTraining(BayesianLinear):
     ({"lr": -1e-3}, ValueError, "lr"),
     ({"lr": math.inf}, ValueError, "lr"),
     ({"lr": "0.1"}, TypeError, "lr"),
-    ({"checkpoint_every": 0}, ValueError, "checkpoint_every"),
+    ({"checkpoint_every": -1}, ValueError, "checkpoint_every"),
     ({"checkpoint_every": True}, ValueError, "checkpoint_every"),
     ({"num_steps": True}, ValueError, "num_steps"),
     ({"num_steps": 10.0}, ValueError, "num_steps"),
@@ -136,10 +136,24 @@ class NoTraining(BayesianLinear):
     ({"num_context": -1}, ValueError, "num_context"),
     ({"num_target": (1.5, 3)}, ValueError, "num_target"),
     ({"checkpoint": 3}, TypeError, "checkpoint"),
+    ({"guide_objective": "kl"}, ValueError, "guide_objective"),
+    ({"guide_objective": None}, TypeError, "guide_objective"),
+    ({"guide_particles": 0}, ValueError, "guide_particles"),  # checked even when the ELBO does not use it
+    ({"checkpoint_meta": [("a", 1)]}, TypeError, "checkpoint_meta"),
+    ({"checkpoint_meta": {"config": {}}}, ValueError, "checkpoint_meta"),
 ])
 def test_bad_options_are_refused_before_training(kw, exc, name):
     with pytest.raises(exc, match=name):
         pyro_meta.fit(NoTraining(), LinearTasks(), **dict(dict(FIT, num_steps=2), **kw))
+
+
+def test_checkpoint_every_0_writes_only_at_the_end(tmp_path):
+    path = tmp_path / "c.pt"
+    seen = []
+    result = pyro_meta.fit(BayesianLinear(), LinearTasks(), checkpoint=path, checkpoint_every=0,
+                           callback=lambda step, loss, model: seen.append(path.exists()), **FIT)
+    assert seen == [False] * 30  # no periodic checkpoint during training
+    assert pyro_meta.load_checkpoint(path)["step"] == result.num_steps == 30
 
 
 def test_resume_with_another_optimizer_names_both(tmp_path):
