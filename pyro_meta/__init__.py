@@ -27,7 +27,7 @@ from .inference import (
     register_method,
 )
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
-from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
+from .oracles import GPOracle, LineOrSineOracle, Oracle, SinusoidOracle
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "METHODS",
     "MetaModel",
     "Option",
+    "Oracle",
     "Posterior",
     "PosteriorPredictive",
     "Predictive",

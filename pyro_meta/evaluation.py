@@ -42,6 +42,7 @@ from . import metrics
 from .data.batch import TaskBatch
 from .inference import available_methods, get_method, infer
 from .model import MetaModel
+from .oracles.base import check_oracle
 from .validation import check_int
 
 __all__ = ["EvaluationTable", "evaluate"]
@@ -331,9 +332,9 @@ def evaluate(
         Keyword arguments of ``infer`` per method, e.g. ``{"nuts": {"num_warmup": 200}}``; a
         ``num_samples`` there overrides the common one for that method.
     oracle : object, optional
-        Adds a row (``method="oracle"``) per context size: an object with ``log_prob(batch) ->
-        [T, Nt]``, ``predict(batch) -> (mean, var)`` and ``sample(batch, num_samples, generator)
-        -> [S, T, Nt, Dy]`` (e.g. :class:`pyro_meta.GPOracle`); model rows then carry ``nll_gap``.
+        Adds a row (``method="oracle"``) per context size: any :class:`~pyro_meta.oracles.Oracle`
+        (``log_prob(batch) -> [T, Nt]``, ``predict(batch) -> (mean, var)``, ``sample(batch, num_samples,
+        generator) -> [S, T, Nt, Dy]``; e.g. :class:`pyro_meta.GPOracle`); model rows then carry ``nll_gap``.
     num_samples : int
         Posterior draws per chain (and oracle predictive draws).
     progress : bool
@@ -373,9 +374,7 @@ def evaluate(
             raise TypeError(f"method_options[{k!r}] must be a dict of infer keyword arguments, got {type(v).__name__}")
         get_method(k).validate({key: val for key, val in v.items() if key != "num_samples"})
     if oracle is not None:
-        missing = [a for a in ("log_prob", "predict", "sample") if not callable(getattr(oracle, a, None))]
-        if missing:
-            raise TypeError(f"oracle must have log_prob(batch), predict(batch) and sample(...): lacks {missing}")
+        check_oracle(oracle)
     if not models and oracle is None:
         raise ValueError("nothing to evaluate: pass a model or an oracle")
     if callback is not None and not callable(callback):

@@ -21,7 +21,7 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     for family in run_all.FAMILY_ORDER:
         assert (tmp_path / "figures" / f"accuracy_{family}.png").stat().st_size > 1000, family
         assert f"figures/accuracy_{family}.png" in text
-    for heading in ("## Acceptance checks", "### Sinusoid (MAML protocol", "### GP curves, RBF kernel",
+    for heading in ("## Checks against stated targets", "### Sinusoid (MAML protocol", "### GP curves, RBF kernel",
                     "### Line or sine", "### NeuralProcess vs the exact GP oracle", "### NeuralProcess training step",
                     "### Joint NUTS"):
         assert heading in text, heading
@@ -95,7 +95,7 @@ def test_fewshot_omniglot_script_smoke(tmp_path, monkeypatch):
         expected = {a.name for a in fewshot_omniglot.ARMS if (way, shots, _) in a.settings()}
         assert expected | {"pixel nearest neighbour", "MLP from scratch on the support set"} == models, setting
         assert any(r["method"] == "nuts" for r in rows if r["setting"] == setting)
-    assert len(out["checks"]) >= 3 and "Acceptance checks" in text
+    assert len(out["checks"]) >= 3 and "Checks against stated targets" in text
     assert re.search(r"R-hat per task \[[0-9., na]+\]", text)
     assert figure.stat().st_size > 1000
 
