@@ -1,6 +1,6 @@
 """pyro_meta: Bayesian meta-learning as plain Pyro models and guides with task-level latents."""
 
-from . import data, metrics, oracles
+from . import data, distributed, metrics, oracles
 from .checkpoint import (
     CheckpointError,
     check_writable,
@@ -50,6 +50,7 @@ __all__ = [
     "available_methods",
     "check_writable",
     "data",
+    "distributed",
     "evaluate",
     "fit",
     "get_method",
