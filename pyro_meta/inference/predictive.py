@@ -85,7 +85,7 @@ class PosteriorPredictive:
         """Central ``prob`` interval ``(lower, upper)``, each ``[T, Nt, Dy]``, from quantiles of the draws."""
         if not 0 < prob < 1:
             raise ValueError(f"prob must be in (0, 1), got {prob}")
-        q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype)
+        q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype, device=self.flat.device)
         lo, hi = torch.quantile(self.flat, q, dim=0)
         return lo, hi
 
