@@ -24,6 +24,8 @@ from .inference import (
     fit,
     get_method,
     infer,
+    infer_sharded,
+    merge_posteriors,
     register_method,
 )
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
@@ -55,8 +57,10 @@ __all__ = [
     "fit",
     "get_method",
     "infer",
+    "infer_sharded",
     "load_checkpoint",
     "local_params",
+    "merge_posteriors",
     "metrics",
     "observe",
     "oracles",
