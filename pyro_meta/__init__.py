@@ -1,6 +1,6 @@
 """pyro_meta: Bayesian meta-learning as plain Pyro models and guides with task-level latents."""
 
-from . import data, distributed, metrics, oracles
+from . import data, distributed, likelihoods, metrics, oracles
 from .checkpoint import (
     CheckpointError,
     check_writable,
@@ -58,6 +58,7 @@ __all__ = [
     "get_method",
     "infer",
     "infer_sharded",
+    "likelihoods",
     "load_checkpoint",
     "local_params",
     "merge_posteriors",

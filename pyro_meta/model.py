@@ -148,7 +148,7 @@ def local_params() -> Iterator[None]:
 
     ``PyroModule`` parameters live in their module; under Pyro's global param store two
     instances of one class register the same names (``decoder.weight``) and the second
-    silently reads the first's tensors (DESIGN section 7). Every pyro_meta entry point runs
+    silently reads the first's tensors (docs/design.md, section 5). Every pyro_meta entry point runs
     under this scope, so the store only ever holds the one model's own parameters for the
     duration of a call and is restored afterwards: two instances never share or overwrite
     each other's parameters, whatever the global store holds. (Pyro's

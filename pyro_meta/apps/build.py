@@ -114,14 +114,20 @@ def table_batch(frame: Any, data: Mapping[str, Any], key: str) -> TaskBatch:
 
 
 def build_tasks(config: Mapping[str, Any], which: str = "train") -> Any:
-    """A task distribution (``[tasks]``) or a fixed ``TaskBatch`` (``[data]``; ``eval_path`` for evaluation)."""
+    """A task distribution (``[tasks]``) or a fixed ``TaskBatch`` (``[data]``; ``eval_path`` for evaluation).
+
+    ``which="evaluate"`` takes ``[evaluate.tasks]`` when the configuration has one (e.g. the meta-test split).
+    """
     if "tasks" in config:
         from .. import data as data_module
 
-        name = config["tasks"]["name"]
+        spec, key = config["tasks"], "tasks"
+        if which == "evaluate" and "tasks" in config.get("evaluate", {}):
+            spec, key = config["evaluate"]["tasks"], "evaluate.tasks"
+        name = spec["name"]
         if name not in TASK_FAMILIES:
-            raise ConfigError(f"tasks.name: unknown task family {name!r} (families: {', '.join(TASK_FAMILIES)})")
-        return _construct(getattr(data_module, name), config["tasks"].get("args", {}), "tasks.args")
+            raise ConfigError(f"{key}.name: unknown task family {name!r} (families: {', '.join(TASK_FAMILIES)})")
+        return _construct(getattr(data_module, name), spec.get("args", {}), f"{key}.args")
     data = config["data"]
     key = "data.eval_path" if which == "evaluate" and "eval_path" in data else "data.path"
     return table_batch(read_table(data[key.split(".")[1]], key), data, key)
@@ -150,6 +156,8 @@ def describe(config: Mapping[str, Any], which: str = "train") -> Tuple[str, str]
     args = ", ".join(f"{k}={v!r}" for k, v in spec.get("args", {}).items())
     if "tasks" in config:
         t = config["tasks"]
+        if which == "evaluate" and "tasks" in config.get("evaluate", {}):
+            t = config["evaluate"]["tasks"]
         targs = ", ".join(f"{k}={v!r}" for k, v in t.get("args", {}).items())
         return f"{spec['name']}({args})", f"{t['name']}({targs})"
     data = config["data"]

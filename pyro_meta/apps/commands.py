@@ -28,7 +28,7 @@ import torch
 
 from ..checkpoint import CheckpointError, check_writable, read_checkpoint_meta, rebuild_model
 from ..data.batch import TaskBatch
-from ..evaluation import EvaluationTable, _class_log_probs
+from ..evaluation import EvaluationTable
 from ..evaluation import evaluate as evaluate_models
 from ..inference import available_methods, fit, get_method, infer
 from .build import TRUSTED, build_model, build_oracle, build_tasks, describe, read_table
@@ -174,6 +174,7 @@ def train(config: Dict[str, Any], out: str, resume: bool = False, seed: Optional
 def _evaluation_settings(config: Mapping[str, Any]) -> Dict[str, Any]:
     """``[evaluate]`` checked against the method registry: methods, options, the rest for ``evaluate``."""
     ev = dict(config.get("evaluate", {}))
+    ev.pop("tasks", None)  # the evaluation task family: build_tasks(config, "evaluate")
     methods = ev.pop("methods", ["amortized"])
     for m in methods:
         if m not in available_methods():
@@ -346,10 +347,7 @@ def _prediction_rows(model: Any, batch: TaskBatch, pred: Any, data: Mapping[str,
     x_names, y_names = list(data["x"]), list(data["y"])
     mask = batch.target_mask
     if batch.is_classification:
-        k = getattr(model, "num_classes", None)
-        if not isinstance(k, int) or k < 2:
-            k = int(batch.context_y.max()) + 1
-        probs = _class_log_probs(pred.log_prob, batch, k).exp()  # [T, Nt, K]
+        probs = pred.class_probs  # [T, Nt, K], the predictive class probabilities
     else:
         mean = pred.mean
         lo, hi = pred.interval(0.9)

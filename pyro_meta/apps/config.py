@@ -126,6 +126,18 @@ def tables(key: str, v: Any) -> Dict[str, Dict[str, Any]]:
 
 SEED = integer(0, SEED_LIMIT - 1)
 
+
+def task_spec(key: str, v: Any) -> Dict[str, Any]:
+    """A task family table ``{name = "...", args = {...}}`` (``[evaluate.tasks]``: the evaluation tasks)."""
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key} must be a table ([{key}] with name and args), got {v!r}")
+    unknown = sorted(set(v) - {"name", "args"})
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key (known in [{key}]: args, name)")
+    if "name" not in v:
+        raise ConfigError(f"{key}.name: missing (required in [{key}])")
+    return {"name": string()(f"{key}.name", v["name"]), "args": table(f"{key}.args", v.get("args", {}))}
+
 #: section -> key -> check; a section ``None`` is a top-level key
 SCHEMA: Dict[str, Dict[str, Check]] = {
     "model": {"name": string(), "args": table},
@@ -143,7 +155,7 @@ SCHEMA: Dict[str, Dict[str, Check]] = {
     },
     "evaluate": {
         "methods": strings, "options": tables, "num_context": sizes, "num_tasks": integer(1),
-        "num_target": integer(1), "num_samples": integer(1), "oracle": string(), "seed": SEED,
+        "num_target": integer(1), "num_samples": integer(1), "oracle": string(), "seed": SEED, "tasks": task_spec,
     },
     "reference": {
         "metric": string(), "value": number(), "method": string(), "num_context": integer(1), "source": string(),
@@ -193,6 +205,8 @@ def check_config(raw: Mapping[str, Any], source: str = "", base_dir: Optional[st
             raise ConfigError("tasks/data: give exactly one of [tasks] (a task family) and [data] (a CSV file)")
         if "data" in out:
             _check_data(out["data"], base_dir)
+        if "tasks" in out.get("evaluate", {}) and "tasks" not in out:
+            raise ConfigError("evaluate.tasks: only with [tasks] (a [data] file evaluates on data.eval_path)")
     except ConfigError as e:
         raise ConfigError(_where(source, str(e))) from None
     return out

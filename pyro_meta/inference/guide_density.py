@@ -13,7 +13,6 @@ from typing import Dict, Tuple
 
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 
 from .common import Problem
 from .draws import per_task_log_density, trace_draws
@@ -57,8 +56,8 @@ def guide_log_density(problem: Problem, values: Dict[str, torch.Tensor]) -> torc
     model = problem.model
     num = next(iter(values.values())).shape[0]
     with torch.enable_grad():
-        trace = trace_draws(poutine.condition(model.guide, data=values), problem.guide_cond, num, model,
-                            data=None, log_prob=True)
+        trace = trace_draws(model.guide, problem.guide_cond, num, model, data=values,
+                            sites=problem.sites, log_prob=True)
     return _task_log_q(trace, problem)
 
 

@@ -62,14 +62,18 @@ def infer(
         are ``[C, S, *shape]``.
     progress : bool, optional
         Progress bars (SVI steps, importance proposals, NUTS/HMC warmup and sampling per chain).
-        Default: on when standard error is a terminal, off otherwise (logs, CI).
+        Default: on when standard error is a terminal, off otherwise (logs, CI). Pyro's MCMC
+        hides its NUTS/HMC bars whenever the environment variable ``CI`` is set, even with ``True``.
     device : str or torch.device, optional
         Run on this device: the batch is moved there (``batch.to(device)``); the model is not moved
         (an inference call leaves the model where it is): put it there first with ``model.to(device)``,
         else ``TypeError``. Samples, diagnostics per task and the predictive stay on that device;
         :meth:`Posterior.to_arviz` copies to the CPU itself. Default: where the batch is.
 
-    Returns a :class:`Posterior` whose ``samples`` are ``{site: [C, S, T, *event]}``.
+    Returns
+    -------
+    Posterior
+        Its ``samples`` are ``{site: [C, S, T, *event]}``.
     """
     impl = get_method(method)
     num_samples = check_int("num_samples", num_samples)

@@ -34,6 +34,7 @@ from pyro.poutine.util import site_is_subsample
 
 from ..data.batch import TaskBatch
 from ..model import TASK_PLATE, MetaModel, check_batch, check_model, local_params, task_latent_sites
+from ..validation import check_int
 from .draws import DRAW_PLATE, per_task_log_density
 
 __all__ = ["GUIDE_OBJECTIVES", "GuideObjective", "guide_parameters", "iwae_loss", "model_parameters",
@@ -43,8 +44,7 @@ __all__ = ["GUIDE_OBJECTIVES", "GuideObjective", "guide_parameters", "iwae_loss"
 def _check(model: object, batch: object, num_particles: object) -> int:
     check_model(model)
     check_batch(batch)
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    check_int("num_particles", num_particles)
     return num_particles
 
 

@@ -13,6 +13,8 @@ import torch
 
 import pyro_meta
 from pyro_meta import cli
+from pyro_meta.apps import ConfigError, check_config, load_config, preset_path
+from pyro_meta.apps.build import build_tasks
 from pyro_meta.apps.commands import reference_line
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -330,3 +332,29 @@ def test_the_maml_preset_trains_and_evaluates_with_its_reference(tmp_path, capsy
     assert (row["method"], row["num_context"], row["num_tasks"]) == ("amortized", "10", "600")
     assert "published: mse not recorded [Finn, Abbeel & Levine 2017" in out
     assert f"measured here: mse {float(row['mse']):.4g}" in out
+
+
+def test_the_omniglot_preset_evaluates_on_the_meta_test_alphabets(tmp_path, capsys):
+    """``[evaluate.tasks]``: ProtoNet trains on the training alphabets and is scored on the meta-test split."""
+    cfg = load_config(preset_path("omniglot"))
+    assert cfg["tasks"]["args"]["split"] == "train" and cfg["evaluate"]["tasks"]["args"]["split"] == "test"
+    assert type(build_tasks(cfg, "evaluate")).__name__ == "OmniglotEpisodes"
+    assert build_tasks(cfg, "evaluate").split == "test" and build_tasks(cfg).split == "train"
+    code, out, err = _run(["train", "--preset", "omniglot", "--steps", "2", "--out", str(tmp_path),
+                           "--no-progress"], capsys)
+    assert code == 0, err
+    small = tmp_path / "small.toml"
+    small.write_text(
+        '[model]\nname = "ProtoNet"\n[model.args]\nimage_shape = [1, 28, 28]\n'
+        '[tasks]\nname = "OmniglotEpisodes"\n[tasks.args]\nsplit = "train"\n'
+        '[evaluate]\nnum_context = [1]\nnum_tasks = 3\nnum_samples = 1\n'
+        '[evaluate.tasks]\nname = "OmniglotEpisodes"\n[evaluate.tasks.args]\nsplit = "test"\nway = 5\nshots = 1\n'
+        'queries = 2\n')
+    code, out, err = _run(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.ckpt"), "--config", str(small),
+                           "--no-progress"], capsys)
+    assert code == 0, err
+    assert "split='test'" in out
+    (row,) = _rows(tmp_path / "results.csv")
+    assert row["num_tasks"] == "3" and 0 <= float(row["accuracy"]) <= 1
+    with pytest.raises(ConfigError, match="evaluate.tasks.name: missing"):
+        check_config({"model": {"name": "ProtoNet"}, "tasks": {"name": "Sinusoid"}, "evaluate": {"tasks": {}}})

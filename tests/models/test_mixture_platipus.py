@@ -26,3 +26,19 @@ def test_responsibilities_follow_the_context_fit():
     assert bool((log_r[0] > log_r[1]).all())
     post = pyro_meta.infer(model, batch, num_samples=50, seed=0)
     assert post.samples["phi"].shape == (1, 50, 4, model.num_params)
+
+
+def test_prior_responsibility_scores_each_components_own_network():
+    """``responsibility="prior"`` ranks components by ``f(x; mu_k)`` even when adaptation would erase the difference."""
+    import pytest
+
+    model = MixturePLATIPUS(hidden=(8,), num_components=2, responsibility="prior")
+    batch = LineOrSine(noise_std=0.1).sample(4, 5, 5, generator=torch.Generator().manual_seed(0))
+    f1 = model.net(batch.context_x, model.mu[1].detach().expand(4, -1))
+    batch = batch.replace(context_y=f1.detach())
+    with torch.no_grad():
+        model.log_inner_lr.fill_(2.0)  # large inner steps: the adapted networks differ from mu_k
+    _, log_r = model.components(batch, create_graph=False)
+    assert bool((log_r[1] > log_r[0]).all())
+    with pytest.raises(ValueError, match="responsibility"):
+        MixturePLATIPUS(responsibility="posterior")
