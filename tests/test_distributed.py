@@ -133,3 +133,51 @@ def test_fit_distributed_true_without_a_process_group_is_refused():
         pyro_meta.fit(_maml(), Sinusoid(), num_steps=1, distributed=True, progress=False)
     with pytest.raises(TypeError, match="distributed"):
         DataParallel.resolve("yes", 0)
+
+
+CLI_MAML = """
+[model]
+name = "MAML"
+[model.args]
+hidden = [20, 20]
+inner_steps = 1
+[tasks]
+name = "Sinusoid"
+[tasks.args]
+noise_std = 0.1
+[train]
+num_steps = 20
+tasks_per_batch = 4
+num_context = 5
+num_target = 10
+lr = 0.01
+seed = 3
+checkpoint_every = 10
+[evaluate]
+methods = ["amortized"]
+"""
+
+
+def cli_worker(rank: int, world_size: int, config: str, out: str) -> None:
+    """``pyro-meta train`` as torchrun runs it: every rank calls the command in a process group."""
+    from pyro_meta import cli
+
+    assert cli.main(["train", "--config", config, "--out", out, "--no-progress"]) == 0
+
+
+@pytest.mark.slow
+def test_cli_train_under_a_process_group_is_data_parallel(tmp_path):
+    import pyro
+
+    config = tmp_path / "maml.toml"
+    config.write_text(CLI_MAML)
+    out = tmp_path / "run"
+    run_workers(cli_worker, 2, str(config), str(out))
+    header = pyro_meta.load_checkpoint(str(out / "checkpoint.ckpt"))
+    assert header["step"] == 20 and header["world_size"] == 2
+    got = _flat(pyro_meta.rebuild_model(str(out / "checkpoint.ckpt")))
+    pyro.set_rng_seed(3)  # as the command builds its model
+    model = MAML(hidden=(20, 20), inner_steps=1)
+    pyro_meta.fit(model, RankStreams(Sinusoid(noise_std=0.1), 2, seed=3), num_steps=20, tasks_per_batch=8,
+                  num_context=5, num_target=10, lr=0.01, seed=3, progress=False)
+    assert _close(got, _flat(model)), float((got - _flat(model)).norm() / _flat(model).norm())
