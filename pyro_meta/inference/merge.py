@@ -78,8 +78,11 @@ def merge_posteriors(posteriors: Sequence[Posterior], batch: Optional[TaskBatch]
         The batch of all the tasks (``sum_k t_k``), e.g. the one the chunks were selected from.
         Default: the chunks' batches joined (:func:`~pyro_meta.data.concat_batches`).
 
-    Returns a :class:`Posterior` with samples ``[C, S, sum_k t_k, *event]``; see the module docstring
-    for diagnostics, per-draw statistics and summary. ``seconds`` is the sum over chunks.
+    Returns
+    -------
+    Posterior
+        Samples ``[C, S, sum_k t_k, *event]``; see the module docstring for diagnostics, per-draw
+        statistics and summary. ``seconds`` is the sum over chunks.
     """
     posts = list(posteriors)
     if not posts:

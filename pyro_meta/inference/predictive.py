@@ -54,6 +54,8 @@ class PosteriorPredictive:
     samples : Tensor ``[C, S, T, Nt, Dy]`` (class labels: ``[C, S, T, Nt]``)
     batch : TaskBatch the predictive is for (its ``target_x``/``target_mask``)
 
+    Notes
+    -----
     For class labels, :attr:`class_probs` (and :attr:`class_log_probs`) give the predictive class
     probabilities ``[T, Nt, K]`` from the distributions of the draws, not from the sampled labels.
     """
