@@ -149,5 +149,5 @@ class PLATIPUS(GradientBasedModel):
             return self.theta.detach().expand(1, batch.num_tasks, -1)
         x, y, m = xc, batch.context_y, batch.context_mask
         mean = self.shifted_mean(x, y, m, self.log_gamma_p, create_graph=False).detach()
-        theta_t = mean + self.sigma.detach() * torch.randn((num,) + tuple(mean.shape), dtype=mean.dtype)
+        theta_t = mean + self.sigma.detach() * torch.randn((num,) + tuple(mean.shape), dtype=mean.dtype, device=mean.device)
         return self.adapt_from(theta_t, x, y, m, steps=self.eval_inner_steps, create_graph=False).detach()

@@ -130,3 +130,37 @@ def test_np_gp_scoring_matches_evaluate(monkeypatch):
     assert abs(rows[0]["coverage_90"] - table.rows[0]["coverage_90"]) < 0.1  # exact interval vs 30 draws
     diff = np_gp.paired_difference(ref, ref)
     assert diff["mean"] == 0.0 and diff["se"] == 0.0
+
+
+@pytest.mark.slow
+def test_gpu_check_script_smoke(monkeypatch, capsys):
+    """``benchmarks/gpu_check.py --smoke``: some device tests pass, every workload has a row; no CUDA is said so."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("gpu_check", None)
+    import gpu_check
+
+    text = gpu_check.main(["--smoke"])
+    assert re.search(r"device tests \(tests/test_devices.py\): PASS: \d+ passed", text), text
+    for method in ("amortized", "svi", "importance", "nuts"):
+        assert re.search(rf"^\| infer {method} \(3 tasks\), seconds \| [0-9.]+ \|", text, flags=re.M), method
+    assert re.search(r"^\| MAML meta-training, steps / s \| [0-9.]+ \|", text, flags=re.M)
+    if not torch.cuda.is_available():
+        assert "CUDA is not available on this machine" in text and "| n/a |" in text
+
+
+@pytest.mark.slow
+def test_scaling_script_smoke(monkeypatch):
+    """``benchmarks/scaling.py --smoke``: 1 and 2 processes run both parts; draws equal, parameters within 1e-5."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("scaling", None)
+    import scaling
+
+    text = scaling.main(["--smoke"])
+    assert "equal draws (1 vs 2 processes): yes" in text
+    assert re.search(r"wall-time ratio 2/1: [0-9.]+ \(target <= 0.65\)", text)
+    assert re.search(r"relative difference [0-9.e+-]+ \(<= 1e-5: yes\)", text)
+    for w in (1, 2):
+        cpu = r"[0-9.]+" + r" \+ [0-9.]+" * (w - 1)
+        assert re.search(rf"^\| {w} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| {cpu} \| [0-9.]+ \|$", text, flags=re.M), w
