@@ -1,6 +1,6 @@
 """pyro_meta: Bayesian meta-learning as plain Pyro models and guides with task-level latents."""
 
-from . import data, likelihoods, metrics, oracles
+from . import data, distributed, likelihoods, metrics, oracles
 from .checkpoint import (
     CheckpointError,
     check_writable,
@@ -24,12 +24,14 @@ from .inference import (
     fit,
     get_method,
     infer,
+    infer_sharded,
+    merge_posteriors,
     register_method,
 )
 from .locking import PYRO_LOCK, pyro_lock
 from .memory import DEFAULT_MEMORY_BUDGET, get_memory_budget, memory_budget, set_memory_budget
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
-from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
+from .oracles import GPOracle, LineOrSineOracle, Oracle, SinusoidOracle
 
 __version__ = "0.1.0"
 
@@ -45,6 +47,7 @@ __all__ = [
     "METHODS",
     "MetaModel",
     "Option",
+    "Oracle",
     "PYRO_LOCK",
     "Posterior",
     "PosteriorPredictive",
@@ -54,15 +57,18 @@ __all__ = [
     "available_methods",
     "check_writable",
     "data",
+    "distributed",
     "evaluate",
     "fit",
     "get_memory_budget",
     "get_method",
     "infer",
+    "infer_sharded",
     "likelihoods",
     "load_checkpoint",
     "local_params",
     "memory_budget",
+    "merge_posteriors",
     "metrics",
     "observe",
     "oracles",

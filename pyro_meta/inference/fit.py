@@ -79,6 +79,7 @@ def fit(
     guide_objective: str = "elbo",
     guide_particles: int = 8,
     checkpoint_meta: Optional[Dict[str, Any]] = None,
+    distributed: Optional[bool] = None,
 ) -> FitResult:
     """Meta-train ``model``: minimise ``model.loss(batch)`` over a fresh batch of tasks per step.
 
@@ -120,7 +121,7 @@ def fit(
     callback : callable ``(step, loss, model) -> bool | None``
         Called after each step; returning True stops training.
     device : torch device, optional
-        Move each batch there (the model must already be there).
+        Train there: the model is moved (``model.to(device)``, in place) and every batch with it.
     guide_objective : "elbo" | "iwae" | "rws" | "sleep"
         How the guide's parameters are trained. ``"elbo"`` (default): by ``model.loss`` like every
         parameter. Otherwise the model's parameters keep ``model.loss`` and the guide's get their own
@@ -132,6 +133,13 @@ def fit(
     checkpoint_meta : dict, optional
         More JSON-able metadata for the checkpoint header, next to the ``model_args`` and
         ``config`` that ``fit`` records (e.g. the command line's whole configuration file).
+    distributed : bool, optional
+        Data-parallel training over the ``torch.distributed`` process group (:mod:`pyro_meta.distributed`):
+        each rank draws its own ``tasks_per_batch`` tasks per step, gradients are averaged over the ranks,
+        only rank 0 writes the checkpoint. Default ``None``: data-parallel when a process group is
+        initialised (``torchrun``); ``True`` requires one; ``False`` trains this process on its own.
+        A distributed run that is interrupted writes no final checkpoint (the ranks stopped at different
+        points): resume from the last periodic one.
 
     Every argument is checked before anything runs (``ValueError``/``TypeError`` naming it).
 
@@ -150,6 +158,6 @@ def fit(
     """
     return _Training(model, tasks, num_steps, tasks_per_batch, num_context, num_target, optimizer, lr, seed,
                      progress, clip_norm, lr_decay, checkpoint, checkpoint_every, resume, callback, device,
-                     guide_objective, guide_particles, checkpoint_meta).run()
+                     guide_objective, guide_particles, checkpoint_meta, distributed).run()
 
 

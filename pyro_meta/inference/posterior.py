@@ -188,7 +188,8 @@ class Posterior:
         renumbered) likewise; chain-level statistics and the rest are kept as they are.
         """
         T = self.batch.num_tasks
-        rows = torch.arange(T)[_task_index(index, T)]
+        idx = _task_index(index, T)
+        rows = torch.arange(T)[idx.cpu() if isinstance(idx, torch.Tensor) else idx]
         if rows.numel() == 0:
             raise ValueError(f"index selects no task of the {T} (got {index!r})")
         batch = self.batch.select(rows)

@@ -223,7 +223,7 @@ class PosteriorPredictive:
             raise ValueError("interval: y_target holds class labels, which have no predictive interval; use "
                              "class_probs [T, Nt, K] (the predictive class probabilities) instead")
         prob = check_probability("prob", prob)
-        q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype)
+        q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype, device=self.flat.device)
         lo, hi = torch.quantile(self.flat, q, dim=0)
         return lo, hi
 

@@ -19,6 +19,7 @@ from pyro.infer.autoguide import AutoContinuous
 from ..checkpoint import _defer_sigint, check_writable, load_checkpoint, save_checkpoint
 from ..data.batch import TaskBatch
 from ..data.tasks import SizeSpec
+from ..distributed import DataParallel
 from ..model import TASK_PLATE, MetaModel, _jsonable, autoguides, check_model, local_params
 from ..validation import check_bool, check_int, check_number, optional
 from .common import check_compatible
@@ -187,12 +188,13 @@ class _Training:
         self.pending = None
         self.in_commit = False
         self.opt = None
+        self.sync = None
         self.bar = None
         self.model = args[0]
 
     def configure(self, model, tasks, num_steps, tasks_per_batch, num_context, num_target, optimizer, lr, seed,
                   progress, clip_norm, lr_decay, checkpoint, checkpoint_every, resume, callback, device,
-                  guide_objective, guide_particles, checkpoint_meta) -> None:
+                  guide_objective, guide_particles, checkpoint_meta, distributed) -> None:
         """Check every argument (``ValueError``/``TypeError`` naming it) before anything runs."""
         self.model = check_model(model)
         self.tasks = tasks
@@ -230,6 +232,9 @@ class _Training:
             if clash:
                 raise ValueError(f"checkpoint_meta may not use the keys fit records itself: {clash}")
         self.checkpoint_meta = checkpoint_meta
+        if distributed not in (None, True, False):
+            raise TypeError(f"distributed must be None, True or False, got {distributed!r}")
+        self.distributed = distributed
         self.checkpoint = checkpoint
         if checkpoint is not None:
             check_writable(checkpoint)  # before any training, not after the last step
@@ -239,20 +244,27 @@ class _Training:
         model = self.model
         if self.seed is not None:
             pyro.set_rng_seed(self.seed)
+        self.sync, seed = DataParallel.resolve(self.distributed, self.seed)  # None: this process alone
         self.generator = torch.Generator()
-        self.generator.manual_seed(self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+        self.generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         num_context, num_target = self.num_context, self.num_target
         if num_context is None:
             num_context = getattr(self.tasks, "default_num_context", (3, 10))
         if num_target is None:
             num_target = getattr(self.tasks, "default_num_target", (10, 20))
         self.source = _TaskSource(self.tasks, self.tasks_per_batch, num_context, num_target, self.generator)
+        if self.sync is not None:
+            self.source = self.sync.task_source(self.source, seed)
+        if self.device is not None:
+            model.to(self.device)
         first_generator_state = self.generator.get_state()
         first = self._next_batch()
         check_compatible(model, first)
         if _needs_priming(model):
             _prime(model, first)
         _check_autoguide_subsampling(model, self.source)
+        if self.sync is not None:
+            self.sync.broadcast_module(model)  # every rank starts from rank 0's parameters
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{type(model).__name__} has no trainable parameters to meta-learn")
@@ -272,6 +284,8 @@ class _Training:
                 self.generator.set_state(state["generator"])
             if "torch_rng" in state:
                 torch.set_rng_state(state["torch_rng"])
+            if self.sync is not None:
+                self.sync.restore(state, self.source)
             self.first = None  # drawn before the RNG state was restored: the resumed run draws its own
         config = {
             "tasks": type(self.tasks).__name__, "num_steps": self.num_steps, "tasks_per_batch": self.tasks_per_batch,
@@ -310,6 +324,8 @@ class _Training:
         loss = model.loss(batch)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise TypeError(f"{type(model).__name__}.loss(batch) must return a scalar tensor, got {loss!r}")
+        if self.sync is not None:
+            loss = self.sync.mean_loss(loss)  # the ranks' mean: every rank stops together on a non-finite one
         if not bool(torch.isfinite(loss.detach())):
             raise FloatingPointError(
                 f"fit: non-finite loss {loss.item()} at step {step}; lower lr or check the model/data "
@@ -329,6 +345,8 @@ class _Training:
         if step == self.start_step:
             _check_no_bare_params(model)
         _add_new_params(opt, model, self.known)
+        if self.sync is not None:  # averaged before the finite checks: every rank takes the same decision
+            self.sync.all_reduce_gradients(opt)
         params = [p for g in opt.param_groups for p in g["params"]]
         bad = first_nonfinite((self.names.get(id(p), "a parameter"), p.grad) for p in params)
         if bad is not None:
@@ -366,7 +384,8 @@ class _Training:
                 self.bar.set_postfix(loss=f"{value:.4g}")
         if self.checkpoint is not None and self.checkpoint_every and self.step % self.checkpoint_every == 0:
             self.write()
-        return bool(self.callback is not None and self.callback(self.step, value, model))
+        stop = self.callback is not None and bool(self.callback(self.step, value, model))
+        return stop if self.sync is None or self.callback is None else self.sync.any(stop)
 
     # ------------------------------------------------------------------ checkpoints
     def write(self) -> None:
@@ -374,12 +393,12 @@ class _Training:
         if self.checkpoint is None or self.opt is None:
             return
         generator_state, torch_state = self.pending or (self.generator.get_state(), torch.get_rng_state())
-        save_checkpoint(
-            self.checkpoint, self.model, self.opt,
-            extra={"step": self.step, "losses": list(self.losses), "generator": generator_state,
-                   "torch_rng": torch_state},
-            meta=self.meta,
-        )
+        extra = {"step": self.step, "losses": list(self.losses), "generator": generator_state, "torch_rng": torch_state}
+        if self.sync is not None:
+            extra.update(self.sync.rank_states(self.source))  # a collective: every rank writes at the same steps
+            if not self.sync.is_main:
+                return
+        save_checkpoint(self.checkpoint, self.model, self.opt, extra=extra, meta=self.meta)
 
     # ------------------------------------------------------------------ the run
     def run(self):
@@ -412,10 +431,14 @@ class _Training:
                 self.bar.close()
             if ready:
                 self.model.eval()
-        try:
-            self.write()
-        except KeyboardInterrupt:  # a second Ctrl-C during the last write: the file is in place (deferred)
-            self.interrupted = True
+        if self.interrupted and self.sync is not None:
+            warnings.warn("distributed fit interrupted: no final checkpoint (the ranks stopped at different points); "
+                          "resume from the last periodic one", stacklevel=4)
+        else:
+            try:
+                self.write()
+            except KeyboardInterrupt:  # a second Ctrl-C during the last write: the file is in place (deferred)
+                self.interrupted = True
         return FitResult(losses=self.losses, num_steps=self.step, seconds=time.perf_counter() - t0,
                          interrupted=self.interrupted, optimizer=self.opt, guide_losses=self.guide_losses)
 
@@ -424,6 +447,8 @@ class _Training:
         if self.in_commit:  # failed between the optimizer step and its bookkeeping
             self.last_good.restore()
             self.in_commit = False
+        if self.sync is not None:  # writing is a collective the other ranks may not reach: no checkpoint here
+            return
         try:
             with _defer_sigint():
                 self.write()
