@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint docs demo bench bench-smoke clean
+.PHONY: test test-fast lint fuzz docs demo bench bench-smoke clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: $(STAMP) lint docs
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the Hypothesis fuzz suite with its long profile (1,000 examples per test, random seeds; CI runs the
+# seeded 30-example "ci" profile as part of `make test`), then 50 random SIGINTs during fit (10 in CI)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m fuzz tests/fuzz
+	PYRO_META_SIGINT_ROUNDS=50 $(BIN)/python -m pytest -q tests/test_fault_injection.py -k sigints
 
 demo: $(STAMP)
 	$(BIN)/pyro-meta demo

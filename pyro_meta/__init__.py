@@ -28,6 +28,8 @@ from .inference import (
     merge_posteriors,
     register_method,
 )
+from .locking import PYRO_LOCK, pyro_lock
+from .memory import DEFAULT_MEMORY_BUDGET, get_memory_budget, memory_budget, set_memory_budget
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
 from .oracles import GPOracle, LineOrSineOracle, Oracle, SinusoidOracle
 
@@ -35,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "DEFAULT_MEMORY_BUDGET",
     "EvaluationTable",
     "FitResult",
     "GPOracle",
@@ -45,6 +48,7 @@ __all__ = [
     "MetaModel",
     "Option",
     "Oracle",
+    "PYRO_LOCK",
     "Posterior",
     "PosteriorPredictive",
     "Predictive",
@@ -56,21 +60,25 @@ __all__ = [
     "distributed",
     "evaluate",
     "fit",
+    "get_memory_budget",
     "get_method",
     "infer",
     "infer_sharded",
     "likelihoods",
     "load_checkpoint",
     "local_params",
+    "memory_budget",
     "merge_posteriors",
     "metrics",
     "observe",
     "oracles",
     "point_plate",
+    "pyro_lock",
     "read_checkpoint_meta",
     "rebuild_model",
     "register_method",
     "save_checkpoint",
+    "set_memory_budget",
     "task_latent_sites",
     "task_plate",
 ]

@@ -50,6 +50,7 @@ import torch
 
 from .data.batch import TaskBatch
 from .inference.posterior import Posterior, evenly_spaced
+from .locking import serialized
 
 with warnings.catch_warnings():
     # ArviZ 0.2x announces its 1.x refactor with a FutureWarning on import: not actionable here
@@ -186,30 +187,39 @@ def _log_lik_draws(posterior: Posterior, batch: TaskBatch, values: Mapping[str, 
     ``batch`` with the latents at ``values`` (draw values ``{site: [N, *natural]}``), through
     :func:`~pyro_meta.inference.draws.trace_draws` (vectorized, or draw by draw).
     """
-    from .inference.draws import trace_draws
+    from .inference.chunked import fill, trace_chunks
 
     model = posterior.model
     num = posterior.num_chains * posterior.num_samples
     T, n = batch.num_tasks, batch.num_points(site[2:])
     fn = posterior.fn or model.model
-    with torch.no_grad():
-        trace = trace_draws(fn, batch, num, model, data=values, sites=posterior.sites, log_prob=True)
-    if site not in trace.nodes and not posterior.has_latents:
-        return None  # a conditional model need not score its context (it conditions on it as input)
-    if site not in trace.nodes or not trace.nodes[site]["is_observed"]:
-        raise ValueError(
-            f"{type(model).__name__}.model has no observed site {site!r} on this batch "
-            "(pyro_meta.observe writes y_context/y_target)"
-        )
-    return trace.nodes[site]["log_prob"].expand(num, T, n)
+    out = None
+    with torch.no_grad():  # in chunks of tasks and draws sized to the memory budget
+        plan, chunks = trace_chunks(fn, batch, num, model, data=values, sites=posterior.sites, log_prob=True,
+                                    kind=f"log_lik_{site}")
+        for draws, tasks, trace in chunks:
+            if site not in trace.nodes and not posterior.has_latents:
+                return None  # a conditional model need not score its context (it conditions on it as input)
+            if site not in trace.nodes or not trace.nodes[site]["is_observed"]:
+                raise ValueError(
+                    f"{type(model).__name__}.model has no observed site {site!r} on this batch "
+                    "(pyro_meta.observe writes y_context/y_target)"
+                )
+            lp = trace.nodes[site]["log_prob"].expand(draws.stop - draws.start, tasks.stop - tasks.start, n)
+            if plan.single:
+                return lp
+            out = fill(out, num, T, draws, tasks, lp)
+    return out
 
 
+@serialized
 def pointwise_log_likelihood(posterior: Posterior) -> Dict[str, torch.Tensor]:
     """Pointwise log-likelihood of the observed points under each posterior draw.
 
     ``log p(y_tn | z_t^(c,s))`` for every context point (the model traced on
     ``batch.context_only()``, conditioned on the draws) and, when ``batch.target_y`` is known,
-    every target point. Vectorized over draws unless ``model.vectorized`` is False.
+    every target point. Vectorized over draws unless ``model.vectorized`` is False; in chunks of tasks
+    and draws sized to the memory budget (:func:`pyro_meta.set_memory_budget`).
 
     Parameters
     ----------
@@ -355,6 +365,7 @@ def _coords(batch: TaskBatch) -> Dict[str, np.ndarray]:
     return coords
 
 
+@serialized
 def to_inference_data(
     posterior: Posterior,
     predictive: bool = True,

@@ -21,9 +21,12 @@ null), ``versions`` (pyro_meta, torch, pyro, python) and ``meta``: the caller's 
 by convention ``meta["model_args"]`` (the model's constructor keyword arguments, used by
 :func:`rebuild_model`) and ``meta["config"]`` (the training configuration).
 
-Writes go to a temporary ``.ckpt-*`` file in the same folder, fsync'ed and moved over the path
+Writes go to a temporary ``.ckpt-<pid>-*`` file in the same folder, fsync'ed and moved over the path
 with ``os.replace``, with SIGINT deferred (in the main thread) until the new file is in place:
 on disk there is always the old or the new complete checkpoint, and no temporary file is left.
+A process killed outright (SIGKILL, power loss) can leave its temporary file behind: the next
+:func:`check_writable` of a path in that folder (``fit`` calls it first) removes the ``.ckpt-<pid>-*``
+files of writers that are no longer running (POSIX).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import math
 import os
 import pickle
 import platform
+import re
 import signal
 import struct
 import tempfile
@@ -140,6 +144,17 @@ def _losses(value: Any, where: str) -> torch.Tensor:
     return t
 
 
+def _check_path(path: Any) -> str:
+    """``path`` as a str: ``TypeError``/``ValueError`` naming the argument for anything else."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike naming a checkpoint file, got {type(path).__name__}")
+    path = os.fspath(path)
+    path = os.fsdecode(path) if isinstance(path, bytes) else path
+    if not path or "\x00" in path:
+        raise ValueError(f"path must name a checkpoint file, got {path!r}")
+    return path
+
+
 def _refuse_foreign(path: str) -> None:
     """Never overwrite a file that is not a pyro_meta checkpoint (e.g. a data file given by mistake)."""
     if os.path.isdir(path):
@@ -180,6 +195,39 @@ def _defer_sigint() -> Iterator[None]:
                 signal.raise_signal(signal.SIGINT)
 
 
+_TEMP = re.compile(r"^\.ckpt-(\d+)-")
+
+
+def _temp_prefix() -> str:
+    return f".ckpt-{os.getpid()}-"
+
+
+def _remove_stale_temps(folder: str) -> None:
+    """Remove the temporary files that writers killed mid-write left in ``folder`` (POSIX: the pid is gone)."""
+    if os.name != "posix":
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = _TEMP.match(name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except (ProcessLookupError, OverflowError):  # no such process: the writer died mid-write
+            pass
+        except OSError:  # e.g. PermissionError: a running process of another user
+            continue
+        else:  # the writer is running
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
 def _fsync_dir(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -207,11 +255,13 @@ def check_writable(path: PathLike) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=folder)
-        os.close(fd)
-        os.remove(tmp)
+        with _defer_sigint():  # never leave the probe file behind
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), dir=folder)
+            os.close(fd)
+            os.remove(tmp)
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path!r}: {e.strerror or e} ({folder!r})") from e
+    _remove_stale_temps(folder)
 
 
 def save_checkpoint(
@@ -288,7 +338,7 @@ def save_checkpoint(
         tmp = None
         try:
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), dir=folder)
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC)
                 f.write(digest.digest())
@@ -313,7 +363,9 @@ def _damaged(path: str, reason: str) -> CheckpointError:
 
 def _read(path: PathLike):
     """``(header, payload bytes)`` of a verified checkpoint file."""
-    path = os.fspath(path)
+    path = _check_path(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path!r} is a directory, not a checkpoint file")
     with open(path, "rb") as f:
         data = f.read()
     if data[: len(MAGIC)] != MAGIC:
@@ -437,7 +489,7 @@ def rebuild_model(path: PathLike, allow: Sequence[str] = ("pyro_meta",), map_loc
     defeat ``weights_only``. The class must be a ``torch.nn.Module``; it is called as
     ``cls(**meta["model_args"])``.
     """
-    if isinstance(allow, str) or not all(isinstance(a, str) and a for a in allow):
+    if not isinstance(allow, (list, tuple)) or not all(isinstance(a, str) and a for a in allow):
         raise TypeError(f"allow must be a list of package names, got {allow!r}")
     path, header, raw = _read(path)
     rec = header.get("model_class") or {}

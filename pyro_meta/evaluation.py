@@ -20,6 +20,10 @@ Regression rows (``T`` tasks, ``Nt`` target points, ``lp_tn = log p(y_tn | conte
   with two or more chains) over tasks; for importance sampling ``min_ess``
   (importance ESS).
 
+Memory: inference, the predictive and the draw metrics run in chunks of tasks sized to the memory
+budget (:func:`pyro_meta.set_memory_budget`), so the peak does not grow with ``num_tasks`` beyond the
+draws kept (``[S, T, Nt, Dy]``).
+
 Classification rows (``context_y``/``target_y`` long class labels) carry ``nll``, ``nll_se``,
 ``accuracy`` and its standard error over tasks ``accuracy_se`` (the ratio estimator above; a 95% interval
 is ``accuracy +- 1.96 accuracy_se``), ``ece`` (``ece_bins`` equal-width confidence bins) and ``brier`` instead of the regression metrics; the class
@@ -42,9 +46,11 @@ from . import metrics
 from .data.batch import TaskBatch
 from .inference import available_methods, get_method, infer
 from .inference.common import model_device, move_batch
+from .locking import serialized
+from .memory import get_memory_budget
 from .model import MetaModel
 from .oracles.base import check_oracle
-from .validation import check_int
+from .validation import check_bool, check_int
 
 __all__ = ["EvaluationTable", "evaluate"]
 
@@ -179,11 +185,38 @@ def _regression_scores(lp: torch.Tensor, mean: torch.Tensor, draws: torch.Tensor
     nll = _ratio_se(-(lp.double() * m).sum(-1), counts)
     sq = ((mean.double() - y.double()) ** 2).mean(-1) * m
     err = _ratio_se(sq.sum(-1), counts)
-    return {
-        "nll": nll["mean"], "nll_se": nll["se"], "mse": err["mean"], "mse_se": err["se"],
-        "crps": metrics.crps(draws, y, m), "coverage_50": metrics.coverage(draws, y, m, 0.5),
-        "coverage_90": metrics.coverage(draws, y, m, 0.9),
-    }
+    return {"nll": nll["mean"], "nll_se": nll["se"], "mse": err["mean"], "mse_se": err["se"], **_draw_scores(draws, y, m)}
+
+
+#: bytes the draw metrics (CRPS: float64 copies, a sort; coverage: quantiles) allocate per draw and point
+_DRAW_METRIC_BYTES = 48
+
+
+def _draw_scores(draws: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> Dict[str, float]:
+    """CRPS and 50%/90% coverage of ``draws [S, T, Nt, Dy]``, over chunks of tasks sized to the memory budget.
+
+    Each metric is a mean over real points (and features): chunk means are combined weighted by their
+    real-point counts (one chunk, the exact call, when everything fits the budget).
+    """
+    S, T = draws.shape[0], draws.shape[1]
+    per_task = S * max(1, y[0].numel()) * _DRAW_METRIC_BYTES
+    step = max(1, min(T, get_memory_budget() // per_task))
+    names = ("crps", "coverage_50", "coverage_90")
+    totals, count = dict.fromkeys(names, 0.0), 0
+    for start in range(0, T, step):
+        tasks = slice(start, min(start + step, T))
+        k = int(m[tasks].sum()) * (y.shape[-1] if y.dim() == 3 else 1)
+        if k == 0:
+            continue
+        d, yy, mm = draws[:, tasks], y[tasks], m[tasks]
+        part = {"crps": metrics.crps(d, yy, mm), "coverage_50": metrics.coverage(d, yy, mm, 0.5),
+                "coverage_90": metrics.coverage(d, yy, mm, 0.9)}
+        if step >= T:
+            return part
+        for name in names:
+            totals[name] += part[name] * k
+        count += k
+    return {name: totals[name] / count for name in names}
 
 
 def _classification_scores(log_probs: torch.Tensor, batch: TaskBatch, ece_bins: int = 10) -> Dict[str, Any]:
@@ -290,6 +323,7 @@ def _positive_int(name: str, value: Any) -> int:
     return check_int(name, value)
 
 
+@serialized
 def evaluate(
     model: Union[MetaModel, Sequence[MetaModel], Mapping[str, MetaModel], None],
     tasks: Any,
@@ -366,12 +400,17 @@ def evaluate(
         )
     if isinstance(methods, str):
         methods = [methods]
+    if not isinstance(methods, (list, tuple)):
+        raise TypeError(f"methods must be a method name or a list of them {list(available_methods())}, got "
+                        f"{type(methods).__name__}")
     methods = list(methods)
-    bad = [m for m in methods if m not in available_methods()]
+    bad = [m for m in methods if not isinstance(m, str) or m not in available_methods()]
     if bad:
         raise ValueError(f"methods must be among {available_methods()}, got {bad}")
     if models and not methods:
         raise ValueError("methods is empty: name at least one inference method")
+    if method_options is not None and not isinstance(method_options, Mapping):
+        raise TypeError(f"method_options must be a dict method -> dict of infer options, got {type(method_options).__name__}")
     options = dict(method_options or {})
     stray = sorted(set(options).difference(available_methods()))
     if stray:
@@ -400,8 +439,8 @@ def evaluate(
             num_target = _positive_int("num_target", num_target)
     num_samples = _positive_int("num_samples", num_samples)
     ece_bins = _positive_int("ece_bins", ece_bins)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    progress = check_bool("progress", progress)
 
     if device is not None:
         for m in models.values():

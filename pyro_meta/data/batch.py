@@ -260,16 +260,13 @@ class TaskBatch:
         )
 
     def select(self, index: Any) -> "TaskBatch":
-        """The sub-batch of tasks ``index`` (an int list, slice or bool/long tensor)."""
-        if isinstance(index, int):
-            index = [index]
-        if isinstance(index, (list, tuple)):
-            index = torch.as_tensor(index, dtype=torch.long)
+        """The sub-batch of tasks ``index`` (an int, int list, slice, or a 1-D long or bool ``[T]`` tensor).
+
+        Raises ``IndexError`` for a task index out of range and ``TypeError``/``ValueError`` for anything
+        that is not a task index (floats, strings, a bool mask of the wrong length, 2-D tensors).
+        """
+        index = _task_index(index, self.num_tasks)
         if isinstance(index, torch.Tensor):
-            if index.dtype != torch.bool and index.numel() and not (
-                    -self.num_tasks <= int(index.min()) and int(index.max()) < self.num_tasks):
-                raise IndexError(f"select: task index out of range for a batch of {self.num_tasks} tasks "
-                                 f"(valid: -{self.num_tasks} to {self.num_tasks - 1}), got {index.tolist()}")
             index = index.to(self.context_x.device)
         info = {k: _select_info(v, index, self.num_tasks) for k, v in self.info.items()}
         return TaskBatch(
@@ -401,7 +398,7 @@ class TaskBatch:
         """
         context, target, ids = table_tasks(
             table, task, x, y, split=split, num_context=num_context, context_fraction=context_fraction,
-            generator=generator, seed=seed, dtype=dtype,
+            generator=generator, seed=seed, dtype=dtype, allow_empty_context=allow_empty_context,
         )
         fields = pad_tasks(context, target, pad_value, dtype=dtype, device=device)
         return cls(**fields, info={"task_id": ids}, allow_empty_context=allow_empty_context)
@@ -437,6 +434,36 @@ class TaskBatch:
             target.append((x[t, r], y[t, r]))
         fields = pad_tasks(context, target, pad_value=0.0)
         return type(self)(**fields, info=dict(self.info), allow_empty_context=self.allow_empty_context)
+
+
+def _task_index(index: Any, T: int) -> Any:
+    """``index`` as a slice or a 1-D long/bool tensor of tasks, checked (see :meth:`TaskBatch.select`)."""
+    if isinstance(index, slice):
+        return index
+    if isinstance(index, bool) or isinstance(index, str):
+        raise TypeError(f"index must be an int, int list, slice or a long/bool tensor of tasks, got {index!r}")
+    if isinstance(index, int):
+        index = [index]
+    if isinstance(index, (list, tuple)):
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in index):
+            raise TypeError(f"index: a list of task indices must hold ints, got {list(index)[:10]!r}")
+        index = torch.as_tensor(list(index), dtype=torch.long)
+    elif not isinstance(index, torch.Tensor) and hasattr(index, "__array__"):
+        index = torch.as_tensor(index)
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"index must be an int, int list, slice or a long/bool tensor of tasks, got {type(index).__name__}")
+    if index.dtype == torch.bool:
+        if tuple(index.shape) != (T,):
+            raise ValueError(f"index: a bool mask of tasks must have shape [T] = [{T}], got {tuple(index.shape)}")
+        return index
+    if index.is_floating_point() or index.is_complex() or index.dim() > 1:
+        raise TypeError(f"index must be an int, int list, slice or a 1-D long/bool tensor of tasks, got a {index.dtype} "
+                        f"tensor of shape {tuple(index.shape)}")
+    index = index.long().reshape(-1)
+    if index.numel() and not (-T <= int(index.min()) and int(index.max()) < T):
+        raise IndexError(f"select: task index out of range for a batch of {T} tasks (valid: -{T} to {T - 1}), got "
+                         f"{index.tolist()[:10]}")
+    return index
 
 
 def _split(split: str) -> str:

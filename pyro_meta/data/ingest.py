@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..validation import check_int
+
 __all__ = ["pad_tasks", "table_tasks"]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -46,6 +48,16 @@ def _as_tensor(value: Any, where: str) -> torch.Tensor:
     raise TypeError(f"{where} must be a torch.Tensor, numpy array or list, got {type(value).__name__}")
 
 
+def _device(device: Any) -> torch.device:
+    """``torch.device(device)``, or ``ValueError``/``TypeError`` naming the ``device`` argument."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a torch.device or a string such as 'cpu' or 'cuda:0', got {device!r}")
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}: {e}") from None
+
+
 class _Converter:
     """Converts every task's ``x``/``y`` and checks they agree; remembers what it has seen."""
 
@@ -54,7 +66,7 @@ class _Converter:
             raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
         self.dtype = dtype
         self.move = device is not None
-        self.device = torch.device(device) if device is not None else None
+        self.device = _device(device) if device is not None else None
         self.device_at = "device="
         self.float_seen: Optional[Tuple[torch.dtype, str]] = None  # first floating dtype and where
         self.dx: Optional[Tuple[int, str]] = None
@@ -177,8 +189,9 @@ def pad_tasks(
             raise TypeError(f"target must be a list of (x, y) pairs, one per task, got {type(target).__name__}")
         if len(target) != len(context):
             raise ValueError(f"target has {len(target)} tasks but context has {len(context)}")
-    if not math.isfinite(pad_value):
-        raise ValueError(f"pad_value must be finite (padding must never produce NaN gradients), got {pad_value}")
+    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, float)) or not math.isfinite(pad_value):
+        kind = ValueError if isinstance(pad_value, (int, float)) else TypeError
+        raise kind(f"pad_value must be a finite number (padding must never produce NaN gradients), got {pad_value!r}")
     conv = _Converter(dtype, device)
 
     def pairs(name: str, seq):
@@ -279,7 +292,7 @@ def _split_flags(cols, split, num_context, context_fraction, groups, task_ids, g
                                     or num_context < 0):
         raise ValueError(f"num_context must be a non-negative int, got {num_context!r}")
     if context_fraction is not None and not (isinstance(context_fraction, (int, float))
-                                             and 0 < context_fraction <= 1):
+                                             and not isinstance(context_fraction, bool) and 0 < context_fraction <= 1):
         raise ValueError(f"context_fraction must be a number in (0, 1], got {context_fraction!r}")
     flags = np.zeros(sum(len(g) for g in groups), dtype=bool)
     for rows, tid in zip(groups, task_ids):
@@ -306,6 +319,7 @@ def table_tasks(
     generator: Optional[torch.Generator] = None,
     seed: Optional[int] = None,
     dtype: Optional[torch.dtype] = None,
+    allow_empty_context: bool = False,
 ):
     """Group a table's rows by task id and split them: ``(context pairs, target pairs, task ids)``.
 
@@ -358,8 +372,12 @@ def table_tasks(
 
     if generator is not None and seed is not None:
         raise ValueError("pass generator or seed, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if seed is not None:
+        seed = check_int("seed", seed, minimum=0, maximum=2**64 - 1)
     if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        generator = torch.Generator().manual_seed(0 if seed is None else seed)
     is_context = _split_flags(cols, split, num_context, context_fraction, groups, task_ids, generator)
 
     y_missing = np.isnan(y_all).reshape(len(y_all), -1).any(-1) if y_all.dtype.kind == "f" else np.zeros(
@@ -373,6 +391,11 @@ def table_tasks(
         bad = sorted({task_ids[inverse[r]] for r in np.flatnonzero(y_missing & target_rows)})[:5]
         raise ValueError(f"y: target rows of tasks {bad} have missing (NaN) y while others are observed; "
                          "either every target y is NaN (to predict) or none is")
+    no_context = [tid for rows, tid in zip(groups, task_ids) if not is_context[rows].any()]
+    if no_context and not allow_empty_context:
+        rule = "split" if split is not None else "num_context" if num_context is not None else "context_fraction"
+        raise ValueError(f"{rule}: tasks {no_context[:5]} get no context row; every task needs one (pass "
+                         "allow_empty_context=True for zero-shot batches)")
     context, target = [], []
     for rows in groups:
         c, t = rows[is_context[rows]], rows[~is_context[rows]]

@@ -15,12 +15,16 @@ from torch.distributions import biject_to
 from ..data.batch import TaskBatch
 from ..model import TASK_PLATE, MetaModel, SiteInfo, check_batch, check_model, discover_sites
 from ..validation import check_bool, check_one_of
+from .chunked import can_split_tasks, draw_sites_chunked
 from .draws import draw_sites
 
 __all__ = ["GLOBALS", "Problem", "check_compatible", "model_device", "move_batch", "prepare"]
 
 #: how global latent sites are treated: held at a point estimate, or sampled with the task latents
 GLOBALS = ("point", "sample")
+
+#: tasks of the trace that finds the latent sites
+SITE_PROBE_TASKS = 16
 
 
 @dataclasses.dataclass
@@ -79,14 +83,20 @@ class Problem:
         )
 
     def guide_draws(self, num: int) -> Dict[str, torch.Tensor]:
-        """``num`` draws ``{site: [N, *natural]}`` of :attr:`latent_sites` from the model's guide given the context."""
+        """``num`` draws ``{site: [N, *natural]}`` of :attr:`latent_sites` from the model's guide given the context.
+
+        In chunks sized to the memory budget (:mod:`pyro_meta.memory`); chunks of tasks only when the
+        model has no global latent site (a guide's task latents may depend on its global draw).
+        """
+        split = can_split_tasks(self.model, {**self.sites, **self.global_sites})
         with torch.enable_grad():
-            return draw_sites(self.model.guide, self.guide_cond, num, self.latent_sites, self.model)
+            return draw_sites_chunked(self.model.guide, self.guide_cond, num, self.latent_sites, self.model,
+                                      kind="guide", split_tasks=split)
 
     def prior_draws(self, num: int) -> Dict[str, torch.Tensor]:
-        """``num`` draws of :attr:`latent_sites` from the model (with the fixed globals conditioned)."""
+        """``num`` draws of :attr:`latent_sites` from the model (with the fixed globals conditioned), in chunks."""
         with torch.no_grad():
-            return draw_sites(self.fn, self.cond, num, self.latent_sites, self.model)
+            return draw_sites_chunked(self.fn, self.cond, num, self.latent_sites, self.model, kind="prior")
 
 
 def check_compatible(model: MetaModel, batch: TaskBatch) -> None:
@@ -184,7 +194,10 @@ def prepare(
     check_guide_tasks(model, batch)
     guide_cond = batch.context_only()
     cond = guide_cond.without_task_index()
-    sites, global_sites = discover_sites(model, batch)
+    # the sites' names, shapes and supports do not depend on the number of tasks: a few tasks tell them
+    # (a trace of all the tasks would cost a full pass of the model, [T, N, hidden] activations)
+    sites, global_sites = discover_sites(model, batch if batch.num_tasks <= SITE_PROBE_TASKS
+                                         else batch.select(slice(0, SITE_PROBE_TASKS)))
     fn = model.model
     fixed: Dict[str, torch.Tensor] = {}
     if global_sites and globals == "point":

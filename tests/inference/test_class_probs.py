@@ -109,3 +109,22 @@ def test_interval_refuses_class_labels_and_class_probs_refuse_regression(generat
         _ = rpred.class_probs
     lo, hi = rpred.interval(0.9)
     assert bool((lo <= hi).all())
+
+
+def test_class_probs_in_chunks_equal_the_whole_ones(generator):
+    """Under a small memory budget the predictive is computed in chunks (ChunkedDensity): the same mean over draws."""
+    from pyro_meta.inference.predictive import ChunkedDensity
+
+    model, batch = _Softmax(), _batch(3, generator)
+    post = pyro_meta.infer(model, batch, method="amortized", num_samples=40, seed=0)
+    whole = post.predict()
+    assert not isinstance(whole._fn, ChunkedDensity)
+    with pyro_meta.memory_budget(2_000):
+        parts = post.predict()
+        assert isinstance(parts._fn, ChunkedDensity)
+        probs = parts.class_probs
+    b = post.samples["b"].reshape(-1, 3, 1, 3)
+    expected = torch.softmax(b + batch.target_x * model.w.detach(), -1).mean(0)  # by hand, as above
+    m = batch.target_mask
+    assert_close(probs[m], expected[m], atol=1e-6, what="chunked class_probs")
+    assert_close(probs, whole.class_probs, atol=1e-6, what="chunked vs whole")
