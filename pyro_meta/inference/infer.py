@@ -10,7 +10,7 @@ import pyro
 from ..data.batch import TaskBatch
 from ..model import MetaModel, no_task_latent_message
 from ..validation import check_int
-from . import amortized, importance, mcmc, prior, svi  # noqa: F401  (register the built-in methods)
+from . import amortized, batched_mcmc, importance, mcmc, prior, svi  # noqa: F401  (register the built-in methods)
 from .common import prepare
 from .method import InferenceMethod, available_methods, get_method
 from .posterior import Posterior
