@@ -28,7 +28,7 @@ from ..model import frozen, local_params
 from ..validation import check_bool, check_int, check_number, check_one_of, check_probability, optional
 from .batched_hmc import TRAJECTORIES, sample_batched_hmc
 from .common import Problem
-from .compiled import CompileError, compile_value_and_grad, with_grad
+from .compiled import CompileError, compile_value_and_grad
 from .mcmc import _initial_params, mcmc_result
 from .method import InferenceMethod, InferenceResult, Option, register_method
 from .potential import TaskPotential
@@ -112,13 +112,13 @@ class BatchedHMCMethod(InferenceMethod):
         compile_info = None
         with frozen(model), local_params():
             u0 = _starts(problem, potential, init, num_chains)
-            fn = potential
+            value_and_grad = None
             if compile:
-                fn, compile_info = _compiled(potential, u0)
+                value_and_grad, compile_info = _compiled(potential, u0)
             res = sample_batched_hmc(
-                fn, u0, num_samples, num_warmup, step_size=step_size, target_accept=target_accept_prob,
+                potential, u0, num_samples, num_warmup, step_size=step_size, target_accept=target_accept_prob,
                 trajectory=trajectory, trajectory_length=trajectory_length, max_leapfrog=max_leapfrog,
-                adapt_mass=adapt_mass_matrix, progress=problem.progress,
+                adapt_mass=adapt_mass_matrix, progress=problem.progress, value_and_grad=value_and_grad,
             )
         samples = {k: v.detach() for k, v in potential.constrain(res.samples).items()}
         C, S = num_chains, num_samples
@@ -149,7 +149,7 @@ class BatchedHMCMethod(InferenceMethod):
 
 
 def _compiled(potential: TaskPotential, u0: torch.Tensor):
-    """``(potential_fn, info)``: the compiled per-task potential, or the eager one and a warning on failure."""
+    """``(value_and_grad, info)``: the compiled per-task potential and gradient, or ``None`` and a warning on failure."""
     names, rest = list(potential.inputs), list(potential.inputs.values())
 
     def energy(u: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
@@ -163,8 +163,8 @@ def _compiled(potential: TaskPotential, u0: torch.Tensor):
         import warnings
 
         warnings.warn(f"batched_hmc: compile=True failed ({err}); running the eager potential", stacklevel=4)
-        return potential, {"backend": "eager (compile failed)"}
-    return (lambda u: with_grad(compiled, [u], rest)), compiled.info()
+        return None, {"backend": "eager (compile failed)"}
+    return (lambda u: compiled(u, *rest)), compiled.info()
 
 
 register_method(BatchedHMCMethod())
