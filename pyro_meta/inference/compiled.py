@@ -23,8 +23,10 @@ per-task, the sites, the chains). So a later ``infer`` call with the same model,
 and a batch of the same shapes (new tasks included: the batch's tensors are inputs) reuses the
 compiled graph; training the model further (an in-place update bumps the parameters' versions)
 or other shapes recompile. Every reuse is checked again against the eager gradient at the new
-start point, and recompiled on a mismatch (a model whose Python branches on the data's values is
-traced for those values). Eight entries at most (least recently used dropped).
+start point, and recompiled on a mismatch (anything the trace baked in that the key cannot see, such
+as a Python-side setting of the model, changed). A model whose Python branches on a tensor's value
+cannot be traced (``make_fx`` refuses: :class:`CompileError`, and the caller falls back). Eight
+entries at most (least recently used dropped).
 
 **Cost**: tracing takes 2-5 s and compiling 5-10 s for the models of ``benchmarks/mcmc_speed.py``
 once TorchInductor's on-disk cache is warm; the very first compile in a fresh environment took

@@ -112,13 +112,13 @@ def test_matches_nuts_on_a_trained_neural_process():
     tasks = Sinusoid(noise_std=0.2)
     torch.manual_seed(0)
     model = NeuralProcess(latent_dim=4, hidden=32, num_layers=2)
-    pyro_meta.fit(model, tasks, num_steps=600, tasks_per_batch=16, num_context=(2, 8), num_target=10, lr=5e-3,
+    pyro_meta.fit(model, tasks, num_steps=400, tasks_per_batch=16, num_context=(2, 8), num_target=10, lr=5e-3,
                   progress=False, seed=0)
     batch = tasks.sample(4, 4, 15, generator=torch.Generator().manual_seed(2))
     runs = {
-        "batched_hmc": pyro_meta.infer(model, batch, method="batched_hmc", num_samples=400, num_warmup=300,
+        "batched_hmc": pyro_meta.infer(model, batch, method="batched_hmc", num_samples=200, num_warmup=150,
                                        num_chains=4, seed=0),
-        "nuts": pyro_meta.infer(model, batch, method="nuts", num_samples=400, num_warmup=300, num_chains=2, seed=0,
+        "nuts": pyro_meta.infer(model, batch, method="nuts", num_samples=200, num_warmup=150, num_chains=2, seed=0,
                                 jit_compile=True),
         "prior": pyro_meta.infer(model, batch, method="prior", num_samples=400, seed=0),
     }

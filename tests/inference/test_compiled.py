@@ -87,26 +87,38 @@ def test_changed_weights_recompile(linear):
             _, pyro_fn, _, _ = initialize_model(problem.fn, (problem.cond,), max_plate_nesting=2)
             assert after.compiled.cache_hit is False
             assert torch.allclose(after(start), pyro_fn(start), rtol=1e-5)
-            assert float(before.compiled.info()["compile_seconds"]) > 0
+            assert float(after.compiled.info()["compile_seconds"]) > 0 and after.compiled is not before.compiled
         finally:
             with torch.no_grad():
                 model.mu.sub_(0.5)
 
 
-def test_data_dependent_branch_is_caught_by_the_check():
-    """A function whose Python branches on its input's values is traced for those values: reuse is checked."""
+def test_reuse_is_checked_against_the_eager_gradient():
+    """A cached graph is reused only where it still equals the eager function; data-dependent branches refuse to trace.
+
+    ``scale`` stands for anything a trace bakes in that the cache key cannot see: after it changes,
+    the cached graph disagrees with the eager gradient at the new inputs and is recompiled.
+    """
     owner = torch.nn.Linear(1, 1)
+    scale = [1.0]
 
     def fn(u, x):
-        return (u * x).sum() if bool(x.sum() > 0) else (2 * u * x).sum()
+        return scale[0] * (u * x).sum()
 
     u = torch.ones(3)
     first = compiled_mod.compile_value_and_grad(fn, [u, torch.ones(3)], 1, owner=owner, kind="test")
     again = compiled_mod.compile_value_and_grad(fn, [u, 2 * torch.ones(3)], 1, owner=owner, kind="test")
+    scale[0] = 2.0
     other = compiled_mod.compile_value_and_grad(fn, [u, -torch.ones(3)], 1, owner=owner, kind="test")
     assert not first.cache_hit and again.cache_hit and not other.cache_hit
     U, g = other(u, -torch.ones(3))
     assert float(U) == -6.0 and torch.equal(g, torch.full((3,), -2.0))
+
+    def branchy(u, x):  # Python control flow on a tensor's value: make_fx refuses it, CompileError says so
+        return (u * x).sum() if bool(x.sum() > 0) else (2 * u * x).sum()
+
+    with pytest.raises(compiled_mod.CompileError, match="could not trace"):
+        compiled_mod.compile_value_and_grad(branchy, [u, torch.ones(3)], 1, owner=owner, kind="test")
 
 
 def test_tracing_failure_falls_back_to_jit_with_a_warning(linear, monkeypatch):
