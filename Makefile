@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast lint demo bench bench-smoke clean
+.PHONY: test test-fast lint docs demo bench bench-smoke clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): setup.cfg pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) lint
+docs: $(STAMP)
+	# the API reference from the docstrings: offline (no intersphinx), warnings are errors
+	$(BIN)/python -m sphinx -b html -W -q docs/api build/docs
+
+test: $(STAMP) lint docs
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: $(STAMP)

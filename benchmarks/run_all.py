@@ -2,12 +2,14 @@
 
 1. accuracy and calibration (``benchmarks/accuracy.py``), task families split over ``--jobs``
    parallel processes (one torch thread each);
-2. speed, each arm against its reference in the same process and run, one after the other with
+2. the Neural Process family on GP curves (``benchmarks/np_gp.py``: CNP, ANP, TNP-D, the latent NP and the GP
+   oracle on the DeepMind and BNP/TNP protocols; it writes ``<out>/np_family.md``), included as a section;
+3. speed, each arm against its reference in the same process and run, one after the other with
    nothing else of ours running: the NeuralProcess training step vs plain PyTorch
    (``np_overhead.py``), MAML-family meta-iterations vs a per-task loop (``maml_throughput.py``,
    when present), joint vs per-task NUTS (``nuts_joint_vs_per_task.py``) and the peak memory of
    each NUTS arm (``ru_maxrss`` growth of a fresh process above its level after setup);
-3. the markdown: machine, versions, seeds, every table, the acceptance checks.
+4. the markdown: machine, versions, seeds, every table, the acceptance checks.
 
     python benchmarks/run_all.py [--out docs] [--jobs 2] [--smoke]
 
@@ -170,6 +172,19 @@ def _np_vs_gp(table) -> Optional[Dict[str, Any]]:
     return {"rows": rows, "mean_gap": mean_gap, "mean_gap_se": se, "oracle_better": mean_gap > 2 * se}
 
 
+def np_family_section(work: Path, out: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, Any]]:
+    """Run ``benchmarks/np_gp.py`` (it writes ``<out>/np_family.md`` and its figure); its text with headings one level
+    down, and its acceptance checks."""
+    log = work / "np_gp.log"
+    rc, secs, rss = run([python, str(HERE / "np_gp.py"), "--out", str(out), *(["--smoke"] if smoke else [])], log)
+    if rc != 0:
+        raise RuntimeError(f"np_gp.py failed:\n{_tail(log)}")
+    text = (out / "np_family.md").read_text()
+    text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
+    summary = json.loads((out / "np_family.json").read_text())
+    return "\n" + text + "\n", summary
+
+
 def speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, Any]]:
     parts, out = [], {}
     # --- NeuralProcess step
@@ -279,13 +294,20 @@ def main(argv=None) -> Path:
         for f in families:
             shutil.copy(work / "acc" / "figures" / f"accuracy_{f}.png", figs / f"accuracy_{f}.png")
         acc_md, checks = accuracy_section(results, "figures")
-        # 2. speed, alone
+        # 2. the Neural Process family (its own 2 worker processes): <out>/np_family.md, figures/np_family_bands.png
+        t0 = time.perf_counter()
+        np_md, np_checks = np_family_section(work, out, args.smoke, python)
+        checks["np_family"] = np_checks
+        acc_md += np_md
+        np_seconds = time.perf_counter() - t0
+        # 3. speed, alone
         t0 = time.perf_counter()
         speed_md, speed = speed_section(work, args.smoke, python)
         speed_seconds = time.perf_counter() - t0
     total = time.perf_counter() - t_start
     info = machine_info()
     doc = render(info, started, total, acc_seconds, speed_seconds, args, status, acc_md, checks, speed_md, speed)
+    doc = doc.replace("@NP_FAMILY_MIN@", f"{np_seconds / 60:.1f}")
     path = out / "benchmarks.md"
     path.write_text(doc)
     print(f"wrote {path} in {total:.0f}s")
@@ -309,6 +331,16 @@ def render(info, started, total, acc_seconds, speed_seconds, args, status, acc_m
         rows.append(["GP oracle beats the NeuralProcess on RBF curves (mean amortized gap > 2 SE)", "yes",
                      f"gap {gp['mean_gap']:.3f} +- {gp['mean_gap_se']:.3f} nats/point",
                      "pass" if gp["oracle_better"] else "FAIL"])
+    npf = checks.get("np_family") or {}
+    for a in (npf.get("dm") or {}).get("acceptance", []):
+        rows.append([f"best NP-family model closes >= half the NeuralProcess's gap to the GP oracle (RBF, "
+                     f"{a['view']} targets, {a['num_context']} context; paired diff > 2 SE)", ">= 50%",
+                     f"{a['best']}: {100 * a['closed']:.0f}%, {a['diff']:+.3f} +- {a['diff_se']:.3f}",
+                     "pass" if a["pass"] else "FAIL"])
+    if npf:
+        bad = (npf.get("dm") or {}).get("beating_oracle", []) + (npf.get("bnp") or {}).get("beating_oracle", [])
+        rows.append(["NP-family target rows beating the GP oracle by > 2 SE", "none", "; ".join(bad) or "none",
+                     "pass" if not bad else "FAIL"])
     if speed.get("nuts_ratio") is not None:
         rows.append(["joint / per-task NUTS (min-ESS per second)", "> 1", f"{speed['nuts_ratio']:.1f}",
                      "pass" if speed["nuts_ratio"] > 1 else "FAIL"])
@@ -339,7 +371,8 @@ Machine and software:
 Seeds: 0 for training (`fit(seed=0)`, models built after `torch.manual_seed(0)`) and for evaluation
 (`evaluate(seed=0)`: the same tasks for every model and method). One torch thread per process.
 Total wall time {total / 60:.1f} min: accuracy {acc_seconds / 60:.1f} min ({args.jobs} parallel processes, peak RSS
-{acc_rss} MiB), speed {speed_seconds / 60:.1f} min (one process at a time). Timings measured while other work
+{acc_rss} MiB), Neural Process family @NP_FAMILY_MIN@ min (`benchmarks/np_gp.py`, 2 worker processes), speed
+{speed_seconds / 60:.1f} min (one process at a time). Timings measured while other work
 shares the cores are pessimistic; the ratios are measured within one run and are what counts.
 
 ## Acceptance checks

@@ -11,7 +11,8 @@ context ELBO, started from the prior ``(mu, log s) = (theta, log sigma)``::
     mu    <- prox(mu - alpha_mu grad_mu E-term),  prox(v) = (v + a theta) / (1 + a),  a = w alpha_mu noise^2 / (n_t sigma^2)
 
 (the ``noise^2 / n_t`` factor only rescales the step, so that ``alpha`` is in the units of a
-MAML step on the context MSE whatever the learned noise and set size). The KL's quadratic
+MAML step on the context MSE whatever the learned noise and set size; for class labels
+(``likelihood="categorical"``/``"bernoulli"``) the factor is ``1 / n_t``: a step on the mean cross-entropy). The KL's quadratic
 mean term ``(mu - theta)^2 / (2 sigma^2)`` is taken by its exact proximal step: its curvature grows
 as ``1 / sigma^2``, and a plain gradient step on it diverges once the learned ``sigma`` is small.
 
@@ -72,7 +73,8 @@ class ABML(GradientBasedModel):
         Initial prior scale ``sigma`` and noise (both learned unless ``learn_prior_scale`` /
         ``learn_noise`` are False).
     **kwargs
-        Base network options of :class:`~pyro_meta.models._gradient_based.GradientBasedModel`.
+        Base network and likelihood options of :class:`~pyro_meta.models._gradient_based.GradientBasedModel`
+        (``likelihood``, ``num_classes``, ``net="conv4"``, ``image_shape``, ``adapt``...).
     """
 
     def __init__(
@@ -120,7 +122,8 @@ class ABML(GradientBasedModel):
               detach: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """``K`` inner SVI steps on the context ELBO from the prior: ``(mu_K [T, P], log s_K [T, P])``.
 
-        ``detach=True`` runs on detached meta-parameters (no graph: a cheap evaluation).
+        ``x`` are the adapted network's inputs (:meth:`encode`); ``detach=True`` runs on detached
+        meta-parameters (no graph: a cheap evaluation).
         """
         steps = self.num_steps if steps is None else steps
         T, P = x.shape[0], self.num_params
@@ -129,14 +132,14 @@ class ABML(GradientBasedModel):
             return t.detach() if detach else t
 
         theta, log_sigma = own(self.theta), own(self.log_sigma)
-        count = self.count(mask, y.shape[-1])
-        noise_var = self.noise_std.detach() ** 2  # a step preconditioner: no meta-gradient through it
+        count = self.count(mask, self.out_features if self.likelihood == "normal" else 1)
+        noise_var = self.step_scale()  # noise^2 (normal) or 1: a step preconditioner, no meta-gradient through it
 
         def explicit(mu, log_scale):
-            sse = self.sse(x, y, mask, self._draw(mu, log_scale, self.num_inner_samples)).mean(0)
+            fit = self.fit_term(x, y, mask, self._draw(mu, log_scale, self.num_inner_samples)).mean(0)
             log_ratio = 2 * (log_scale - log_sigma)
             kl_scale = 0.5 * (log_ratio.exp() - 1 - log_ratio).sum(-1)
-            return (0.5 * sse + self.kl_weight * noise_var * kl_scale) / count
+            return (fit + self.kl_weight * noise_var * kl_scale) / count
 
         lr_mu, lr_scale = own(self.log_inner_lr).exp(), own(self.log_inner_lr_scale).exp()
         # curvature of the KL's mean term, noise^2 / (n sigma^2): the prox step below is stable for any sigma
@@ -150,7 +153,8 @@ class ABML(GradientBasedModel):
     def guide(self, batch: TaskBatch) -> None:
         """``q(phi_t | context_t) = N(mu_K, diag(s_K^2))`` after ``K`` inner SVI steps from ``(theta, sigma)``."""
         self.check(batch)
-        mu, log_scale = self.adapt(batch.context_x, batch.context_y, batch.context_mask)
+        mu, log_scale = self.adapt(self.encode(batch.context_x, batch.context_mask), batch.context_y,
+                                   batch.context_mask)
         with task_plate(batch):
             pyro.sample("phi", dist.Normal(mu.unsqueeze(-2), log_scale.exp().unsqueeze(-2)).to_event(1))
 
@@ -159,15 +163,17 @@ class ABML(GradientBasedModel):
         self.check(batch)
         if batch.target_y is None or batch.num_points("target") == 0:
             raise ValueError("batch: ABML's meta-objective needs observed target points (target_y)")
-        mu, log_scale = self.adapt(batch.context_x, batch.context_y, batch.context_mask)
+        xc, xt = self.encode_batch(batch)
+        mu, log_scale = self.adapt(xc, batch.context_y, batch.context_mask)
         phi = self._draw(mu, log_scale, self.num_samples)
-        sse = self.sse(batch.target_x, batch.target_y, batch.target_mask, phi).mean(0)
+        nll = self.neg_log_lik(xt, batch.target_y, batch.target_mask, phi, noise=self.noise_std.detach()).mean(0)
         count = self.count(batch.target_mask, batch.y_dim)
-        nll = self.gaussian_nll(sse, count, noise=self.noise_std.detach())
         elbo_loss = ((nll + self.kl_weight * self.kl_to_prior(mu, log_scale)) / count).mean()
+        if not isinstance(self.log_noise, nn.Parameter):
+            return elbo_loss
         draws = phi.detach()
-        if self.eval_inner_steps != self.inner_steps and isinstance(self.log_noise, nn.Parameter):
-            mu_e, log_s_e = self.adapt(batch.context_x, batch.context_y, batch.context_mask, self.eval_inner_steps,
+        if self.eval_inner_steps != self.inner_steps:
+            mu_e, log_s_e = self.adapt(xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps,
                                        detach=True)
             draws = self._draw(mu_e.detach(), log_s_e.detach(), 4)
-        return elbo_loss + self.predictive_noise_loss(draws, batch)
+        return elbo_loss + self.predictive_noise_loss(draws, batch, xt)

@@ -54,6 +54,8 @@ class BayesianLinear(MetaModel):
     learn_noise : bool
         Meta-learn ``sigma`` as well.
 
+    Notes
+    -----
     The amortized guide is a linear-Gaussian encoder: it computes the conjugate update above
     from the observed points with its *own* learned ``(mu_q, s_q, sigma_q)``, so it can
     represent the exact posterior and learns to during meta-training.

@@ -14,7 +14,7 @@ steps on the context; the *leader* = ``leader_steps`` further SVGD steps from th
 context + target (no gradient); loss ``1/M sum_m ||Theta_chaser,m - stopgrad(Theta_leader,m)||^2``,
 mean over tasks, differentiated through the chaser's SVGD steps (second order unless
 ``first_order``). The SVGD step of task ``t`` and weight ``p`` is ``e / (1 + e / sigma_p^2)`` with
-``e = lr * noise^2 / n_t`` (a constant diagonal preconditioner, i.e. SVGD with the matrix-valued
+``e = lr * noise^2 / n_t`` (``lr / n_t`` for class labels; a constant diagonal preconditioner, i.e. SVGD with the matrix-valued
 kernel ``D k(x, y)``: the target density is still the exact posterior, and the step stays stable
 for any learned ``sigma``; the leader's step is held fixed, so the loss cannot
 shrink it to zero). The noise enters SVGD as a constant and is fit to the chaser particles' target
@@ -60,7 +60,8 @@ class BMAML(GradientBasedModel):
         the particles' mean pulls every SVGD step back and measurably slows adaptation (sinusoid,
         1,500 meta-iterations: MSE 0.93 with 0.1, 0.67 with 1.0, at 10 test-time steps).
     **kwargs
-        Base network and noise options of :class:`~pyro_meta.models._gradient_based.GradientBasedModel`.
+        Base network, likelihood and noise options of :class:`~pyro_meta.models._gradient_based.GradientBasedModel`
+        (``likelihood``, ``num_classes``, ``net="conv4"``, ``image_shape``, ``adapt``...).
     """
 
     owns_theta = False
@@ -101,13 +102,16 @@ class BMAML(GradientBasedModel):
         return self.particles.mean(0)
 
     def log_posterior(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor):
-        """``log p(y | x, phi) + log p(phi)`` up to a constant, as a function of particles ``[T, M, P] -> [T, M]``."""
-        noise_var = self.noise_std.detach() ** 2  # the noise is fit by maximum likelihood only
+        """``log p(y | x, phi) + log p(phi)`` up to a constant, as a function of particles ``[T, M, P] -> [T, M]``.
+
+        ``x`` are the adapted network's inputs (:meth:`encode`).
+        """
+        noise_var = self.step_scale()  # noise^2 (the noise is fit by maximum likelihood only), or 1 for labels
 
         def log_prob(particles: torch.Tensor) -> torch.Tensor:
-            sse = self.sse(x, y, mask, particles.transpose(0, 1)).transpose(0, 1)  # [T, M]
+            fit = self.fit_term(x, y, mask, particles.transpose(0, 1)).transpose(0, 1)  # [T, M]
             log_prior = -0.5 * (((particles - self.theta) / self.sigma) ** 2).sum(-1)
-            return -0.5 * sse / noise_var + log_prior
+            return -fit / noise_var + log_prior
 
         return log_prob
 
@@ -117,7 +121,8 @@ class BMAML(GradientBasedModel):
         lr = self.log_svgd_lr.exp()
         if leader:
             lr = lr.detach()  # the leader's step is a target, not a path for the meta-gradient
-        base = (lr * self.noise_std.detach() ** 2 / self.count(mask, y.shape[-1]))[:, None, None]  # [T, 1, 1]
+        y_dim = y.shape[-1] if y.is_floating_point() else 1
+        base = (lr * self.step_scale() / self.count(mask, y_dim))[:, None, None]  # [T, 1, 1]
         # a constant diagonal preconditioner (SVGD with the matrix kernel D k(x, y)): it damps the prior's
         # curvature 1 / sigma^2, so that the step stays stable however small the learned sigma becomes
         step = base / (1 + base / self.sigma**2)  # [T, 1, P]
@@ -136,7 +141,7 @@ class BMAML(GradientBasedModel):
         """``q(phi_t | context_t)``: a uniformly drawn one of the task's ``M`` SVGD particles."""
         self.check(batch)
         T = batch.num_tasks
-        particles = self.adapt(batch.context_x, batch.context_y, batch.context_mask,
+        particles = self.adapt(self.encode(batch.context_x, batch.context_mask), batch.context_y, batch.context_mask,
                                create_graph=None if self.training else False)
         with task_plate(batch):
             k = pyro.sample("particle", dist.Categorical(logits=particles.new_zeros(self.num_particles)),
@@ -149,15 +154,18 @@ class BMAML(GradientBasedModel):
         self.check(batch)
         if batch.target_y is None or batch.num_points("target") == 0:
             raise ValueError("batch: BMAML's chaser loss needs observed target points (target_y)")
-        chaser = self.adapt(batch.context_x, batch.context_y, batch.context_mask)
-        x, y, m = batch.observed()
+        xc, xt = self.encode_batch(batch)
+        chaser = self.adapt(xc, batch.context_y, batch.context_mask)
+        x, y, m = self.observed_inputs(batch, xc.detach(), xt.detach())
         with torch.no_grad():
             leader = self.move(chaser.detach(), x, y, m, self.leader_steps, create_graph=False, leader=True)
         chase = ((chaser - leader) ** 2).sum(-1).mean(-1).mean()
+        if not isinstance(self.log_noise, nn.Parameter):
+            return chase
         particles = chaser.detach()
-        if self.eval_inner_steps != self.inner_steps and isinstance(self.log_noise, nn.Parameter):
+        if self.eval_inner_steps != self.inner_steps:
             start = self.particles.detach().expand_as(chaser)
             with torch.no_grad():
-                particles = self.move(start, batch.context_x, batch.context_y, batch.context_mask,
+                particles = self.move(start, xc.detach(), batch.context_y, batch.context_mask,
                                       self.eval_inner_steps, create_graph=False).detach()
-        return chase + self.predictive_noise_loss(particles.transpose(0, 1), batch)
+        return chase + self.predictive_noise_loss(particles.transpose(0, 1), batch, xt)

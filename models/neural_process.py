@@ -34,12 +34,14 @@ from torch.distributions import kl_divergence
 from torch.nn.functional import softplus
 
 from pyro_meta.data.batch import TaskBatch
+from pyro_meta.guides import FlowHead, MixtureHead
 from pyro_meta.model import MetaModel, check_batch, observe, task_plate
 from pyro_meta.nn import masked_mean
 
 __all__ = ["NeuralProcess"]
 
 OBJECTIVES = ("elbo", "np")
+GUIDES = ("normal", "mixture", "flow")
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -86,6 +88,15 @@ class NeuralProcess(MetaModel):
         Nonlinearity of every network. The default SiLU makes ``log p(y | x, z)`` smooth in ``z``:
         on noisy sinusoids NUTS over ``z`` then needed about half the leapfrog steps per draw of
         the same model with ReLU (whose log density has kinks), and the ELBO trained better.
+    guide : "normal" | "mixture" | "flow"
+        The family of the amortized guide ``q(z_t | D_t)``, a head on the mean-pooled embedding of
+        ``D_t`` (:mod:`pyro_meta.guides`): a diagonal Normal (default; its KL is in closed form), a
+        mixture of ``num_components`` diagonal Gaussians (:class:`~pyro_meta.guides.MixtureHead`) or a
+        conditional spline flow of ``flow_layers`` layers (:class:`~pyro_meta.guides.FlowHead`). The
+        last two can represent multimodal posteriors (ambiguous tasks); their KL is a Monte Carlo
+        estimate ``log q(z) - log p(z)`` at the reparameterised draws.
+    num_components, flow_layers : int
+        Options of the mixture and flow guides.
     """
 
     def __init__(
@@ -100,8 +111,13 @@ class NeuralProcess(MetaModel):
         min_std: float = 0.01,
         min_latent_std: float = 1e-3,
         activation: str = "silu",
+        guide: str = "normal",
+        num_components: int = 4,
+        flow_layers: int = 3,
     ) -> None:
         super().__init__()
+        if guide not in GUIDES:
+            raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         for name, value in (("x_dim", x_dim), ("y_dim", y_dim), ("latent_dim", latent_dim), ("num_layers", num_layers)):
@@ -122,7 +138,13 @@ class NeuralProcess(MetaModel):
         H = widths[-1]
         # guide: per-point embedding h([x, y]), masked mean, then (m, s) of q(z | D)
         self.latent_encoder = _mlp([x_dim + y_dim] + widths, activation)
-        self.latent_head = _mlp([H, H, 2 * latent_dim], activation)
+        self.guide_family = guide
+        if guide == "normal":
+            self.latent_head = _mlp([H, H, 2 * latent_dim], activation)
+        elif guide == "mixture":
+            self.latent_head = MixtureHead(H, latent_dim, num_components=num_components, hidden=(H,))
+        else:
+            self.latent_head = FlowHead(H, latent_dim, num_layers=flow_layers, hidden=(H,))
         # model: optional deterministic path r_C and the decoder
         self.det_dim = H if self.deterministic_path else 0
         self.det_encoder = _mlp([x_dim + y_dim] + widths, activation) if self.deterministic_path else None
@@ -130,10 +152,22 @@ class NeuralProcess(MetaModel):
 
     # ------------------------------------------------------------------ networks
     def encode(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> dist.Distribution:
-        """``q(z | D)``: ``Normal(m [T, D], s [T, D]).to_event(1)`` from points ``x [T, N, Dx]``, ``y [T, N, Dy]``, ``mask [T, N]``."""
+        """``q(z | D)``: ``Normal(m [T, D], s [T, D]).to_event(1)`` from points ``x [T, N, Dx]``, ``y [T, N, Dy]``, ``mask [T, N]``.
+
+        The Normal guide only (its closed form); :meth:`posterior` serves every guide family.
+        """
+        if self.guide_family != "normal":
+            raise ValueError(f"encode is the Normal guide's; this model has guide={self.guide_family!r}: use posterior()")
         h = masked_mean(self.latent_encoder(torch.cat([x, y], -1)), mask)
         loc, raw = self.latent_head(h).chunk(2, -1)
         return dist.Normal(loc, self.min_latent_std + softplus(raw)).to_event(1)
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> dist.Distribution:
+        """``q(z_t | D_t)`` with the task-plate shapes: batch ``[T, 1]``, event ``[D]`` (any guide family)."""
+        if self.guide_family == "normal":
+            q = self.encode(x, y, mask)
+            return dist.Normal(q.base_dist.loc[:, None], q.base_dist.scale[:, None]).to_event(1)
+        return self.latent_head(masked_mean(self.latent_encoder(torch.cat([x, y], -1)), mask))
 
     def deterministic(self, batch: TaskBatch) -> Optional[torch.Tensor]:
         """``r_C [T, 1, H]``: masked mean of ``h([x, y])`` over the context set (``None`` without the path)."""
@@ -172,11 +206,11 @@ class NeuralProcess(MetaModel):
             observe(batch, lambda x: self.decode(x, z, r))
 
     def guide(self, batch: TaskBatch) -> None:
-        """``q(z_t | observed_t) = N(m(D_t), diag s(D_t)^2)`` with ``D_t = batch.observed()``."""
+        """``q(z_t | observed_t)`` (Normal: ``N(m(D_t), diag s(D_t)^2)``; or a mixture or a flow), ``D_t = batch.observed()``."""
         self._check(batch)
-        q = self.encode(*batch.observed())
+        q = self.posterior(*batch.observed())
         with task_plate(batch):
-            pyro.sample("z", dist.Normal(q.base_dist.loc[:, None], q.base_dist.scale[:, None]).to_event(1))
+            pyro.sample("z", q)
 
     def loss(self, batch: TaskBatch) -> torch.Tensor:
         """Per-task meta-training loss, one reparameterised ``z_t`` per particle, KL in closed form.
@@ -189,6 +223,8 @@ class NeuralProcess(MetaModel):
         """
         self._check(batch)
         x, y, mask = batch.observed()
+        if self.guide_family != "normal":
+            return self._monte_carlo_loss(batch, x, y, mask)
         q = self.encode(x, y, mask)  # [T] x [D]
         if self.objective == "elbo":
             reference = dist.Normal(torch.zeros_like(q.base_dist.loc), 1.0).to_event(1)
@@ -201,8 +237,22 @@ class NeuralProcess(MetaModel):
             log_lik = log_lik.mean(0)
         return (kl_divergence(q, reference) - log_lik).mean()
 
+    def _monte_carlo_loss(self, batch: TaskBatch, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The same per-task loss for a mixture or flow guide, its KL estimated at the draws: ``log q(z) - log r(z)``."""
+        q = self.posterior(x, y, mask)  # batch [T, 1], event [D]
+        if self.objective == "elbo":
+            reference = dist.Normal(torch.zeros_like(x[:, :1, :1]).expand(-1, 1, self.latent_dim), 1.0).to_event(1)
+        else:
+            reference = self.posterior(batch.context_x, batch.context_y, batch.context_mask)
+        particles = int(self.num_particles)
+        z = q.rsample((particles,))  # [P, T, 1, D]
+        kl = (q.log_prob(z) - reference.log_prob(z))[..., 0]  # [P, T]
+        log_lik = (self.decode(x, z, self.deterministic(batch)).log_prob(y) * mask.to(y.dtype)).sum(-1)  # [P, T]
+        return (kl - log_lik).mean()
+
     def extra_repr(self) -> str:
         return (
             f"latent_dim={self.latent_dim}, deterministic_path={self.deterministic_path}, "
-            f"objective={self.objective!r}, min_std={self.min_std}, activation={self.activation!r}"
+            f"objective={self.objective!r}, min_std={self.min_std}, activation={self.activation!r}, "
+            f"guide={self.guide_family!r}"
         )

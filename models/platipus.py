@@ -6,7 +6,8 @@ Model: the shared hierarchical model with the PLATIPUS prior over the base netwo
 the gold standard, as for the rest of the family).
 
 Inference networks: gradient-shifted Gaussians over the pre-adaptation weights ``theta_t``,
-followed by ``K`` gradient steps on the context (MSE ``L``, step ``alpha``)::
+followed by ``K`` gradient steps on the context (task loss ``L``: the MSE, or the mean cross-entropy
+for class labels; step ``alpha``)::
 
     test time (guide):  theta_t ~ p(theta | ctx)      = N(mu_theta - gamma_p grad L(ctx, mu_theta), sigma_theta^2)
     training (loss):    theta_t ~ q(theta | ctx, tgt) = N(mu_theta - gamma_q grad L(ctx + tgt, mu_theta), v_q^2)
@@ -58,7 +59,8 @@ class PLATIPUS(GradientBasedModel):
     inner_steps, eval_inner_steps : int
         Adaptation steps from ``theta_t`` at training and test time (1 in the paper).
     **kwargs
-        Base network and noise options of :class:`~pyro_meta.models._gradient_based.GradientBasedModel`.
+        Base network, likelihood and noise options of :class:`~pyro_meta.models._gradient_based.GradientBasedModel`
+        (``likelihood``, ``num_classes``, ``net="conv4"``, ``image_shape``, ``adapt``...).
     """
 
     def __init__(
@@ -98,22 +100,22 @@ class PLATIPUS(GradientBasedModel):
 
     def shifted_mean(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, log_gamma: torch.Tensor,
                      create_graph: bool = True) -> torch.Tensor:
-        """``mu_theta - gamma grad_mu L(x, y; mu_theta)`` per task: ``[T, P]``."""
+        """``mu_theta - gamma grad_mu L(x, y; mu_theta)`` per task: ``[T, P]`` (``x``: the network's inputs, :meth:`encode`)."""
         T, P = x.shape[0], self.num_params
-        g = self.task_grad(lambda p: self.mse(x, y, mask, p), self.theta.expand(T, P), create_graph)
+        g = self.task_grad(lambda p: self.task_loss(x, y, mask, p), self.theta.expand(T, P), create_graph)
         return self.theta - log_gamma.exp() * g
 
     def adapt_from(self, theta_t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
                    steps: Optional[int] = None, create_graph: Optional[bool] = None) -> torch.Tensor:
         """``K`` steps ``phi <- phi - alpha grad L(ctx, phi)`` from ``theta_t [..., T, P]``: ``phi [..., T, P]``."""
         steps = self.num_steps if steps is None else steps
-        return inner_loop(lambda p: self.mse(x, y, mask, p), theta_t, steps, self.log_inner_lr.exp(),
+        return inner_loop(lambda p: self.task_loss(x, y, mask, p), theta_t, steps, self.log_inner_lr.exp(),
                           first_order=self.first_order, create_graph=create_graph)
 
     def guide(self, batch: TaskBatch) -> None:
         """``theta_t ~ N(mu_theta - gamma_p grad L(ctx, mu_theta), sigma_theta^2)``; ``phi_t = delta(K steps from theta_t)``."""
         self.check(batch)
-        x, y, m = batch.context_x, batch.context_y, batch.context_mask
+        x, y, m = self.encode(batch.context_x, batch.context_mask), batch.context_y, batch.context_mask
         train = self.training
         mean = self.shifted_mean(x, y, m, self.log_gamma_p, create_graph=train)
         with task_plate(batch):
@@ -122,9 +124,12 @@ class PLATIPUS(GradientBasedModel):
             phi = self.adapt_from(theta_t.squeeze(-2), x, y, m, create_graph=None if train else False)
             pyro.sample("phi", dist.Delta(phi.unsqueeze(-2), event_dim=1))
 
-    def _posterior_prior(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        m_p = self.shifted_mean(batch.context_x, batch.context_y, batch.context_mask, self.log_gamma_p)
-        x, y, mask = batch.observed()
+    def _posterior_prior(self, batch: TaskBatch, xc: Optional[torch.Tensor] = None, xt: Optional[torch.Tensor] = None
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if xc is None or xt is None:
+            xc, xt = self.encode_batch(batch)
+        m_p = self.shifted_mean(xc, batch.context_y, batch.context_mask, self.log_gamma_p)
+        x, y, mask = self.observed_inputs(batch, xc, xt)
         m_q = self.shifted_mean(x, y, mask, self.log_gamma_q)
         return m_q, m_p
 
@@ -133,20 +138,23 @@ class PLATIPUS(GradientBasedModel):
         self.check(batch)
         if batch.target_y is None or batch.num_points("target") == 0:
             raise ValueError("batch: PLATIPUS's meta-objective needs observed target points (target_y)")
-        m_q, m_p = self._posterior_prior(batch)
+        xc, xt = self.encode_batch(batch)
+        m_q, m_p = self._posterior_prior(batch, xc, xt)
         eps = torch.randn((self.num_samples,) + tuple(m_q.shape), dtype=m_q.dtype, device=m_q.device)
         theta_t = m_q + self.log_q_scale.exp() * eps  # [L, T, P]
-        phi = self.adapt_from(theta_t, batch.context_x, batch.context_y, batch.context_mask)
-        sse = self.sse(batch.target_x, batch.target_y, batch.target_mask, phi).mean(0)
-        count = self.count(batch.target_mask, batch.y_dim)
+        phi = self.adapt_from(theta_t, xc, batch.context_y, batch.context_mask)
+        loss = self.task_loss(xt, batch.target_y, batch.target_mask, phi).mean(0)
         kl = kl_diag_normal(m_q, self.log_q_scale, m_p, self.log_sigma)
-        return (sse / count + self.kl_weight * kl).mean() + self.predictive_noise_loss(self._test_time_draws(batch), batch)
+        loss = (loss + self.kl_weight * kl).mean()
+        if not isinstance(self.log_noise, nn.Parameter):
+            return loss
+        return loss + self.predictive_noise_loss(self._test_time_draws(batch, xc.detach()), batch, xt)
 
-    def _test_time_draws(self, batch: TaskBatch, num: int = 4) -> torch.Tensor:
+    def _test_time_draws(self, batch: TaskBatch, xc: torch.Tensor, num: int = 4) -> torch.Tensor:
         """``num`` detached draws ``[num, T, P]`` of the guide's test-time ``phi`` (for the noise fit)."""
         if not isinstance(self.log_noise, nn.Parameter):
             return self.theta.detach().expand(1, batch.num_tasks, -1)
-        x, y, m = batch.context_x, batch.context_y, batch.context_mask
+        x, y, m = xc, batch.context_y, batch.context_mask
         mean = self.shifted_mean(x, y, m, self.log_gamma_p, create_graph=False).detach()
         theta_t = mean + self.sigma.detach() * torch.randn((num,) + tuple(mean.shape), dtype=mean.dtype)
         return self.adapt_from(theta_t, x, y, m, steps=self.eval_inner_steps, create_graph=False).detach()

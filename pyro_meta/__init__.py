@@ -1,6 +1,6 @@
 """pyro_meta: Bayesian meta-learning as plain Pyro models and guides with task-level latents."""
 
-from . import data, metrics, oracles
+from . import data, likelihoods, metrics, oracles
 from .checkpoint import (
     CheckpointError,
     check_writable,
@@ -54,6 +54,7 @@ __all__ = [
     "fit",
     "get_method",
     "infer",
+    "likelihoods",
     "load_checkpoint",
     "local_params",
     "metrics",

@@ -21,9 +21,10 @@ Regression rows (``T`` tasks, ``Nt`` target points, ``lp_tn = log p(y_tn | conte
   (importance ESS).
 
 Classification rows (``context_y``/``target_y`` long class labels) carry ``nll``, ``nll_se``,
-``accuracy``, ``ece`` and ``brier`` instead of the regression metrics; the class probabilities
-are the predictive's ``p(y = c | context)`` for ``c < num_classes`` (``model.num_classes``, or the
-largest label seen plus one).
+``accuracy`` and its standard error over tasks ``accuracy_se`` (the ratio estimator above; a 95% interval
+is ``accuracy +- 1.96 accuracy_se``), ``ece`` (``ece_bins`` equal-width confidence bins) and ``brier`` instead of the regression metrics; the class
+probabilities are the predictive's :attr:`~pyro_meta.PosteriorPredictive.class_probs`
+``p(y = k | context) [T, Nt, K]`` (the mean over posterior draws of each draw's class probabilities).
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ from . import metrics
 from .data.batch import TaskBatch
 from .inference import available_methods, get_method, infer
 from .model import MetaModel
+from .validation import check_int
 
 __all__ = ["EvaluationTable", "evaluate"]
 
 #: column order of the tables (columns a table lacks are left out)
 COLUMNS = (
     "model", "method", "num_context", "num_tasks", "nll", "nll_se", "nll_gap", "nll_gap_se", "mse", "mse_se",
-    "crps", "coverage_50", "coverage_90", "accuracy", "ece", "brier", "seconds", "divergences", "min_ess",
+    "crps", "coverage_50", "coverage_90", "accuracy", "accuracy_se", "ece", "brier", "seconds", "divergences", "min_ess",
     "min_ess_tail", "max_r_hat",
 )
 ORACLE = "oracle"
@@ -182,19 +184,25 @@ def _regression_scores(lp: torch.Tensor, mean: torch.Tensor, draws: torch.Tensor
     }
 
 
-def _classification_scores(log_probs: torch.Tensor, batch: TaskBatch) -> Dict[str, Any]:
+def _classification_scores(log_probs: torch.Tensor, batch: TaskBatch, ece_bins: int = 10) -> Dict[str, Any]:
     """Metrics from ``log_probs [T, Nt, K]`` (``log p(y = c | context)``, padded points arbitrary)."""
     y, m = batch.target_y, batch.target_mask
+    K = log_probs.shape[-1]
+    if bool((y[m] >= K).any()):
+        raise ValueError(f"target labels reach {int(y[m].max())} but the predictive has K = {K} classes")
     probs = torch.softmax(log_probs.double(), -1)  # renormalise over the K classes scored
-    lp = torch.gather(log_probs.double(), -1, y.clamp_min(0)[..., None])[..., 0] * m
+    lp = torch.gather(log_probs.double(), -1, y.clamp(0, K - 1)[..., None])[..., 0] * m
     nll = _ratio_se(-lp.sum(-1), m.sum(-1))
-    ece, _ = metrics.expected_calibration_error(probs, y, m)
+    hits = (probs.argmax(-1) == y) & m
+    acc = _ratio_se(hits.sum(-1).double(), m.sum(-1))
+    ece, _ = metrics.expected_calibration_error(probs, y, m, bins=ece_bins)
     return {"nll": nll["mean"], "nll_se": nll["se"], "accuracy": metrics.accuracy(probs, y, m),
-            "ece": ece, "brier": metrics.brier_score(probs, y, m)}
+            "accuracy_se": acc["se"], "ece": ece, "brier": metrics.brier_score(probs, y, m)}
 
 
-def _class_log_probs(log_prob: Callable[[torch.Tensor], torch.Tensor], batch: TaskBatch, num_classes: int) -> torch.Tensor:
-    """``[T, Nt, K]`` from a pointwise ``log_prob(labels [T, Nt]) -> [T, Nt]``, one class at a time."""
+def _oracle_class_log_probs(log_prob: Callable[[torch.Tensor], torch.Tensor], batch: TaskBatch,
+                            num_classes: int) -> torch.Tensor:
+    """An oracle's ``[T, Nt, K]`` from its pointwise ``log_prob(labels [T, Nt]) -> [T, Nt]``, one class at a time."""
     shape = batch.target_mask.shape
     return torch.stack([log_prob(torch.full(shape, c, dtype=torch.long)) for c in range(num_classes)], -1)
 
@@ -211,30 +219,31 @@ def _per_task_nll(lp: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
 
 
 def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: int, seed: int,
-                  options: Mapping[str, Any]) -> tuple:
+                  options: Mapping[str, Any], ece_bins: int = 10) -> tuple:
     options = dict(options)
     num_samples = options.pop("num_samples", num_samples)
     t0 = time.perf_counter()
     post = infer(model, batch, method=method, num_samples=num_samples, seed=seed, **options)
     pred = post.predict()
     if batch.is_classification:
-        log_probs = _class_log_probs(pred.log_prob, batch, _num_classes(model, batch))
-        lp = torch.gather(log_probs, -1, batch.target_y.clamp_min(0)[..., None])[..., 0]
-        row = _classification_scores(log_probs, batch)
+        log_probs = pred.class_log_probs  # [T, Nt, K]: the public predictive class probabilities
+        lp = torch.gather(log_probs, -1, batch.target_y.clamp(0, log_probs.shape[-1] - 1)[..., None])[..., 0]
+        row = _classification_scores(log_probs, batch, ece_bins)
     else:
         lp = pred.log_prob(batch.target_y)
         row = _regression_scores(lp, pred.mean, pred.flat, batch)
     row["seconds"] = time.perf_counter() - t0
     row.update(post.summary)  # the method's own columns (MCMC divergences / ESS / R-hat, importance ESS...)
-    return row, _per_task_nll(lp, batch)
+    return row, _per_task_nll(lp, batch), post
 
 
-def _score_oracle(oracle: Any, batch: TaskBatch, num_samples: int, seed: int) -> tuple:
+def _score_oracle(oracle: Any, batch: TaskBatch, num_samples: int, seed: int, ece_bins: int = 10) -> tuple:
     t0 = time.perf_counter()
     lp = oracle.log_prob(batch)
     if batch.is_classification:
-        row = _classification_scores(_class_log_probs(
-            lambda y: oracle.log_prob(batch.replace(target_y=y)), batch, _num_classes(oracle, batch)), batch)
+        row = _classification_scores(_oracle_class_log_probs(
+            lambda y: oracle.log_prob(batch.replace(target_y=y)), batch, _num_classes(oracle, batch)), batch,
+            ece_bins)
     else:
         mean, _ = oracle.predict(batch)
         draws = oracle.sample(batch, num_samples, generator=torch.Generator().manual_seed(seed))
@@ -276,9 +285,7 @@ def _check_sizes(num_context: Union[int, Sequence[int]]) -> List[int]:
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return check_int(name, value)
 
 
 def evaluate(
@@ -293,6 +300,8 @@ def evaluate(
     oracle: Any = None,
     num_samples: int = 200,
     progress: bool = False,
+    callback: Optional[Callable[[Dict[str, Any], Any], None]] = None,
+    ece_bins: int = 10,
 ) -> EvaluationTable:
     """Score models x inference methods x context sizes on the same seeded tasks.
 
@@ -329,6 +338,12 @@ def evaluate(
         Posterior draws per chain (and oracle predictive draws).
     progress : bool
         Show a tqdm bar over the runs.
+    callback : callable ``(row, posterior) -> None``, optional
+        Called after every model x method x size run with its finished table row and its
+        :class:`~pyro_meta.Posterior` (e.g. to keep posteriors for plots, or report MCMC mixing
+        per task); the oracle rows have no posterior and are not passed.
+    ece_bins : int
+        Equal-width confidence bins of the expected calibration error (classification rows).
 
     Returns
     -------
@@ -363,6 +378,8 @@ def evaluate(
             raise TypeError(f"oracle must have log_prob(batch), predict(batch) and sample(...): lacks {missing}")
     if not models and oracle is None:
         raise ValueError("nothing to evaluate: pass a model or an oracle")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable (row, posterior) -> None, got {type(callback).__name__}")
     sizes = _check_sizes(num_context)
     fixed = isinstance(tasks, TaskBatch)
     if fixed:
@@ -376,6 +393,7 @@ def evaluate(
         if num_target is not None:
             num_target = _positive_int("num_target", num_target)
     num_samples = _positive_int("num_samples", num_samples)
+    ece_bins = _positive_int("ece_bins", ece_bins)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an int, got {seed!r}")
 
@@ -398,17 +416,20 @@ def evaluate(
             head = {"num_context": nc, "num_tasks": num_tasks}
             ref = None
             if oracle is not None:
-                row, ref = _score_oracle(oracle, batch, num_samples, int(seed))
+                row, ref = _score_oracle(oracle, batch, num_samples, int(seed), ece_bins)
                 rows.append({"model": type(oracle).__name__, "method": ORACLE, **head, **row})
                 if bar is not None:
                     bar.update(1)
             for name, m in models.items():
                 for method in methods:
-                    row, task_nll = _score_method(m, batch, method, num_samples, int(seed), options.get(method, {}))
+                    row, task_nll, post = _score_method(m, batch, method, num_samples, int(seed),
+                                                        options.get(method, {}), ece_bins)
                     if ref is not None:
                         gap = _ratio_se(task_nll - ref, batch.target_mask.sum(-1))
                         row["nll_gap"], row["nll_gap_se"] = gap["mean"], gap["se"]
                     rows.append({"model": name, "method": method, **head, **row})
+                    if callback is not None:
+                        callback(dict(rows[-1]), post)
                     if bar is not None:
                         bar.update(1)
     finally:

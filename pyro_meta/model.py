@@ -43,6 +43,20 @@ __all__ = [
     "task_plate",
 ]
 
+def _register_mixture_support() -> None:
+    """torch has no bijection for ``MixtureSameFamily``'s support (the components' support, wrapped):
+    register it, so that a mixture prior is usable by NUTS/HMC, SVI and AutoGuides (Pyro calls
+    ``biject_to(site.support)``) as any other continuous latent."""
+    from torch.distributions import biject_to, transform_to
+    from torch.distributions.constraints import MixtureSameFamilyConstraint
+
+    for registry in (biject_to, transform_to):
+        if MixtureSameFamilyConstraint not in registry._registry:
+            registry.register(MixtureSameFamilyConstraint)(lambda c, r=registry: r(c.base_constraint))
+
+
+_register_mixture_support()
+
 TASK_PLATE = "tasks"
 TASK_DIM = -2
 POINT_DIM = -1
@@ -134,7 +148,7 @@ def local_params() -> Iterator[None]:
 
     ``PyroModule`` parameters live in their module; under Pyro's global param store two
     instances of one class register the same names (``decoder.weight``) and the second
-    silently reads the first's tensors (DESIGN section 7). Every pyro_meta entry point runs
+    silently reads the first's tensors (docs/design.md, section 5). Every pyro_meta entry point runs
     under this scope, so the store only ever holds the one model's own parameters for the
     duration of a call and is restored afterwards: two instances never share or overwrite
     each other's parameters, whatever the global store holds. (Pyro's

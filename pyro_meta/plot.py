@@ -26,7 +26,7 @@ from .inference.posterior import evenly_spaced
 from .model import MetaModel, check_model
 from .validation import check_int
 
-__all__ = ["plot_posterior_pairs", "plot_predictive", "plot_prior_functions"]
+__all__ = ["plot_posterior_pairs", "plot_predictive", "plot_prior_functions", "plot_sbc"]
 
 Posteriors = Union[Posterior, Sequence[Posterior], Mapping[str, Posterior]]
 
@@ -348,4 +348,40 @@ def plot_posterior_pairs(
     ax.set_ylabel(f"{site}[{dims[1]}]")
     ax.set_title(f"task {task}", fontsize=10)
     ax.legend(fontsize=7, loc="best", markerscale=2)
+    return fig
+
+
+def plot_sbc(result: Any, max_coordinates: int = 8, figsize: Optional[Tuple[float, float]] = None) -> Figure:
+    """Rank histograms of a :class:`pyro_meta.diagnostics.SBCResult`, one panel per latent coordinate.
+
+    Each panel shows the counts per bin, the expected count (uniform ranks) and its central 99%
+    binomial band; the title carries the coordinate's chi-square p-value. A U shape means an
+    overconfident posterior, a hump an underconfident one, a slope a biased one.
+    """
+    from scipy import stats
+
+    max_coordinates = check_int("max_coordinates", max_coordinates)
+    panels = []
+    for site, ranks in result.ranks.items():
+        flat, p = ranks.reshape(ranks.shape[0], -1), result.pvalues[site].reshape(-1)
+        for j in range(flat.shape[1]):
+            panels.append((f"{site}[{j}]" if flat.shape[1] > 1 else site, flat[:, j], float(p[j])))
+    panels = panels[:max_coordinates]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=figsize or (3.0 * cols, 2.4 * rows), squeeze=False)
+    R, B = next(iter(result.ranks.values())).shape[0], result.num_bins
+    per_bin = (result.num_rank_draws + 1) // B
+    lo, hi = stats.binom.ppf([0.005, 0.995], R, 1.0 / B)
+    for ax, (label, r, p) in zip(axes.flat, panels):
+        counts = torch.bincount(r // per_bin, minlength=B).numpy()
+        ax.axhspan(lo, hi, color="0.85", lw=0)
+        ax.bar(range(B), counts, width=0.9, color="C0")
+        ax.axhline(R / B, color="k", lw=0.8)
+        ax.set_title(f"{label}: p = {p:.2g}", fontsize=9)
+        ax.set_xticks([])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"SBC ranks, method={result.method} ({R} replicates, {result.num_rank_draws} draws)", fontsize=10)
+    fig.tight_layout()
     return fig

@@ -17,6 +17,8 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 
+from .validation import check_int
+
 __all__ = ["median_bandwidth", "rbf_kernel", "svgd", "svgd_direction", "svgd_step"]
 
 Bandwidth = Union[str, float, torch.Tensor]
@@ -139,8 +141,7 @@ def svgd(
     create_graph: Optional[bool] = None,
 ) -> torch.Tensor:
     """``num_steps`` updates of :func:`svgd_step`; returns the particles ``[..., M, P]``."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative int, got {num_steps!r}")
+    check_int("num_steps", num_steps, minimum=0)
     for _ in range(num_steps):
         particles = svgd_step(particles, log_prob, step_size, bandwidth, create_graph)
     return particles

@@ -32,6 +32,18 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     assert re.search(r"\| NeuralProcess training step / plain PyTorch step \| <= 1.25 \| [0-9.]+ \|", text)
     assert "evaluate` identical twice" in text and "NO" not in text.split("## Accuracy")[0]
     assert re.search(r"^\| NeuralProcess \| amortized \| 5 \| -?[0-9]+\.[0-9]{3} \|", text, flags=re.M)
+    # the Neural Process family (benchmarks/np_gp.py): its fragment, figure, tables and checks
+    assert (tmp_path / "np_family.md").exists() and (tmp_path / "figures" / "np_family_bands.png").stat().st_size > 1000
+    for heading in ("## The Neural Process family on GP curves", "### A. DeepMind protocol", "### B. BNP/TNP protocol",
+                    "### C. The latent path", "figures/np_family_bands.png"):
+        assert heading in text, heading
+    for name in ("NeuralProcess", "ConditionalNP", "AttentiveNP", "AttentiveNP (conditional)", "TransformerNP",
+                 "GPOracle"):
+        assert re.search(rf"^\| {re.escape(name)} \| 10 \| -?[0-9.]+ \|", text, flags=re.M), name  # part A
+        assert re.search(rf"^\| {re.escape(name)} \| -?[0-9.]+ ± [0-9.]+ \| -?[0-9.]+ ± ", text, flags=re.M), name
+    for method in ("amortized", "importance", "nuts", "prior"):  # part C
+        assert re.search(rf"^\| AttentiveNP \| {method} \| -?[0-9.]+ \|", text, flags=re.M), method
+    assert "closes >= half the NeuralProcess's gap" in text and "KL(q(z | C) || p(z))" in text
 
 
 @pytest.mark.slow
@@ -64,3 +76,57 @@ def test_conv4_speed_script_smoke(monkeypatch, capsys):
     for arm in ("grouped conv (FunctionalConv4)", "torch.func.vmap", "per-task loop"):
         assert len(re.findall(rf"^\| {re.escape(arm)} \| 2 \| .* \| [0-9.]+ \|$", out, flags=re.M)) == 2, arm
         assert re.search(rf"^\| {re.escape(arm)} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", out, flags=re.M), arm
+
+
+@pytest.mark.slow
+def test_fewshot_omniglot_script_smoke(tmp_path, monkeypatch):
+    """``benchmarks/fewshot_omniglot.py --smoke``: every arm and baseline in every setting, NUTS diagnostics, checks."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("fewshot_omniglot", None)
+    import fewshot_omniglot
+
+    figure, markdown = tmp_path / "rel.png", tmp_path / "fewshot.md"
+    out = fewshot_omniglot.main(["--smoke", "--figure", str(figure), "--markdown", str(markdown)])
+    rows, text = out["rows"], markdown.read_text()
+    for way, shots, _ in fewshot_omniglot.SETTINGS:
+        setting = f"{way}-way {shots}-shot"
+        assert f"### {setting}" in text
+        models = {r["model"] for r in rows if r["setting"] == setting}
+        expected = {a.name for a in fewshot_omniglot.ARMS if (way, shots, _) in a.settings()}
+        assert expected | {"pixel nearest neighbour", "MLP from scratch on the support set"} == models, setting
+        assert any(r["method"] == "nuts" for r in rows if r["setting"] == setting)
+    assert len(out["checks"]) >= 3 and "Acceptance checks" in text
+    assert re.search(r"R-hat per task \[[0-9., na]+\]", text)
+    assert figure.stat().st_size > 1000
+
+
+def test_np_gp_scoring_matches_evaluate(monkeypatch):
+    """``benchmarks/np_gp.py`` scores per task in chunks; pooled, its rows equal ``evaluate``'s on the same tasks."""
+    import torch
+
+    import pyro_meta
+    from pyro_meta.data import GPCurves
+    from pyro_meta.models import ConditionalNP
+    from pyro_meta.oracles import GPOracle
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("np_gp", None)
+    import np_gp
+
+    torch.manual_seed(0)
+    model = ConditionalNP(hidden=8)
+    table = pyro_meta.evaluate({"m": model}, GPCurves("rbf"), num_tasks=7, num_context=4, num_target=6, seed=0,
+                               oracle=GPOracle(), num_samples=30)
+    batch = GPCurves("rbf").sample(7, 4, 6, generator=torch.Generator().manual_seed(0))  # evaluate's tasks
+    ref = np_gp.score_oracle(batch)
+    rows = [np_gp.make_row("GPOracle", "oracle", ref),
+            np_gp.make_row("m", "amortized", np_gp.score_model(model, batch, num_samples=30, chunk=3), ref)]
+    # the log densities are exact (a conditional model's draws share one predictive); the model's MSE uses the mean
+    # of its draws, which differ between chunked and whole-batch runs, so only the oracle's MSE is compared
+    keys = {"GPOracle": ("nll", "nll_se", "mse"), "m": ("nll", "nll_se", "nll_gap", "nll_gap_se")}
+    for ours, theirs in zip(rows, table.rows):
+        for key in keys[ours["model"]]:
+            assert abs(ours[key] - theirs[key]) < 1e-5, (ours["model"], key, ours[key], theirs[key])
+    assert abs(rows[0]["coverage_90"] - table.rows[0]["coverage_90"]) < 0.1  # exact interval vs 30 draws
+    diff = np_gp.paired_difference(ref, ref)
+    assert diff["mean"] == 0.0 and diff["se"] == 0.0

@@ -293,3 +293,61 @@ def test_evaluate_accepts_a_fixed_task_batch_and_re_splits_it(linear):
     assert a.rows[1]["nll"] < a.rows[0]["nll"]
     with pytest.raises(ValueError, match="fewer than|too few|points"):
         evaluate(model, data, num_context=11)
+
+
+def test_callback_gets_each_runs_row_and_posterior(linear):
+    """``callback(row, posterior)``: once per model x method x size, with the table's row and that run's posterior."""
+    tasks, model = linear
+    seen = []
+    table = evaluate(model, tasks, methods=["amortized", "importance"], num_tasks=3, num_context=[2, 4], num_target=5,
+                     seed=1, method_options=FAST, oracle=ExactLinearOracle(model), num_samples=50,
+                     callback=lambda row, post: seen.append((row, post)))
+    model_rows = [r for r in table.rows if r["method"] != "oracle"]
+    assert [row for row, _ in seen] == model_rows and len(seen) == 4
+    for row, post in seen:
+        assert post.method == row["method"] and post.batch.num_tasks == 3
+        assert int(post.batch.context_mask.sum(-1).max()) == row["num_context"]
+        # the row's MSE is that posterior's predictive mean against the targets (recomputed here)
+        mean = post.predict().mean
+        assert_close(metrics.mse(mean, post.batch.target_y, post.batch.target_mask), row["mse"], rtol=0.2)
+    with pytest.raises(TypeError, match="callback must be a callable"):
+        evaluate(model, tasks, num_tasks=2, callback=3)
+
+
+def test_a_user_registered_method_runs_through_infer_evaluate_and_to_arviz(linear, monkeypatch):
+    """The plug-in API: a method registered by name is an ordinary ``method=`` for infer, evaluate and the export."""
+    import pyro_meta.inference.method as method_module
+    from pyro_meta.inference import InferenceMethod, InferenceResult, Option, available_methods, register_method
+
+    monkeypatch.setattr(method_module, "_REGISTRY", dict(method_module._REGISTRY))  # undone after the test
+
+    class ExactDraws(InferenceMethod):
+        """Draws from ``BayesianLinear.exact_posterior``: ``w_t ~ N(m_t, S_t)``."""
+
+        name = "exact_draws"
+        options = {"shrink": Option(1.0)}
+
+        def run(self, problem, num_samples, shrink):
+            mean, cov = problem.model.exact_posterior(problem.batch)  # [T, K], [T, K, K]
+            eps = torch.randn(num_samples, *mean.shape)
+            return InferenceResult(samples={"w": (mean + shrink * (torch.linalg.cholesky(cov) @ eps[..., None])[..., 0])[None]})
+
+    register_method(ExactDraws)
+    assert "exact_draws" in available_methods()
+    tasks, model = linear
+    batch = tasks.sample(5, 3, 20, generator=torch.Generator().manual_seed(4))
+    post = pyro_meta.infer(model, batch, method="exact_draws", num_samples=400, seed=0)
+    mean, _ = model.exact_posterior(batch)
+    assert post.samples["w"].shape == (1, 400, 5, mean.shape[-1])
+    assert_close(post.samples["w"].mean((0, 1)), mean, atol=0.15, what="posterior mean of the registered method")
+    idata = post.to_arviz()
+    assert idata.posterior["w"].dims[:3] == ("chain", "draw", "task") and "log_likelihood" in idata.groups()
+    table = evaluate(model, tasks, methods=["exact_draws"], num_tasks=6, num_context=3, num_target=20,
+                     num_samples=300, oracle=ExactLinearOracle(model), seed=2)
+    exact = table.rows[-1]
+    assert exact["method"] == "exact_draws"
+    assert abs(exact["nll_gap"]) < 3 * exact["nll_gap_se"] + 0.02, exact  # exact draws: the closed form's NLL
+    overconfident = evaluate(model, tasks, methods=["exact_draws"], num_tasks=6, num_context=3, num_target=20,
+                             num_samples=300, oracle=ExactLinearOracle(model), seed=2,
+                             method_options={"exact_draws": {"shrink": 0.0}})
+    assert overconfident.rows[-1]["nll"] > exact["nll"]  # the option reaches the method

@@ -230,7 +230,10 @@ def test_dtype_mismatch_is_named_up_front_and_float64_models_keep_their_dtype():
     assert pred.mean.dtype == torch.float64 and pred.std.dtype == torch.float64
 
 
-def test_progress_bars_for_svi_and_nuts(capsys):
+def test_progress_bars_for_svi_and_nuts(capsys, monkeypatch):
+    # Pyro's MCMC hides its bar whenever a CI variable is set (pyro/infer/mcmc/logger.py)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     m, b = TinyNP(), batch()
     pyro_meta.infer(m, b, method="svi", num_samples=4, num_steps=3, progress=True)
     assert "svi" in capsys.readouterr().err

@@ -55,3 +55,16 @@ def test_package_data_ships_the_omniglot_file_and_its_license():
     assert sorted(listed) == ["assets/omniglot/LICENSE", "assets/omniglot/omniglot_small.npz"]
     for rel in listed:
         assert (root / "pyro_meta" / "data" / rel).is_file(), rel
+
+
+def test_package_data_ships_the_presets():
+    """The app layer is a package and its presets are package data (``pyro-meta train --preset NAME``)."""
+    import configparser
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    assert "pyro_meta.apps" in cfg["options"]["packages"].split()
+    assert cfg["options.package_data"]["pyro_meta.apps"].split() == ["presets/*.toml"]
+    presets = sorted(p.stem for p in (root / "pyro_meta" / "apps" / "presets").glob("*.toml"))
+    assert {"maml_sinusoid", "np_gp_curves", "omniglot"} <= set(presets)

@@ -3,7 +3,7 @@
 from .batch import TaskBatch
 from .episodes import Episodes
 from .features import FourierFeatures, PolynomialFeatures
-from .gp import GPCurves
+from .gp import BNPGPCurves, GPCurves
 from .images import IMAGE_EXTENSIONS, read_image_folder, read_images, read_omniglot
 from .labelled import LabelledImages
 from .line_or_sine import LineOrSine
@@ -11,6 +11,7 @@ from .omniglot import OMNIGLOT_CITATION, OMNIGLOT_SPLITS, OmniglotEpisodes, load
 from .tasks import LinearTasks, Sinusoid, TaskDistribution
 
 __all__ = [
+    "BNPGPCurves",
     "Episodes",
     "FourierFeatures",
     "GPCurves",

@@ -41,8 +41,8 @@ class Episodes:
 
     Parameters
     ----------
-    x : float Tensor ``[M, *item_shape]``
-        Images ``[M, H, W]`` (e.g. :class:`LabelledImages` ``.images``) or feature vectors ``[M, D]``.
+    x : float Tensor
+        Examples ``[M, *item_shape]``: images ``[M, H, W]`` (e.g. :class:`LabelledImages` ``.images``) or feature vectors ``[M, D]``.
     labels : integer Tensor ``[M]``
         Class of each example (any non-negative ids; the classes are the distinct values).
     way : int
@@ -57,6 +57,8 @@ class Episodes:
     class_names : sequence of str, optional
         Name of each label value (indexed by label), for plots.
 
+    Notes
+    -----
     ``sample(T, num_context, num_target, generator=)`` returns a :class:`TaskBatch` with
 
     * ``context_x [T, N*K, D]``, ``target_x [T, N*Q, D]``: examples flattened (``D = prod(item_shape)``),

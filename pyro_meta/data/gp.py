@@ -13,9 +13,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .tasks import SizeSpec, TaskDistribution, _uniform
+from .tasks import SizeSpec, TaskDistribution, _uniform, sample_sizes
 
-__all__ = ["GPCurves", "KERNELS", "kernel_matrix"]
+__all__ = ["BNPGPCurves", "GPCurves", "KERNELS", "kernel_matrix"]
 
 KERNELS = ("rbf", "matern52", "periodic")
 
@@ -101,6 +101,8 @@ class GPCurves(TaskDistribution):
     jitter : float
         Added to the covariance diagonal before the Cholesky factorisation (in float64), default 1e-8.
 
+    Notes
+    -----
     ``batch.info`` holds ``lengthscale``, ``signal_scale``, ``period`` (0 for non-periodic kernels),
     ``noise_std`` (each ``[T]``) and ``kernel`` (the kernel name, a str).
     Targets include the context (``targets_include_context = True``) and the default set sizes of
@@ -196,3 +198,86 @@ def _positive_range(name: str, value) -> Tuple[float, float]:
     if not 0 < lo <= hi:
         raise ValueError(f"{name} must satisfy 0 < low <= high, got {value!r}")
     return lo, hi
+
+
+class BNPGPCurves(GPCurves):
+    """GP curves on the protocol of the BNP and TNP papers (Lee et al. 2020; Nguyen & Grover 2022).
+
+    Their public GP sampler: ``x ~ U[-2, 2]``, signal scale ``s ~ U[0.1, 1]``, length scale
+    ``l ~ U[0.1, 0.6]`` for every kernel, period ``p ~ U[0.1, 0.5]`` for the periodic kernel
+    (``k = s^2 exp(-2 sin^2(pi r / p) / l^2)``: 8 to 40 periods on ``[-2, 2]``), observation noise sd 0.02;
+    at most ``max_num_points = 50`` points per task, ``Nc ~ U{3, ..., 46}`` context points and
+    ``Nt ~ U{3, ..., 49 - Nc}`` target points, the targets *disjoint* from the context (their
+    ``randint(3, 47)`` and ``randint(3, 50 - Nc)``). As in the papers the sizes are drawn once per call
+    (one batch: no padding, the cheaper training step); ``shared_sizes=False`` draws them per task (ragged
+    sets, padded and masked; the same distribution per task).
+
+    ``sample(num_tasks, num_context=None, num_target=None, generator=)``: ``None`` sizes follow the
+    protocol (``Nt`` given ``Nc``); an int or an inclusive ``(min, max)`` range overrides them as in
+    :meth:`GPCurves.sample` (with ``num_target=None`` then ``Nt ~ U{3, ..., max_num_points - 1 - Nc}``,
+    at least 1). ``fit`` and ``evaluate`` pass ``None`` by default (``default_num_context`` and
+    ``default_num_target`` are None).
+
+    Parameters
+    ----------
+    kernel : {"rbf", "matern52", "periodic"}
+    max_num_points : int
+        Largest ``Nc + Nt`` (50 in the papers).
+    min_context, min_target : int
+        Smallest set sizes (3 in the papers).
+    shared_sizes : bool
+        Draw ``Nc`` and ``Nt`` once per :meth:`sample` call (the papers) or per task.
+    **kwargs
+        Overrides of :class:`GPCurves`'s ranges (``lengthscale_range``, ``period_range``, ...).
+    """
+
+    targets_include_context = False
+    default_num_context = None
+    default_num_target = None
+
+    def __init__(self, kernel: str = "rbf", max_num_points: int = 50, min_context: int = 3, min_target: int = 3,
+                 shared_sizes: bool = True, **kwargs) -> None:
+        kwargs.setdefault("lengthscale_range", (0.1, 0.6))
+        kwargs.setdefault("period_range", (0.1, 0.5))
+        super().__init__(kernel, **kwargs)
+        for name, value in (("max_num_points", max_num_points), ("min_context", min_context),
+                            ("min_target", min_target)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if min_context + min_target + 1 > max_num_points:
+            raise ValueError(f"max_num_points ({max_num_points}) must exceed min_context + min_target "
+                             f"({min_context} + {min_target})")
+        self.max_num_points, self.min_context, self.min_target = max_num_points, min_context, min_target
+        self.shared_sizes = bool(shared_sizes)
+
+    def sample(self, num_tasks: int = 16, num_context: Optional[SizeSpec] = None,
+               num_target: Optional[SizeSpec] = None, generator: Optional[torch.Generator] = None):
+        """Draw ``num_tasks`` curves; sizes per task from the protocol unless given (see the class docstring).
+
+        Returns a ``TaskBatch`` with ``context_x [T, Nc, 1]`` and disjoint ``target_x [T, Nt, 1]``;
+        ``batch.info`` as :class:`GPCurves` (plus ``num_context``/``num_target`` per task).
+        """
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
+        top = self.max_num_points - self.min_target - 1  # randint(3, max - 3): high exclusive
+        draws = 1 if self.shared_sizes else num_tasks
+        if num_context is None:
+            nc = torch.randint(self.min_context, top + 1, (draws,), generator=generator)
+        else:
+            nc = sample_sizes(num_context, draws, "num_context", generator)
+            if int(nc.min()) < 1:
+                raise ValueError(f"num_context must be >= 1 for every task, got {num_context!r}")
+        if num_target is None:
+            high = (self.max_num_points - 1 - nc).clamp_min(1)  # inclusive upper end per task
+            low = torch.minimum(torch.full_like(nc, self.min_target), high)
+            u = torch.rand(draws, generator=generator)
+            nt = low + (u * (high - low + 1)).long().clamp_max(high - low)
+        else:
+            nt = sample_sizes(num_target, draws, "num_target", generator)
+        nc, nt = nc.expand(num_tasks), nt.expand(num_tasks)
+        batch = self.sample_sized(nc, nt, generator)
+        batch.info["kernel"] = self.kernel
+        return batch
+
+    def __repr__(self) -> str:
+        return f"BNPGPCurves(kernel={self.kernel!r}, max_num_points={self.max_num_points}, shared_sizes={self.shared_sizes})"

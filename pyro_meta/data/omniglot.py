@@ -137,6 +137,8 @@ class OmniglotEpisodes(Episodes):
         Rotations by 90, 180 and 270 degrees as new classes (the MAML protocol's augmentation:
         4 x the characters). Default: on for ``"train"``, off for ``"val"`` and ``"test"``.
 
+    Notes
+    -----
     ``sample`` and the batch layout are those of :class:`pyro_meta.data.Episodes`.
     """
 

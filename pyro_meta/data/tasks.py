@@ -92,6 +92,16 @@ class TaskDistribution:
         nt = sample_sizes(num_target, num_tasks, "num_target", generator)
         if int(nc.min()) < 1:
             raise ValueError(f"num_context must be >= 1 for every task, got {num_context!r}")
+        return self.sample_sized(nc, nt, generator)
+
+    def sample_sized(self, nc: torch.Tensor, nt: torch.Tensor,
+                     generator: Optional[torch.Generator] = None) -> TaskBatch:
+        """Draw ``T`` tasks with the given per-task context and target sizes ``nc [T]``, ``nt [T]`` (long).
+
+        The part of :meth:`sample` after the set sizes are drawn (task parameters, inputs, outputs, in
+        that order of random draws); subclasses with their own size protocol call it.
+        """
+        num_tasks = int(nc.shape[0])
         Nc, Nt = int(nc.max()), int(nt.max())
         params = self.sample_params(num_tasks, generator)
         x = self.sample_x(num_tasks, Nc + Nt, generator)

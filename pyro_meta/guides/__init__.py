@@ -4,9 +4,13 @@ Gaussian (:class:`NormalHead`, :class:`LowRankNormalHead`, :class:`FullNormalHea
 non-Gaussian (:class:`MixtureHead`, exact pathwise gradients; :class:`FlowHead`, a conditional
 spline or affine autoregressive flow) heads, used inside a guide as
 ``with pyro_meta.task_plate(batch): pyro.sample("z", head(h))``. :class:`BimodalTarget` is a
-conditional two-mode density to check that a head represents ambiguity.
+conditional two-mode density to check that a head represents ambiguity. :class:`AmortizedGuide`
+composes a set encoder (:class:`SetEncoder`, mean or attention pooling over a task's observed points)
+and a head into a Pyro guide for one task latent site.
 """
 
+from ..nn.set_encoder import SetEncoder
+from .amortized import AmortizedGuide, points
 from .flow import FlowHead
 from .gaussian import FullNormalHead, LowRankNormalHead, NormalHead
 from .head import Head
@@ -14,6 +18,7 @@ from .mixture import DiagNormalMixture, MixtureHead
 from .targets import BimodalTarget
 
 __all__ = [
+    "AmortizedGuide",
     "BimodalTarget",
     "DiagNormalMixture",
     "FlowHead",
@@ -22,4 +27,6 @@ __all__ = [
     "LowRankNormalHead",
     "MixtureHead",
     "NormalHead",
+    "SetEncoder",
+    "points",
 ]

@@ -33,6 +33,7 @@ from torch import nn
 from torch.distributions.transforms import AffineTransform
 from torch.nn.functional import softplus
 
+from ..validation import check_int
 from .head import ACTIVATIONS, Head, inverse_softplus
 
 __all__ = ["FlowHead"]
@@ -77,8 +78,7 @@ class FlowHead(Head):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         self.direction = direction
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 0:
-            raise ValueError(f"num_layers must be a non-negative int, got {num_layers!r}")
+        check_int("num_layers", num_layers, minimum=0)
         if isinstance(count_bins, bool) or not isinstance(count_bins, int) or count_bins < 2:
             raise ValueError(f"count_bins must be an int >= 2, got {count_bins!r}")
         if not bound > 0:

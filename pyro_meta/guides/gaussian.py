@@ -12,6 +12,7 @@ import pyro.distributions as dist
 import torch
 from torch.nn.functional import softplus
 
+from ..validation import check_int
 from .head import Head, inverse_softplus
 
 __all__ = ["FullNormalHead", "LowRankNormalHead", "NormalHead"]
@@ -61,8 +62,7 @@ class LowRankNormalHead(Head):
         init_scale: float = 1e-2, min_scale: float = 1e-3, factor_init: float = 0.1,
     ) -> None:
         super().__init__(embed_dim, latent_dim, hidden, activation, init_scale)
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be a positive int, got {rank!r}")
+        check_int("rank", rank)
         self.rank, self.min_scale = rank, _check_min_scale(min_scale)
         D = self.latent_dim
         diag = 1.0 - self.min_scale**2 - rank * factor_init**2  # E[F F^T]_ii = r factor_init^2

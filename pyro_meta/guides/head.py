@@ -21,6 +21,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..validation import check_int
+
 __all__ = ["Head", "inverse_softplus", "mlp"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -46,9 +48,7 @@ def mlp(sizes: Sequence[int], activation: str = "silu") -> nn.Sequential:
 
 
 def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return check_int(name, value)
 
 
 class Head(nn.Module):
@@ -68,6 +68,8 @@ class Head(nn.Module):
         Standard deviation of the last layer's initial weights (small: the head starts near a
         fixed distribution close to ``N(0, I)``, whatever ``h``).
 
+    Notes
+    -----
     Subclasses set ``num_params`` (outputs of the network) before calling :meth:`_build`, and
     implement :meth:`distribution` from the raw outputs ``[T, 1, num_params]``.
     """

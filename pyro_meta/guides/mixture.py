@@ -28,6 +28,7 @@ import torch
 from torch.distributions import constraints
 from torch.nn.functional import softplus
 
+from ..validation import check_int
 from .head import Head, inverse_softplus
 
 __all__ = ["DiagNormalMixture", "MixtureHead"]
@@ -161,8 +162,7 @@ class MixtureHead(Head):
         activation: str = "silu", init_scale: float = 1e-2, min_scale: float = 1e-3, init_spread: float = 0.3,
     ) -> None:
         super().__init__(embed_dim, latent_dim, hidden, activation, init_scale)
-        if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
-            raise ValueError(f"num_components must be a positive int, got {num_components!r}")
+        check_int("num_components", num_components)
         if not 0 <= min_scale < 1:
             raise ValueError(f"min_scale must be in [0, 1), got {min_scale}")
         if not 0 <= init_spread < 1:

@@ -87,12 +87,14 @@ def trace_draws(
         ``N``.
     model : MetaModel
         Gives ``vectorized`` and ``max_plate_nesting``.
-    data : dict ``site -> [N, *natural]``, optional
-        Values to condition on, one per draw (``poutine.condition``); ``sites`` says which are
-        global (their draws-plate shape differs from their natural shape).
+    data : dict, optional
+        Values ``{site: [N, *natural]}`` to condition on, one per draw (``poutine.condition``); ``sites``
+        says which are global (their draws-plate shape differs from their natural shape).
     log_prob : bool
         Compute every sample site's ``log_prob`` (masked and scaled, ``[N, ...]``).
 
+    Notes
+    -----
     Vectorized models run once under ``pyro.plate("_draws", N, dim=-(max_plate_nesting + 1)``
     (a shape error there raises ``ValueError`` suggesting ``vectorized = False``); other models
     run ``N`` times, draw ``n`` conditioned on ``data[site][n]``, and the returned trace carries

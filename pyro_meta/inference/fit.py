@@ -6,7 +6,7 @@ import dataclasses
 import os
 import time
 import warnings
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import pyro
 import torch
@@ -17,7 +17,9 @@ from ..checkpoint import check_writable, load_checkpoint, save_checkpoint
 from ..data.batch import TaskBatch
 from ..data.tasks import SizeSpec
 from ..model import TASK_PLATE, MetaModel, _jsonable, autoguides, check_model, local_params
+from ..validation import check_int
 from .common import check_compatible
+from .objectives import GuideObjective
 
 __all__ = ["FitResult", "fit"]
 
@@ -49,6 +51,8 @@ class FitResult:
     seconds: float
     interrupted: bool = False
     optimizer: Optional[torch.optim.Optimizer] = dataclasses.field(default=None, repr=False)
+    #: the guide objective per step when ``fit(guide_objective=...)`` is not the ELBO
+    guide_losses: List[float] = dataclasses.field(default_factory=list, repr=False)
 
     def __repr__(self) -> str:
         first = f"{self.losses[0]:.4g}" if self.losses else "n/a"
@@ -188,6 +192,9 @@ def fit(
     resume: bool = False,
     callback: Optional[Callable[[int, float, MetaModel], Optional[bool]]] = None,
     device: Optional[Union[str, torch.device]] = None,
+    guide_objective: str = "elbo",
+    guide_particles: int = 8,
+    checkpoint_meta: Optional[Dict[str, Any]] = None,
 ) -> FitResult:
     """Meta-train ``model``: minimise ``model.loss(batch)`` over a fresh batch of tasks per step.
 
@@ -226,6 +233,17 @@ def fit(
         Called after each step; returning True stops training.
     device : torch device, optional
         Move each batch there (the model must already be there).
+    guide_objective : "elbo" | "iwae" | "rws" | "sleep"
+        How the guide's parameters are trained. ``"elbo"`` (default): by ``model.loss`` like every
+        parameter. Otherwise the model's parameters keep ``model.loss`` and the guide's get their own
+        objective (:mod:`pyro_meta.inference.objectives`): the importance-weighted bound (``"iwae"``),
+        reweighted wake-sleep's wake phase (``"rws"``) or the simulation-based forward KL (``"sleep"``),
+        which do not collapse modes the way the ELBO's reverse KL does.
+    guide_particles : int
+        Particles per task of the guide objective (``K``).
+    checkpoint_meta : dict, optional
+        More JSON-able metadata for the checkpoint header, next to the ``model_args`` and
+        ``config`` that ``fit`` records (e.g. the command line's whole configuration file).
     """
     check_model(model)
     if not isinstance(num_steps, int) or num_steps < 0:
@@ -244,6 +262,9 @@ def fit(
     if checkpoint is not None:
         check_writable(checkpoint)  # before any training, not after the last step
 
+    guide_obj = None
+    if guide_objective != "elbo":
+        guide_obj = GuideObjective(guide_objective, check_int("guide_particles", guide_particles))
     first = source.next()
     if device is not None:
         first = first.to(device)
@@ -261,6 +282,7 @@ def fit(
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=lr_decay ** (1.0 / max(num_steps, 1)))
 
     losses: List[float] = []
+    guide_losses: List[float] = []
     start_step = 0
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint, model, opt)
@@ -278,6 +300,13 @@ def fit(
         "lr_decay": lr_decay, "optimizer": optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "?"),
     }
     meta = {"model_args": model.init_args, "config": _jsonable(config)}
+    if checkpoint_meta is not None:
+        if not isinstance(checkpoint_meta, dict):
+            raise TypeError(f"checkpoint_meta must be a dict, got {type(checkpoint_meta).__name__}")
+        clash = sorted(set(checkpoint_meta) & set(meta))
+        if clash:
+            raise ValueError(f"checkpoint_meta may not use the keys fit records itself: {clash}")
+        meta.update(checkpoint_meta)
 
     def write(step: int) -> None:
         if checkpoint is not None:
@@ -312,7 +341,11 @@ def fit(
                     raise FloatingPointError(
                         f"fit: non-finite loss {loss.item()} at step {step}; lower lr or check the model/data"
                     )
-                loss.backward()
+                if guide_obj is None:
+                    loss.backward()
+                else:
+                    guide_obj.backward(model, batch, loss)
+                    guide_losses.append(guide_obj.last)
                 if step == start_step:
                     _check_no_bare_params(model)
                 _add_new_params(opt, model, known)
@@ -340,4 +373,5 @@ def fit(
             bar.close()
         model.eval()
     write(step)
-    return FitResult(losses=losses, num_steps=step, seconds=time.perf_counter() - t0, interrupted=interrupted, optimizer=opt)
+    return FitResult(losses=losses, num_steps=step, seconds=time.perf_counter() - t0, interrupted=interrupted, optimizer=opt,
+                     guide_losses=guide_losses)

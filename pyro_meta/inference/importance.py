@@ -1,8 +1,12 @@
 """``method="importance"``: self-normalised importance sampling per task.
 
-Proposal: a Gaussian moment-matched to the amortized guide's draws (unconstrained space),
-its scale widened; weights ``w_n,t = p(context_t, z_n,t) / q(z_n,t)`` normalised per task; then
-``S`` draws resampled per task. Pyro's ``Importance`` class weighs whole traces (one weight
+Proposal (``proposal="auto"``): a defensive mixture (Hesterberg 1995) of the amortized guide itself,
+weight ``1 - defensive``, and a Gaussian moment-matched to its draws in unconstrained space, its scale
+widened, weight ``defensive``: the guide's shape (a mixture or a flow guide's several modes) is kept
+and the widened Gaussian bounds the weights where the guide is too narrow. Guides without a density
+of their own (a point mass, AutoGuides' auxiliary sites) use the widened Gaussian alone
+(``proposal="gaussian"``). Weights ``w_n,t = p(context_t, z_n,t) / q(z_n,t)`` are normalised per
+task; then ``S`` draws are resampled per task. Pyro's ``Importance`` class weighs whole traces (one weight
 per draw over all tasks), which degenerates with many tasks; per-task weights need the
 per-task log joint, so the weighting is written here on top of Pyro traces.
 """
@@ -16,13 +20,17 @@ from typing import Optional
 
 import torch
 
-from ..validation import check_int, check_number, optional
+from ..validation import check_int, check_number, check_one_of, optional
 from .common import Problem
 from .draws import draw_sites, per_task_log_density, to_posterior, trace_draws
+from .guide_density import guide_has_density, guide_log_density, guide_samples
 from .method import InferenceMethod, InferenceResult, Option, register_method
 from .svi import _bar, fit_task_gaussian
 
 __all__ = ["Importance"]
+
+#: proposals: the guide in a defensive mixture with a widened Gaussian, or the widened Gaussian alone
+PROPOSALS = ("auto", "guide", "gaussian")
 
 
 class Importance(InferenceMethod):
@@ -45,21 +53,24 @@ class Importance(InferenceMethod):
         "num_init_draws": Option(256, partial(check_int, minimum=2)),
         "batch_size": Option(500, check_int),
         "min_ess": Option(None, optional(check_number, minimum=0.0)),
+        "proposal": Option("auto", partial(check_one_of, choices=PROPOSALS)),
+        "defensive": Option(0.2, partial(check_number, minimum=0.0, maximum=1.0)),
     }
 
     def run(self, problem: Problem, num_samples: int, num_proposals: int, widen: float, num_init_draws: int,
-            batch_size: int, min_ess: Optional[float]) -> InferenceResult:
+            batch_size: int, min_ess: Optional[float], proposal: str, defensive: float) -> InferenceResult:
         model = problem.model
         T = problem.num_tasks
         q = fit_task_gaussian(problem, num_init_draws).to(problem.cond.device)
+        if proposal == "auto":
+            proposal = "guide" if guide_has_density(problem) else "gaussian"
         proposals, logw = {k: [] for k in problem.sites}, []
         bar = _bar(problem.progress, num_proposals, "importance")
         with torch.no_grad():
             done = 0
             while done < num_proposals:
                 n = min(batch_size, num_proposals - done)
-                z = draw_sites(partial(q.guide, widen=widen), problem.cond, n, problem.sites, model)
-                logq = q.log_prob(z, widen)
+                z, logq = self._propose(problem, q, n, widen, proposal, defensive)
                 trace = trace_draws(problem.fn, problem.cond, n, model, data=z, sites=problem.sites, log_prob=True)
                 logw.append(per_task_log_density(trace, T) - logq)
                 for k in problem.sites:
@@ -93,10 +104,33 @@ class Importance(InferenceMethod):
         return InferenceResult(
             samples=to_posterior(values, problem.sites, 1),
             per_task={"ess": ess, "log_evidence": log_evidence},
-            diagnostics={"num_proposals": num_proposals, "widen": widen},
+            diagnostics={"num_proposals": num_proposals, "widen": widen, "proposal": proposal},
             summary={"min_ess": float(ess.min())},
             bad_tasks=bad,
         )
+
+
+    @staticmethod
+    def _propose(problem: Problem, q, n: int, widen: float, proposal: str, defensive: float):
+        """``n`` proposals ``{site: [n, T, 1, *event]}`` and their log density under the proposal ``[n, T]``.
+
+        The defensive mixture is sampled stratified: ``round(defensive * n)`` draws from the widened
+        Gaussian, the rest from the guide; every draw is weighted by the mixture's density (the guide
+        scores its own draws from their trace, and the Gaussian's draws by a conditioned trace).
+        """
+        gauss = partial(q.guide, widen=widen)
+        n_wide = n if proposal == "gaussian" or defensive == 1 else int(round(defensive * n))
+        if n_wide == n:
+            z = draw_sites(gauss, problem.cond, n, problem.sites, problem.model)
+            return z, q.log_prob(z, widen)
+        z, log_guide = guide_samples(problem, n - n_wide)
+        if n_wide:
+            zw = draw_sites(gauss, problem.cond, n_wide, problem.sites, problem.model)
+            log_guide = torch.cat([log_guide, guide_log_density(problem, zw)], 0)
+            z = {k: torch.cat([z[k], zw[k]], 0) for k in z}
+        if defensive == 0:
+            return z, log_guide
+        return z, torch.logaddexp(math.log1p(-defensive) + log_guide, math.log(defensive) + q.log_prob(z, widen))
 
 
 register_method(Importance())

@@ -60,9 +60,13 @@ def infer(
         are ``[C, S, *shape]``.
     progress : bool, optional
         Progress bars (SVI steps, importance proposals, NUTS/HMC warmup and sampling per chain).
-        Default: on when standard error is a terminal, off otherwise (logs, CI).
+        Default: on when standard error is a terminal, off otherwise (logs, CI). Pyro's MCMC
+        hides its NUTS/HMC bars whenever the environment variable ``CI`` is set, even with ``True``.
 
-    Returns a :class:`Posterior` whose ``samples`` are ``{site: [C, S, T, *event]}``.
+    Returns
+    -------
+    Posterior
+        Its ``samples`` are ``{site: [C, S, T, *event]}``.
     """
     impl = get_method(method)
     num_samples = check_int("num_samples", num_samples)

@@ -2,7 +2,7 @@
 
 All tasks of a chunk run as one joint chain over the product posterior
 ``prod_t p(z_t | context_t)`` (one NUTS over the tasks plate is far cheaper per draw than a
-loop of per-task runs, DESIGN section 7); ``chunk_size`` splits the tasks so that the
+loop of per-task runs, docs/design.md); ``chunk_size`` splits the tasks so that the
 shared step size is set by fewer tasks. Chains run one after the other, each started from
 the amortized guide by default (``init="guide"``): chain 0 at the guide's mean, the others
 at independent guide draws (dispersed starts for r_hat). With ``globals="sample"`` the global

@@ -34,16 +34,17 @@ from pyro.poutine.util import site_is_subsample
 
 from ..data.batch import TaskBatch
 from ..model import TASK_PLATE, MetaModel, check_batch, check_model, local_params, task_latent_sites
+from ..validation import check_int
 from .draws import DRAW_PLATE, per_task_log_density
 
-__all__ = ["guide_parameters", "iwae_loss", "model_parameters", "rws_wake_loss", "sleep_loss"]
+__all__ = ["GUIDE_OBJECTIVES", "GuideObjective", "guide_parameters", "iwae_loss", "model_parameters",
+           "rws_wake_loss", "sleep_loss"]
 
 
 def _check(model: object, batch: object, num_particles: object) -> int:
     check_model(model)
     check_batch(batch)
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+    check_int("num_particles", num_particles)
     return num_particles
 
 
@@ -299,3 +300,51 @@ def model_parameters(model: MetaModel, batch: TaskBatch) -> List[torch.nn.Parame
         guide_trace = poutine.trace(model.guide).get_trace(batch)
     values = {n: s["value"].detach() for n, s in _latent_sites(guide_trace).items()}
     return _used(poutine.condition(model.model, data=values), batch, model)
+
+
+#: the guide objectives ``fit(guide_objective=...)`` offers (``"elbo"``: the model's own loss trains the guide too)
+GUIDE_OBJECTIVES = {"iwae": iwae_loss, "rws": rws_wake_loss, "sleep": sleep_loss}
+
+
+class GuideObjective:
+    """Gradients for :func:`pyro_meta.fit` when the guide has an objective of its own.
+
+    The model's parameters keep ``model.loss``; the guide's parameters (:func:`guide_parameters`)
+    get the gradient of the guide objective instead (IWAE, reweighted wake-sleep's wake phase, or
+    the sleep phase), with ``num_particles`` particles per task. A parameter used by both the model
+    and the guide gets the sum of both gradients. The parameter split is found on the first batch.
+    """
+
+    def __init__(self, name: str, num_particles: int = 8) -> None:
+        if name not in GUIDE_OBJECTIVES:
+            raise ValueError(f"guide_objective must be one of {('elbo',) + tuple(GUIDE_OBJECTIVES)}, got {name!r}")
+        self.name, self.fn = name, GUIDE_OBJECTIVES[name]
+        self.num_particles = num_particles
+        self._split: Optional[Tuple[List[torch.nn.Parameter], List[torch.nn.Parameter]]] = None
+        self.last: float = float("nan")
+
+    def _parameters(self, model: MetaModel, batch: TaskBatch) -> Tuple[List[torch.nn.Parameter], List[torch.nn.Parameter]]:
+        if self._split is None:
+            guide = [p for p in guide_parameters(model, batch) if p.requires_grad]
+            if not guide:
+                raise ValueError(f"guide_objective={self.name!r}: {type(model).__name__}.guide uses no trainable parameter")
+            used_by_model = {id(p) for p in model_parameters(model, batch)}
+            guide_only = {id(p) for p in guide} - used_by_model
+            model_side = [p for p in model.parameters() if p.requires_grad and id(p) not in guide_only]
+            self._split = (model_side, guide)
+        return self._split
+
+    def backward(self, model: MetaModel, batch: TaskBatch, loss: torch.Tensor) -> None:
+        """Set ``.grad`` of every trainable parameter: ``model.loss`` for the model's, the objective for the guide's."""
+        model_side, guide = self._parameters(model, batch)
+        grads_model = torch.autograd.grad(loss, model_side, allow_unused=True) if model_side else ()
+        objective = self.fn(model, batch, self.num_particles)
+        if not torch.isfinite(objective):
+            raise FloatingPointError(f"fit: the guide objective {self.name!r} is not finite ({float(objective)})")
+        grads_guide = torch.autograd.grad(objective, guide, allow_unused=True)
+        self.last = float(objective.detach())
+        for params, grads in ((model_side, grads_model), (guide, grads_guide)):
+            for p, g in zip(params, grads):
+                if g is None:
+                    continue
+                p.grad = g.detach() if p.grad is None else p.grad + g.detach()

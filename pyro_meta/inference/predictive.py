@@ -10,6 +10,7 @@ import torch
 from pyro import poutine
 
 from ..data.batch import TaskBatch
+from ..likelihoods import label_log_probs
 from ..model import MetaModel, SiteInfo
 from .draws import trace_draws
 
@@ -52,6 +53,9 @@ class PosteriorPredictive:
     ----------
     samples : Tensor ``[C, S, T, Nt, Dy]`` (class labels: ``[C, S, T, Nt]``)
     batch : TaskBatch the predictive is for (its ``target_x``/``target_mask``)
+
+    For class labels, :attr:`class_probs` (and :attr:`class_log_probs`) give the predictive class
+    probabilities ``[T, Nt, K]`` from the distributions of the draws, not from the sampled labels.
     """
 
     samples: torch.Tensor
@@ -81,8 +85,53 @@ class PosteriorPredictive:
         """Predictive standard deviation ``[T, Nt, Dy]`` (Monte Carlo), in the draws' dtype."""
         return self._float_draws().std(0)
 
+    @property
+    def is_classification(self) -> bool:
+        """True when ``y_target`` holds class labels (the batch has long labels, or the draws are integers)."""
+        return self.batch.is_classification or not self.samples.is_floating_point()
+
+    @property
+    def class_log_probs(self) -> torch.Tensor:
+        """Log predictive class probabilities ``log p(y = k | context) [T, Nt, K]`` (class labels only).
+
+        ``log (1/N) sum_n p(y = k | z_n)`` over the ``N = C*S`` posterior draws, where ``p(y | z_n)`` is
+        the distribution of the ``y_target`` site in draw ``n`` (``Categorical``: its probabilities;
+        ``Bernoulli``: ``K = 2``, ``[1 - p, p]``; see :func:`pyro_meta.likelihoods.label_log_probs`), computed
+        with ``logsumexp`` so that confident mistakes keep a finite log-probability. Padded target points
+        (``batch.target_mask`` False) hold the uniform ``-log K``: they are not predictions.
+        """
+        if self._fn is None:
+            raise ValueError("class_log_probs: this predictive carries no distribution of y_target")
+        if not self.is_classification:
+            raise ValueError("class_log_probs: y_target is real-valued (regression); class probabilities need "
+                             "class labels")
+        T, Nt = self.batch.target_mask.shape
+        with torch.no_grad():
+            lp = label_log_probs(self._fn)  # [..., T, Nt, K]
+        lp = lp.reshape((-1, T, Nt, lp.shape[-1]))
+        out = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+        K = out.shape[-1]
+        return out.masked_fill(~self.batch.target_mask[..., None], -math.log(K))
+
+    @property
+    def class_probs(self) -> torch.Tensor:
+        """Posterior predictive class probabilities ``p(y = k | context) [T, Nt, K]`` (class labels only).
+
+        The mean over the draws of each draw's class probabilities, ``(1/N) sum_n p(y = k | z_n)``
+        (``exp`` of :attr:`class_log_probs`), not a histogram of the sampled labels; each row sums to 1.
+        Padded target points (``batch.target_mask`` False) hold the uniform ``1/K``.
+        """
+        return self.class_log_probs.exp()
+
     def interval(self, prob: float = 0.9) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Central ``prob`` interval ``(lower, upper)``, each ``[T, Nt, Dy]``, from quantiles of the draws."""
+        """Central ``prob`` interval ``(lower, upper)``, each ``[T, Nt, Dy]``, from quantiles of the draws.
+
+        Regression only: class labels have no order to take quantiles of (``ValueError``; use
+        :attr:`class_probs`).
+        """
+        if self.is_classification:
+            raise ValueError("interval: y_target holds class labels, which have no predictive interval; use "
+                             "class_probs [T, Nt, K] (the predictive class probabilities) instead")
         if not 0 < prob < 1:
             raise ValueError(f"prob must be in (0, 1), got {prob}")
         q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype)

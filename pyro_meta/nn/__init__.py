@@ -9,7 +9,9 @@ broadcast; padded sets carry a bool mask ``[T, N]`` (True = real point).
   (differentiable gradient steps on such weights).
 * Set layers, ordinary ``nn.Module`` objects with masks: :class:`MultiHeadAttention`,
   :class:`AttentionBlock` (self-attention over a set, cross-attention from targets to a context),
-  :class:`SetEncoder` (a set to one embedding per task), :func:`masked_mean`.
+  :class:`SetEncoder` (a set to one embedding per task), :func:`masked_mean`, and
+  :class:`ContextTargetTransformer` (transformer layers where every token attends to the context only:
+  the encoder of a Transformer Neural Process).
 """
 
 from .adaptation import inner_loop
@@ -18,9 +20,11 @@ from .conv import FunctionalConv4
 from .masking import masked_mean
 from .mlp import FunctionalMLP
 from .set_encoder import SetEncoder
+from .transformer import ContextTargetTransformer
 
 __all__ = [
     "AttentionBlock",
+    "ContextTargetTransformer",
     "FunctionalConv4",
     "FunctionalMLP",
     "MultiHeadAttention",

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pyro_meta.data import GPCurves, TaskBatch
+from pyro_meta.data import BNPGPCurves, GPCurves, TaskBatch
 from pyro_meta.data.gp import kernel_matrix
 
 
@@ -134,3 +134,58 @@ def test_kernel_matrix_bad_shapes_raise():
         kernel_matrix("rbf", x, torch.zeros(2, 3, 2), torch.ones(2), torch.ones(2))
     with pytest.raises(ValueError, match="period"):
         kernel_matrix("periodic", x, x, torch.ones(2), torch.ones(2))
+
+
+# ----------------------------------------------------------------------------- the BNP / TNP protocol
+def test_bnp_protocol_sizes_follow_the_papers_sampler(generator):
+    """Nc ~ U{3..46} and, given Nc, Nt ~ U{3..49 - Nc} (their randint(3, 47), randint(3, 50 - Nc))."""
+    class SizesOnly(BNPGPCurves):  # the size protocol without the (slow, here irrelevant) GP draws
+        def sample_y(self, x, params, generator):
+            return torch.zeros(x.shape[:-1] + (1,))
+
+    batch = SizesOnly("rbf", shared_sizes=False).sample(20000, generator=generator)
+    nc, nt = batch.context_mask.sum(1), batch.target_mask.sum(1)
+    assert int(nc.min()) == 3 and int(nc.max()) == 46
+    assert bool((nt >= 3).all()) and bool((nc + nt <= 49).all())
+    counts = torch.bincount(nc, minlength=47)[3:].double()  # 44 values, 20000 draws: about 455 each
+    assert float(((counts - counts.mean()) ** 2 / counts.mean()).sum()) < 100  # chi^2(43): 99.9% quantile 77
+    for k in (3, 20, 40):  # Nt given Nc is uniform on 3..49-k: its mean is (52 - k) / 2
+        sel = nt[nc == k].double()
+        assert abs(float(sel.mean()) - (52 - k) / 2) < 5 * float(sel.std().clamp_min(0.3)) / len(sel) ** 0.5
+        assert int(sel.max()) == 49 - k and int(sel.min()) == 3
+    assert batch.target_x.shape[1] == int(nt.max()) and batch.info["kernel"] == "rbf"
+
+
+def test_bnp_protocol_hyperparameters_and_disjoint_targets(generator):
+    tasks = BNPGPCurves("periodic")
+    assert (tasks.lengthscale_range, tasks.period_range, tasks.signal_scale_range) == ((0.1, 0.6), (0.1, 0.5),
+                                                                                       (0.1, 1.0))
+    assert tasks.noise_std == 0.02 and tasks.x_range == (-2.0, 2.0) and not tasks.targets_include_context
+    batch = tasks.sample(500, generator=generator)
+    assert bool(batch.context_mask.all())
+    for key, (lo, hi) in (("period", (0.1, 0.5)), ("lengthscale", (0.1, 0.6)), ("signal_scale", (0.1, 1.0))):
+        v = batch.info[key]
+        assert float(v.min()) >= lo and float(v.max()) <= hi and float(v.max() - v.min()) > 0.8 * (hi - lo), key
+    # targets are fresh points, not copies of the context
+    same = (batch.target_x[:, :, None, 0] == batch.context_x[:, None, :, 0]).any(-1) & batch.target_mask
+    assert not bool(same.any())
+    assert BNPGPCurves("matern52").lengthscale_range == (0.1, 0.6)
+
+
+def test_bnp_protocol_given_sizes_and_seeds():
+    tasks = BNPGPCurves("rbf")
+    a = tasks.sample(5, num_context=10, generator=torch.Generator().manual_seed(3))
+    b = tasks.sample(5, num_context=10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.target_y, b.target_y)
+    assert bool((a.context_mask.sum(1) == 10).all()) and bool((a.target_mask.sum(1) <= 39).all())
+    c = tasks.sample(4, num_context=(3, 5), num_target=7, generator=torch.Generator().manual_seed(0))
+    assert bool((c.target_mask.sum(1) == 7).all())
+    # the papers' batches: one (Nc, Nt) per call, no padding
+    for seed in range(5):
+        d = tasks.sample(16, generator=torch.Generator().manual_seed(seed))
+        assert bool(d.context_mask.all()) and bool(d.target_mask.all())
+        assert 3 <= d.context_x.shape[1] <= 46 and 3 <= d.target_x.shape[1] <= 49 - d.context_x.shape[1]
+    with pytest.raises(ValueError, match="max_num_points"):
+        BNPGPCurves(max_num_points=6)
+    with pytest.raises(ValueError, match="num_tasks"):
+        tasks.sample(0)

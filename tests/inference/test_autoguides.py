@@ -202,7 +202,7 @@ def test_autoguidelist_combines_an_amortized_task_guide_and_an_autonormal():
     tasks = NormalTasks()
     pyro_meta.fit(model, tasks, num_steps=800, tasks_per_batch=64, num_context=5, num_target=5, lr=0.02,
                   progress=False)
-    assert abs(float(model.guide[0].locs.mu.detach()) - 1.5) < 0.2
+    assert abs(float(dict(model.named_children())["guide"][0].locs.mu.detach()) - 1.5) < 0.2
     batch = tasks.sample(3, generator=torch.Generator().manual_seed(2))
     for method in ("amortized", "importance"):
         post = pyro_meta.infer(model, batch, method=method, num_samples=20, seed=0,

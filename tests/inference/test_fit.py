@@ -147,3 +147,62 @@ def test_custom_loss_is_used():
 
 def test_dist_import_is_pyro():  # keeps the Pyro distributions namespace honest for users
     assert dist.Normal is pyro.distributions.Normal
+
+
+def test_guide_objective_trains_the_guide_by_its_own_objective():
+    """``guide_objective="sleep"``: the conjugate guide learns the exact posterior; the prior keeps the ELBO."""
+    model = BayesianLinear()
+    result = pyro_meta.fit(model, LinearTasks(), num_steps=300, tasks_per_batch=32, lr=0.05, progress=False,
+                           guide_objective="sleep", guide_particles=4)
+    assert len(result.guide_losses) == 300  # (its value moves with the model: not monotone)
+    batch = LinearTasks().sample(8, 5, 5, generator=torch.Generator().manual_seed(3))
+    mean, cov = model.exact_posterior(batch)
+    q = pyro_meta.infer(model, batch, num_samples=4000, seed=0)
+    sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
+    assert float(((q.mean() - mean).abs() / sd).mean()) < 0.2
+    # the model's prior moved by its own loss (the ELBO): mu is no longer at its initial zeros
+    assert float(model.mu.detach().abs().max()) > 0.1
+    with pytest.raises(ValueError, match="guide_objective must be one of"):
+        pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=1, progress=False, guide_objective="kl")
+
+
+def test_guide_objective_gradients_split_between_model_and_guide():
+    """The guide's parameters get the objective's gradient only; the model's keep model.loss's."""
+    from pyro_meta.inference.objectives import GuideObjective, sleep_loss
+
+    model = BayesianLinear()
+    batch = LinearTasks().sample(6, 4, 4, generator=torch.Generator().manual_seed(0))
+    objective = GuideObjective("sleep", 4)
+    with pyro_meta.local_params():
+        objective._parameters(model, batch)  # finding the split runs the model and guide once (RNG)
+        pyro.set_rng_seed(1)
+        loss = model.loss(batch)
+        objective.backward(model, batch, loss)
+        got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        pyro.set_rng_seed(1)
+        loss = model.loss(batch)
+        elbo = dict(zip([n for n, _ in model.named_parameters()],
+                        torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)))
+        sleep = dict(zip([n for n, _ in model.named_parameters()],
+                         torch.autograd.grad(sleep_loss(model, batch, 4), list(model.parameters()), allow_unused=True)))
+    for name in ("mu", "log_s"):  # the prior: the ELBO's gradient
+        torch.testing.assert_close(got[name], elbo[name])
+    for name in ("q_mu", "q_log_s", "q_log_noise"):  # the guide: the sleep phase's, not the ELBO's
+        torch.testing.assert_close(got[name], sleep[name])
+        assert not torch.allclose(got[name], elbo[name])
+
+
+def test_checkpoint_meta_is_recorded_beside_model_args_and_config(tmp_path):
+    path = tmp_path / "c.ckpt"
+    model = BayesianLinear(degree=2)
+    pyro_meta.fit(model, LinearTasks(), num_steps=2, progress=False, checkpoint=path,
+                  checkpoint_meta={"app": {"config": {"model": {"name": "BayesianLinear"}}, "labels": False}})
+    meta = pyro_meta.read_checkpoint_meta(path)["meta"]
+    assert meta["app"] == {"config": {"model": {"name": "BayesianLinear"}}, "labels": False}
+    assert meta["model_args"]["degree"] == 2 and meta["config"]["num_steps"] == 2
+    with pytest.raises(ValueError, match="keys fit records itself: \\['config'\\]"):
+        pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=1, progress=False, checkpoint=path,
+                      checkpoint_meta={"config": {}})
+    with pytest.raises(TypeError, match="checkpoint_meta must be a dict"):
+        pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=1, progress=False, checkpoint_meta=[1])
