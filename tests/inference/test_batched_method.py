@@ -1,16 +1,19 @@
-"""``method="batched_hmc"``: options, the result's keys (as ``nuts``), the ArviZ export, and agreement with NUTS.
+"""``method="batched_hmc"``: options, the result's keys (as ``nuts``), the ArviZ export, agreement with NUTS, multimodality reported.
 
 Exactness against the conjugate closed form is in ``test_exactness.py`` (the same bounds as NUTS).
 """
 
+import re
 import warnings
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
 import pyro_meta
 from pyro_meta.arviz import rhat_ess
-from pyro_meta.data import LinearTasks, Sinusoid
+from pyro_meta.data import LinearTasks, LineOrSine, Sinusoid
 from pyro_meta.models import BayesianLinear, NeuralProcess
 
 
@@ -137,3 +140,44 @@ def test_matches_nuts_on_a_trained_neural_process():
 
     assert excess("batched_hmc", "nuts") < 1.0
     assert excess("prior", "nuts") > 1.0  # the check can fail
+
+
+class GatedLineOrSine(pyro_meta.MetaModel):
+    """A line or a sine per task: ``gate ~ N(-2, .4^2)/2 + N(2, .4^2)/2``, ``g = sigmoid(3 gate)``,
+    ``theta = (slope, amplitude) ~ N(0, 2^2 I)``, ``y ~ N(g slope x + (1 - g) amplitude sin x, 0.1^2)``.
+
+    With one context point both a line and a sine fit it, so each task's posterior has a line mode and
+    a sine mode, separated by the gate prior's trough (density e^-12 of the peaks): no HMC crosses it.
+    """
+
+    def model(self, batch):
+        x0 = batch.context_x
+        with pyro_meta.task_plate(batch):
+            mix = dist.MixtureSameFamily(dist.Categorical(x0.new_tensor([0.5, 0.5])),
+                                         dist.Normal(x0.new_tensor([-2.0, 2.0]), 0.4))
+            gate = pyro.sample("gate", mix.expand(mix.batch_shape))
+            theta = pyro.sample("theta", dist.Normal(x0.new_zeros(2), 2.0).to_event(1))
+
+            def likelihood(x):
+                g = torch.sigmoid(3 * gate)[..., None]
+                return dist.Normal(g * theta[..., :1] * x + (1 - g) * theta[..., 1:] * torch.sin(x), 0.1).to_event(1)
+
+            pyro_meta.observe(batch, likelihood)
+
+    def guide(self, batch):
+        pass
+
+
+@pytest.mark.slow
+def test_multimodal_line_or_sine_posterior_is_reported():
+    """Chains started at prior draws land in different modes and stay: R-hat says so and the warning names the tasks."""
+    batch = LineOrSine(noise_std=0.1).sample(4, 1, 0, generator=torch.Generator().manual_seed(0)).context_only()
+    with pytest.warns(UserWarning, match=r"BATCHED_HMC: tasks \[.*\] mixed badly") as record:
+        post = pyro_meta.infer(GatedLineOrSine(), batch, method="batched_hmc", init="prior", num_chains=4,
+                               num_samples=60, num_warmup=60, max_leapfrog=32, seed=0)
+    flagged = [int(t) for t in re.search(r"tasks \[([0-9, ]*)\]", str(record[-1].message)).group(1).split(",")]
+    line_share = (torch.sigmoid(3 * post.samples["gate"]) > 0.5).double().mean(1)  # [C, T]: draws in the line mode
+    split = ((line_share.amax(0) > 0.9) & (line_share.amin(0) < 0.1)).nonzero().flatten().tolist()
+    assert split, "no task had chains in both modes (seed chosen so that some do)"
+    assert set(split) <= set(flagged)
+    assert bool((post.diagnostics["r_hat"][split] > 1.2).all())
