@@ -139,7 +139,10 @@ def compile_value_and_grad(
         The compiled function is checked against the eager one here (they must be finite there).
     owner, kind, key : the cache key (see the module docstring).
 
-    Raises :class:`CompileError` when tracing or compiling fails or the check does not pass.
+    Raises
+    ------
+    CompileError
+        When tracing or compiling fails or the check does not pass.
     """
     inputs = [x.detach() for x in inputs]
     k = _key(kind, owner, key, inputs, num_wrt)
