@@ -149,7 +149,7 @@ class BatchedHMCMethod(InferenceMethod):
 
 
 def _compiled(potential: TaskPotential, u0: torch.Tensor):
-    """``(value_and_grad, info)``: the compiled per-task potential and gradient, or ``None`` and a warning on failure."""
+    """``(value_and_grad, info)``: the compiled per-task potential and gradient, or ``None`` (and a warning)."""
     names, rest = list(potential.inputs), list(potential.inputs.values())
 
     def energy(u: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:

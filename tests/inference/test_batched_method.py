@@ -1,4 +1,4 @@
-"""``method="batched_hmc"``: options, the result's keys (as ``nuts``), the ArviZ export, agreement with NUTS, multimodality reported.
+"""``method="batched_hmc"``: options, result keys (as ``nuts``), ArviZ export, agreement with NUTS, multimodality.
 
 Exactness against the conjugate closed form is in ``test_exactness.py`` (the same bounds as NUTS).
 """
