@@ -21,8 +21,9 @@ docs: $(STAMP)
 	# the API reference from the docstrings: offline (no intersphinx), warnings are errors
 	$(BIN)/python -m sphinx -b html -W -q docs/api build/docs
 
+# one pytest worker per CPU (pytest-xdist; an idle worker takes queued tests from a busy one), one torch thread each
 test: $(STAMP) lint docs
-	$(BIN)/python -m pytest -q -ra --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra --durations=15 -n auto --dist worksteal
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -398,7 +398,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             out.append(f"{res['arm']}, {setting}: R-hat per task [{r_hat}]\n\nbulk ESS per task [{ess}]\n\n"
                        f"tail ESS per task [{tail}]\n")
     checks = acceptance(rows)
-    out.append("### Acceptance checks (5-way 1-shot, this run)\n")
+    out.append("### Checks against stated targets (5-way 1-shot, this run)\n")
     out.extend(f"* {c}" for c in checks)
     total = time.perf_counter() - t_start
     out.append(f"\nTotal {total / 60:.1f} min; load average at the end {load_average()}.")

@@ -13,7 +13,7 @@ B. *The same trained model*: the Normal-guide model's decoder frozen, a fresh gu
    with each guide as proposal; SBC uniformity p-values of each guide (amortized), of NUTS, and of a
    deliberately overconfident guide (the Normal guide's spread x 0.5).
 
-Prints markdown tables and the acceptance checks; writes ``--json`` and ``--figure`` (one ambiguous
+Prints markdown tables and the checks against stated targets; writes ``--json`` and ``--figure`` (one ambiguous
 task's posterior over z per guide next to NUTS's draws). ``--smoke``: tiny, under two minutes.
 """
 
@@ -241,7 +241,7 @@ def save_figure(out, path: str) -> None:
 
 # ------------------------------------------------------------------------------------ report
 def checks(out) -> Dict[str, object]:
-    """The issue's acceptance lines, measured."""
+    """The stated targets (gaps, ESS ratio, SBC), measured."""
     res = {}
     rows = out["rows"]
 

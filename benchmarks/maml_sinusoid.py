@@ -1,4 +1,4 @@
-"""The MAML family on the sinusoid protocol, noisy sinusoids and line-or-sine (issue 4, acceptance (a)).
+"""The MAML family on the sinusoid protocol, noisy sinusoids and line-or-sine.
 
 Three parts, one run, one torch thread:
 

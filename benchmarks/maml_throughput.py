@@ -1,6 +1,6 @@
 """MAML meta-training throughput: pyro_meta's MAML vs a per-task Python loop and a bare torch.func.vmap MAML.
 
-Setting (issue 4): sinusoid tasks, 25 tasks per meta-batch, 10 context + 10 target points, a 1-40-40-1
+Setting: sinusoid tasks, 25 tasks per meta-batch, 10 context + 10 target points, a 1-40-40-1
 ReLU net, 1 inner step (alpha = 0.01), second order, Adam(1e-3), one torch thread. Each
 meta-iteration = loss + backward + optimizer step on a pre-sampled batch (data sampling is
 excluded for all three, so only the meta-learner is timed). All three are measured in the same

@@ -560,7 +560,7 @@ def render(results, models, protocols, args, steps, out: Path, run: Dict[str, An
                      "points the GP oracle is not an upper bound: it scores the observed value as a fresh noisy "
                      "draw (sd >= 0.02), while a model that attends to the context can return it with its minimum "
                      "scale (0.01); the fresh targets are the sound comparison with the oracle.\n\n" + md
-                     + "\n**Acceptance**: the best new model's paired target log-likelihood against the NeuralProcess "
+                     + "\n**Target**: the best new model's paired target log-likelihood against the NeuralProcess "
                      "trained here with the same budget; gap closed = (NP gap - its gap) / NP gap; pass = at least "
                      "half closed and the difference > 2 SE.\n\n" + acc_md
                      + "\nModel rows beating the oracle by > 2 SE (`EvaluationTable.beating_oracle`): "

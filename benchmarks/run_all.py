@@ -10,7 +10,7 @@
    when present), joint vs per-task NUTS (``nuts_joint_vs_per_task.py``) and the peak memory of
    each NUTS arm (``ru_maxrss`` growth of a fresh process above its level after setup), and the MCMC
    samplers' speed (``mcmc_speed.py``: NUTS eager/JIT/inductor, batched per-task HMC, NumPyro);
-4. the markdown: machine, versions, seeds, every table, the acceptance checks.
+4. the markdown: machine, versions, seeds, every table, the checks against stated targets.
 
     python benchmarks/run_all.py [--out docs] [--jobs 2] [--smoke]
 
@@ -157,7 +157,7 @@ TASKS_NOTE = "16 tasks per step, Adam, seed 0"
 
 
 def _np_vs_gp(table) -> Optional[Dict[str, Any]]:
-    """Issue 3: NeuralProcess target log-likelihood next to the exact GP oracle's on the same RBF tasks."""
+    """NeuralProcess target log-likelihood next to the exact GP oracle's on the same RBF tasks."""
     rows = []
     for r in table.select(model="NeuralProcess").rows:
         o = table.select(method="oracle", num_context=r["num_context"]).rows
@@ -175,7 +175,7 @@ def _np_vs_gp(table) -> Optional[Dict[str, Any]]:
 
 def np_family_section(work: Path, out: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, Any]]:
     """Run ``benchmarks/np_gp.py`` (it writes ``<out>/np_family.md`` and its figure); its text with headings one level
-    down, and its acceptance checks."""
+    down, and its checks against stated targets."""
     log = work / "np_gp.log"
     rc, secs, rss = run([python, str(HERE / "np_gp.py"), "--out", str(out), *(["--smoke"] if smoke else [])], log)
     if rc != 0:
@@ -372,7 +372,7 @@ def render(info, started, total, acc_seconds, speed_seconds, args, status, acc_m
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
     gp_md = ""
     if gp is not None:
-        gp_md = ("\n### NeuralProcess vs the exact GP oracle (RBF curves, issue 3)\n\n"
+        gp_md = ("\n### NeuralProcess vs the exact GP oracle (RBF curves)\n\n"
                  "Mean target log-likelihood per point on the same tasks (higher is better); the gap is the paired "
                  "NLL difference with its standard error over tasks.\n\n"
                  + markdown_table(["context", "method", "NP log-lik", "GP oracle log-lik", "gap", "gap SE",
@@ -397,7 +397,9 @@ Total wall time {total / 60:.1f} min: accuracy {acc_seconds / 60:.1f} min ({args
 {speed_seconds / 60:.1f} min (one process at a time). Timings measured while other work
 shares the cores are pessimistic; the ratios are measured within one run and are what counts.
 
-## Acceptance checks
+## Checks against stated targets
+
+Each row: what is measured, the target it is held to, the value measured in this run, and whether it meets it.
 
 {markdown_table(["check", "target", "measured", "verdict"], rows)}
 ## Accuracy and calibration

@@ -26,7 +26,7 @@ Their task losses follow the likelihood: the mean squared error for "normal", th
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -361,6 +361,25 @@ class GradientBasedModel(MetaModel):
         """
         noise = self.noise_std if noise is None else noise
         return 0.5 * sse / noise**2 + count * (torch.log(noise) + 0.5 * math.log(2 * math.pi))
+
+    def training_inputs(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Check a meta-training batch (it needs observed targets) and encode it: ``(x_ctx, x_tgt)``."""
+        self.check(batch)
+        if batch.target_y is None or batch.num_points("target") == 0:
+            raise ValueError(f"batch: {type(self).__name__}'s meta-objective needs observed target points (target_y)")
+        return self.encode_batch(batch)
+
+    def with_noise_fit(self, loss: torch.Tensor, batch: TaskBatch, xt: torch.Tensor,
+                       train_draws: Callable[[], torch.Tensor], test_draws: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``loss`` plus :meth:`predictive_noise_loss` when the noise is learned (else ``loss`` itself).
+
+        The noise is fitted under the test-time guide: ``train_draws()`` ``[S, T, P]`` when
+        ``eval_inner_steps == inner_steps``, else ``test_draws()`` (both detached).
+        """
+        if not isinstance(self.log_noise, nn.Parameter):
+            return loss
+        draws = train_draws() if self.eval_inner_steps == self.inner_steps else test_draws()
+        return loss + self.predictive_noise_loss(draws, batch, xt)
 
     def predictive_noise_loss(self, weights: torch.Tensor, batch: TaskBatch,
                               x: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -33,13 +33,12 @@ from typing import Optional, Sequence, Tuple
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
 from pyro_meta.data.batch import TaskBatch
 from pyro_meta.model import task_plate
 from pyro_meta.nn import inner_loop
 
-from ._gradient_based import GradientBasedModel, positive_param
+from ._gradient_based import GradientBasedModel
 
 __all__ = ["ABML"]
 
@@ -106,12 +105,8 @@ class ABML(GradientBasedModel):
         if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or kl_weight < 0:
             raise ValueError(f"kl_weight must be a non-negative number, got {kl_weight!r}")
         self.num_inner_samples, self.num_samples, self.kl_weight = num_inner_samples, num_samples, float(kl_weight)
-        for attr, value, name in (("log_inner_lr", inner_lr, "inner_lr"), ("log_inner_lr_scale", inner_lr_scale, "inner_lr_scale")):
-            log_lr, learn = positive_param(value, name, learn_inner_lr)
-            if learn:
-                setattr(self, attr, nn.Parameter(log_lr))
-            else:
-                self.register_buffer(attr, log_lr)
+        self._register_positive("log_inner_lr", inner_lr, "inner_lr", learn_inner_lr)
+        self._register_positive("log_inner_lr_scale", inner_lr_scale, "inner_lr_scale", learn_inner_lr)
 
     def _draw(self, mu: torch.Tensor, log_scale: torch.Tensor, num: int) -> torch.Tensor:
         """``num`` reparameterised draws ``mu + s * eps``: ``[T, P] -> [num, T, P]``."""
@@ -160,20 +155,16 @@ class ABML(GradientBasedModel):
 
     def loss(self, batch: TaskBatch) -> torch.Tensor:
         """Negative target ELBO per target point, ``(E_q[-log p(y_tgt|phi)] + w KL(q_K||p)) / n_t``, mean over tasks."""
-        self.check(batch)
-        if batch.target_y is None or batch.num_points("target") == 0:
-            raise ValueError("batch: ABML's meta-objective needs observed target points (target_y)")
-        xc, xt = self.encode_batch(batch)
+        xc, xt = self.training_inputs(batch)
         mu, log_scale = self.adapt(xc, batch.context_y, batch.context_mask)
         phi = self._draw(mu, log_scale, self.num_samples)
         nll = self.neg_log_lik(xt, batch.target_y, batch.target_mask, phi, noise=self.noise_std.detach()).mean(0)
         count = self.count(batch.target_mask, batch.y_dim)
         elbo_loss = ((nll + self.kl_weight * self.kl_to_prior(mu, log_scale)) / count).mean()
-        if not isinstance(self.log_noise, nn.Parameter):
-            return elbo_loss
-        draws = phi.detach()
-        if self.eval_inner_steps != self.inner_steps:
+
+        def test_draws() -> torch.Tensor:
             mu_e, log_s_e = self.adapt(xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps,
                                        detach=True)
-            draws = self._draw(mu_e.detach(), log_s_e.detach(), 4)
-        return elbo_loss + self.predictive_noise_loss(draws, batch, xt)
+            return self._draw(mu_e.detach(), log_s_e.detach(), 4)
+
+        return self.with_noise_fit(elbo_loss, batch, xt, phi.detach, test_draws)

@@ -35,7 +35,7 @@ from pyro_meta.data.batch import TaskBatch
 from pyro_meta.model import task_plate
 from pyro_meta.svgd import svgd
 
-from ._gradient_based import GradientBasedModel, positive_param
+from ._gradient_based import GradientBasedModel
 
 __all__ = ["BMAML"]
 
@@ -90,11 +90,7 @@ class BMAML(GradientBasedModel):
         self.num_particles = num_particles
         self.leader_steps = self._check_steps(leader_steps, "leader_steps")
         self.particles = nn.Parameter(self.net.init_params(num_particles))
-        log_lr, learn = positive_param(svgd_lr, "svgd_lr", learn_svgd_lr)
-        if learn:
-            self.log_svgd_lr = nn.Parameter(log_lr)
-        else:
-            self.register_buffer("log_svgd_lr", log_lr)
+        self._register_positive("log_svgd_lr", svgd_lr, "svgd_lr", learn_svgd_lr)
 
     @property
     def theta(self) -> torch.Tensor:
@@ -151,21 +147,17 @@ class BMAML(GradientBasedModel):
 
     def loss(self, batch: TaskBatch) -> torch.Tensor:
         """Chaser loss ``1/M sum_m ||chaser_m - stopgrad(leader_m)||^2``, mean over tasks."""
-        self.check(batch)
-        if batch.target_y is None or batch.num_points("target") == 0:
-            raise ValueError("batch: BMAML's chaser loss needs observed target points (target_y)")
-        xc, xt = self.encode_batch(batch)
+        xc, xt = self.training_inputs(batch)
         chaser = self.adapt(xc, batch.context_y, batch.context_mask)
         x, y, m = self.observed_inputs(batch, xc.detach(), xt.detach())
         with torch.no_grad():
             leader = self.move(chaser.detach(), x, y, m, self.leader_steps, create_graph=False, leader=True)
         chase = ((chaser - leader) ** 2).sum(-1).mean(-1).mean()
-        if not isinstance(self.log_noise, nn.Parameter):
-            return chase
-        particles = chaser.detach()
-        if self.eval_inner_steps != self.inner_steps:
+
+        @torch.no_grad()
+        def test_draws() -> torch.Tensor:
             start = self.particles.detach().expand_as(chaser)
-            with torch.no_grad():
-                particles = self.move(start, xc.detach(), batch.context_y, batch.context_mask,
-                                      self.eval_inner_steps, create_graph=False).detach()
-        return chase + self.predictive_noise_loss(particles.transpose(0, 1), batch, xt)
+            return self.move(start, xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps,
+                             create_graph=False).transpose(0, 1)
+
+        return self.with_noise_fit(chase, batch, xt, lambda: chaser.detach().transpose(0, 1), test_draws)

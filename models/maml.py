@@ -23,13 +23,12 @@ from typing import Optional, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
 from pyro_meta.data.batch import TaskBatch
 from pyro_meta.model import task_plate
 from pyro_meta.nn import inner_loop
 
-from ._gradient_based import GradientBasedModel, positive_param
+from ._gradient_based import GradientBasedModel
 
 __all__ = ["MAML"]
 
@@ -66,11 +65,7 @@ class MAML(GradientBasedModel):
     ) -> None:
         super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, inner_steps=inner_steps,
                          eval_inner_steps=eval_inner_steps, first_order=first_order, **kwargs)
-        log_lr, learn = positive_param(inner_lr, "inner_lr", learn_inner_lr)
-        if learn:
-            self.log_inner_lr = nn.Parameter(log_lr)
-        else:
-            self.register_buffer("log_inner_lr", log_lr)
+        self._register_positive("log_inner_lr", inner_lr, "inner_lr", learn_inner_lr)
 
     @property
     def inner_lr(self) -> torch.Tensor:
@@ -102,14 +97,8 @@ class MAML(GradientBasedModel):
         target residuals after the *test-time* adaptation (``eval_inner_steps``, a zero-valued term, see
         :meth:`predictive_noise_loss`).
         """
-        self.check(batch)
-        if batch.target_y is None or batch.num_points("target") == 0:
-            raise ValueError("batch: MAML's meta-objective needs observed target points (target_y)")
-        xc, xt = self.encode_batch(batch)
+        xc, xt = self.training_inputs(batch)
         phi = self.adapt(xc, batch.context_y, batch.context_mask)
         loss = self.task_loss(xt, batch.target_y, batch.target_mask, phi).mean()
-        if not isinstance(self.log_noise, nn.Parameter):
-            return loss
-        if self.eval_inner_steps != self.inner_steps:
-            phi = self.adapt(xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps, detach=True)
-        return loss + self.predictive_noise_loss(phi.unsqueeze(0), batch, xt)
+        return self.with_noise_fit(loss, batch, xt, lambda: phi.unsqueeze(0), lambda: self.adapt(
+            xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps, detach=True).unsqueeze(0))

@@ -38,7 +38,7 @@ from pyro_meta.model import task_plate
 from pyro_meta.nn import inner_loop
 from pyro_meta.validation import check_int, check_one_of
 
-from ._gradient_based import GradientBasedModel, positive_param
+from ._gradient_based import GradientBasedModel
 
 __all__ = ["MixturePLATIPUS"]
 
@@ -99,16 +99,13 @@ class MixturePLATIPUS(GradientBasedModel):
         self.responsibility = check_one_of("responsibility", responsibility, ("prior", "adapted"))
         self.num_components = K
         self.mu = nn.Parameter(self.net.init_params(K))  # [K, P]: different initial networks
-        log_s, _ = positive_param(prior_scale, "prior_scale", True)
-        self.log_sigma_k = nn.Parameter(log_s.expand(K, self.num_params).clone())
+        self._register_positive("log_sigma_k", prior_scale, "prior_scale", True, shape=(K, self.num_params))
         if learn_weights:
             self.mixture_logits = nn.Parameter(torch.zeros(K))
         else:
             self.register_buffer("mixture_logits", torch.zeros(K))
-        log_gamma, _ = positive_param(shift_lr, "shift_lr", True)
-        self.log_gamma = nn.Parameter(log_gamma.clone())
-        log_lr, _ = positive_param(inner_lr, "inner_lr", False)
-        self.register_buffer("log_inner_lr", log_lr)
+        self._register_positive("log_gamma", shift_lr, "shift_lr", True)
+        self._register_positive("log_inner_lr", inner_lr, "inner_lr", False)
 
     @property
     def theta(self) -> torch.Tensor:
@@ -160,9 +157,7 @@ class MixturePLATIPUS(GradientBasedModel):
 
     def loss(self, batch: TaskBatch) -> torch.Tensor:
         """``-(1/n_t) log sum_k r_tk p(y_tgt | f(x_tgt; phi_tk))``, ``phi_tk`` adapted from ``theta ~ N(m_tk, sigma_k^2)``."""
-        self.check(batch)
-        if batch.target_y is None or batch.num_points("target") == 0:
-            raise ValueError("batch: MixturePLATIPUS's meta-objective needs observed target points (target_y)")
+        self.training_inputs(batch)
         means, log_r = self.components(batch)
         theta = means + self.log_sigma_k.exp()[:, None, :] * torch.randn_like(means)
         x, y, m = batch.context_x, batch.context_y, batch.context_mask

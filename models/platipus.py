@@ -34,7 +34,7 @@ from pyro_meta.data.batch import TaskBatch
 from pyro_meta.model import task_plate
 from pyro_meta.nn import inner_loop
 
-from ._gradient_based import GradientBasedModel, kl_diag_normal, positive_param
+from ._gradient_based import GradientBasedModel, kl_diag_normal
 
 __all__ = ["PLATIPUS"]
 
@@ -87,16 +87,10 @@ class PLATIPUS(GradientBasedModel):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
         self.kl_weight, self.num_samples = float(kl_weight), num_samples
-        log_v, _ = positive_param(posterior_scale, "posterior_scale", True)
-        self.log_q_scale = nn.Parameter(log_v.expand(self.num_params).clone())
-        log_gamma, _ = positive_param(shift_lr, "shift_lr", True)
-        self.log_gamma_p = nn.Parameter(log_gamma.clone())
-        self.log_gamma_q = nn.Parameter(log_gamma.clone())
-        log_lr, learn = positive_param(inner_lr, "inner_lr", learn_inner_lr)
-        if learn:
-            self.log_inner_lr = nn.Parameter(log_lr)
-        else:
-            self.register_buffer("log_inner_lr", log_lr)
+        self._register_positive("log_q_scale", posterior_scale, "posterior_scale", True, shape=(self.num_params,))
+        self._register_positive("log_gamma_p", shift_lr, "shift_lr", True)
+        self._register_positive("log_gamma_q", shift_lr, "shift_lr", True)
+        self._register_positive("log_inner_lr", inner_lr, "inner_lr", learn_inner_lr)
 
     def shifted_mean(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, log_gamma: torch.Tensor,
                      create_graph: bool = True) -> torch.Tensor:
@@ -135,10 +129,7 @@ class PLATIPUS(GradientBasedModel):
 
     def loss(self, batch: TaskBatch) -> torch.Tensor:
         """``L(tgt, phi_t) + kl_weight KL(q(theta | ctx, tgt) || p(theta | ctx))``, ``theta_t ~ q``, mean over tasks."""
-        self.check(batch)
-        if batch.target_y is None or batch.num_points("target") == 0:
-            raise ValueError("batch: PLATIPUS's meta-objective needs observed target points (target_y)")
-        xc, xt = self.encode_batch(batch)
+        xc, xt = self.training_inputs(batch)
         m_q, m_p = self._posterior_prior(batch, xc, xt)
         eps = torch.randn((self.num_samples,) + tuple(m_q.shape), dtype=m_q.dtype, device=m_q.device)
         theta_t = m_q + self.log_q_scale.exp() * eps  # [L, T, P]
@@ -146,9 +137,11 @@ class PLATIPUS(GradientBasedModel):
         loss = self.task_loss(xt, batch.target_y, batch.target_mask, phi).mean(0)
         kl = kl_diag_normal(m_q, self.log_q_scale, m_p, self.log_sigma)
         loss = (loss + self.kl_weight * kl).mean()
-        if not isinstance(self.log_noise, nn.Parameter):
-            return loss
-        return loss + self.predictive_noise_loss(self._test_time_draws(batch, xc.detach()), batch, xt)
+
+        def draws() -> torch.Tensor:  # the test-time guide (no posterior over the targets): always its own draws
+            return self._test_time_draws(batch, xc.detach())
+
+        return self.with_noise_fit(loss, batch, xt, draws, draws)
 
     def _test_time_draws(self, batch: TaskBatch, xc: torch.Tensor, num: int = 4) -> torch.Tensor:
         """``num`` detached draws ``[num, T, P]`` of the guide's test-time ``phi`` (for the noise fit)."""
@@ -156,5 +149,5 @@ class PLATIPUS(GradientBasedModel):
             return self.theta.detach().expand(1, batch.num_tasks, -1)
         x, y, m = xc, batch.context_y, batch.context_mask
         mean = self.shifted_mean(x, y, m, self.log_gamma_p, create_graph=False).detach()
-        theta_t = mean + self.sigma.detach() * torch.randn((num,) + tuple(mean.shape), dtype=mean.dtype)
+        theta_t = mean + self.sigma.detach() * torch.randn((num,) + tuple(mean.shape), dtype=mean.dtype, device=mean.device)
         return self.adapt_from(theta_t, x, y, m, steps=self.eval_inner_steps, create_graph=False).detach()

@@ -1,6 +1,6 @@
 """pyro_meta: Bayesian meta-learning as plain Pyro models and guides with task-level latents."""
 
-from . import data, likelihoods, metrics, oracles
+from . import data, distributed, likelihoods, metrics, oracles
 from .checkpoint import (
     CheckpointError,
     check_writable,
@@ -24,10 +24,12 @@ from .inference import (
     fit,
     get_method,
     infer,
+    infer_sharded,
+    merge_posteriors,
     register_method,
 )
 from .model import MetaModel, local_params, observe, point_plate, task_latent_sites, task_plate
-from .oracles import GPOracle, LineOrSineOracle, SinusoidOracle
+from .oracles import GPOracle, LineOrSineOracle, Oracle, SinusoidOracle
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,7 @@ __all__ = [
     "METHODS",
     "MetaModel",
     "Option",
+    "Oracle",
     "Posterior",
     "PosteriorPredictive",
     "Predictive",
@@ -50,13 +53,16 @@ __all__ = [
     "available_methods",
     "check_writable",
     "data",
+    "distributed",
     "evaluate",
     "fit",
     "get_method",
     "infer",
+    "infer_sharded",
     "likelihoods",
     "load_checkpoint",
     "local_params",
+    "merge_posteriors",
     "metrics",
     "observe",
     "oracles",

@@ -56,7 +56,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
 
-__all__ = ["pointwise_log_likelihood", "to_inference_data"]
+__all__ = ["merge_inference_data", "pointwise_log_likelihood", "to_inference_data"]
 
 def _arviz_major() -> int:
     return int(str(az.__version__).split(".")[0])
@@ -433,3 +433,122 @@ def _build_datatree(groups, coords, attrs):  # pragma: no cover - ArviZ >= 1 nee
     tree = DataTree.from_dict(datasets)
     tree.attrs = dict(attrs)
     return tree
+
+
+# ------------------------------------------------------------------------------- merging
+def _read_parts(parts: Any) -> List[Any]:
+    """InferenceData objects from a folder (its ``*.nc`` files in name order), paths, or the objects themselves."""
+    import os
+
+    if isinstance(parts, (str, os.PathLike)):
+        folder = os.fspath(parts)
+        if not os.path.isdir(folder):
+            raise ValueError(f"parts: {folder!r} is not a folder (pass a folder of .nc files or a list of them)")
+        parts = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".nc")]
+        if not parts:
+            raise ValueError(f"parts: no .nc file in {folder!r}")
+    parts = list(parts)
+    if not parts:
+        raise ValueError("parts is empty")
+    out = []
+    for p in parts:
+        if isinstance(p, (str, os.PathLike)):
+            if _arviz_major() >= 1:  # pragma: no cover - ArviZ 1.x needs Python >= 3.12
+                import xarray as xr
+
+                p = xr.open_datatree(os.fspath(p))
+            else:
+                p = az.from_netcdf(os.fspath(p))
+        out.append(p)
+    return out
+
+
+def _datasets(idata: Any) -> Dict[str, Any]:
+    if hasattr(idata, "groups") and callable(idata.groups):  # ArviZ 0.2x InferenceData
+        return {g: idata[g] for g in idata.groups()}
+    return {k: v.to_dataset() for k, v in idata.children.items()}  # pragma: no cover - ArviZ 1.x DataTree
+
+
+def _join_tasks(datasets: List[Any], offsets: List[int], group: str) -> Any:
+    """Variables with a ``task`` dim joined on it, those with a ``*_obs`` dim joined on that; ``*_obs_task`` renumbered."""
+    import xarray as xr
+
+    out = {}
+    for name in datasets[0].data_vars:
+        arrays = [ds[name] for ds in datasets]
+        dims = arrays[0].dims
+        dim = "task" if "task" in dims else next((d for d in dims if d.endswith("_obs")), None)
+        if dim is None:
+            if not all(a.equals(arrays[0]) for a in arrays[1:]):
+                raise ValueError(f"merge_inference_data: {group}.{name} has no task dim and differs between parts "
+                                 "(sampled global latents couple the tasks and cannot be merged)")
+            out[name] = arrays[0]
+            continue
+        if name.endswith("_obs_task"):
+            arrays = [a + off for a, off in zip(arrays, offsets)]
+        fill = False if arrays[0].dtype == bool else np.nan
+        arrays = [a.drop_vars([c for c in a.coords if dim in a[c].dims]) for a in arrays]
+        out[name] = xr.concat(arrays, dim=dim, join="outer", fill_value=fill)
+    merged = xr.Dataset(out)
+    for d in merged.dims:
+        if d == "task" or d.endswith("_obs"):
+            merged = merged.assign_coords({d: np.arange(merged.sizes[d])})
+    merged.attrs = dict(datasets[0].attrs)
+    return merged
+
+
+def _join_stats(datasets: List[Any], weights: np.ndarray) -> Any:
+    """Per-draw statistics of the parts as of one run over every task (as ``merge_posteriors``)."""
+    import xarray as xr
+
+    out = {}
+    for name in datasets[0].data_vars:
+        stacked = xr.concat([ds[name] for ds in datasets], dim="_part")
+        if stacked.dtype == bool:
+            out[name] = stacked.any("_part")
+        elif name == "lp":
+            out[name] = stacked.sum("_part")
+        else:
+            out[name] = (stacked * xr.DataArray(weights, dims="_part")).sum("_part").astype(stacked.dtype)
+    merged = xr.Dataset(out)
+    merged.attrs = dict(datasets[0].attrs)
+    return merged
+
+
+def merge_inference_data(parts: Any):
+    """One InferenceData over every task of ``parts``, each the export of a chunk of consecutive tasks, in order.
+
+    ``parts``: a folder of NetCDF files (``*.nc`` in name order, as
+    :func:`pyro_meta.inference.sharded.infer_sharded` writes them with ``out_dir``), a list of paths, or
+    ``InferenceData`` objects. Every group is joined on its ``task`` dim (point dims padded with NaN,
+    masks with False) or its ``context_obs``/``target_obs`` dim (``*_obs_task`` renumbered to the
+    joined tasks); ``sample_stats`` are combined as for one run over every task (``diverging`` any,
+    ``lp`` summed, the others the task-weighted mean). ``attrs["seconds"]`` is the sum. Returns
+    ``arviz.InferenceData`` (ArviZ 1.x: a ``DataTree``).
+    """
+    idatas = _read_parts(parts)
+    groups = [_datasets(i) for i in idatas]
+    names = list(groups[0])
+    for k, g in enumerate(groups[1:], 1):
+        if set(g) != set(names):
+            raise ValueError(f"merge_inference_data: part {k} has groups {sorted(g)}, part 0 {sorted(names)}")
+    sizes = [int(g["posterior"].sizes.get("task", 0)) if "posterior" in g else 0 for g in groups]
+    if "posterior" not in names or not all(sizes):
+        raise ValueError("merge_inference_data: every part needs a posterior group with a task dim")
+    offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+    weights = np.asarray(sizes, dtype=float) / sum(sizes)
+    merged = {}
+    for name in names:
+        parts_ = [g[name] for g in groups]
+        merged[name] = _join_stats(parts_, weights) if name == "sample_stats" else _join_tasks(parts_, offsets, name)
+        merged[name].attrs["seconds"] = float(sum(float(p.attrs.get("seconds", 0.0)) for p in parts_))
+    if _arviz_major() >= 1:  # pragma: no cover - ArviZ 1.x needs Python >= 3.12
+        from xarray import DataTree
+
+        return DataTree.from_dict(merged)
+    standard = {k: v for k, v in merged.items() if k in _STANDARD_GROUPS}
+    idata = az.InferenceData(**standard)
+    extra = {k: v for k, v in merged.items() if k not in _STANDARD_GROUPS}
+    if extra:
+        idata.add_groups(extra)
+    return idata

@@ -41,7 +41,9 @@ import torch
 from . import metrics
 from .data.batch import TaskBatch
 from .inference import available_methods, get_method, infer
+from .inference.common import model_device, move_batch
 from .model import MetaModel
+from .oracles.base import check_oracle
 from .validation import check_int
 
 __all__ = ["EvaluationTable", "evaluate"]
@@ -166,7 +168,7 @@ def _ratio_se(per_task_sum: torch.Tensor, counts: torch.Tensor) -> Dict[str, flo
     s, n = per_task_sum.double(), counts.double()
     mean = s.sum() / n.sum()
     T = s.shape[0]
-    se = ((s - mean * n).pow(2).sum() / (T * (T - 1))).sqrt() / n.mean() if T > 1 else torch.tensor(float("nan"))
+    se = ((s - mean * n).pow(2).sum() / (T * (T - 1))).sqrt() / n.mean() if T > 1 else s.new_tensor(float("nan"))
     return {"mean": float(mean), "se": float(se)}
 
 
@@ -204,7 +206,7 @@ def _oracle_class_log_probs(log_prob: Callable[[torch.Tensor], torch.Tensor], ba
                             num_classes: int) -> torch.Tensor:
     """An oracle's ``[T, Nt, K]`` from its pointwise ``log_prob(labels [T, Nt]) -> [T, Nt]``, one class at a time."""
     shape = batch.target_mask.shape
-    return torch.stack([log_prob(torch.full(shape, c, dtype=torch.long)) for c in range(num_classes)], -1)
+    return torch.stack([log_prob(torch.full(shape, c, dtype=torch.long, device=batch.target_mask.device)) for c in range(num_classes)], -1)
 
 
 def _num_classes(model: Any, batch: TaskBatch) -> int:
@@ -302,6 +304,7 @@ def evaluate(
     progress: bool = False,
     callback: Optional[Callable[[Dict[str, Any], Any], None]] = None,
     ece_bins: int = 10,
+    device: Optional[Union[str, torch.device]] = None,
 ) -> EvaluationTable:
     """Score models x inference methods x context sizes on the same seeded tasks.
 
@@ -331,9 +334,9 @@ def evaluate(
         Keyword arguments of ``infer`` per method, e.g. ``{"nuts": {"num_warmup": 200}}``; a
         ``num_samples`` there overrides the common one for that method.
     oracle : object, optional
-        Adds a row (``method="oracle"``) per context size: an object with ``log_prob(batch) ->
-        [T, Nt]``, ``predict(batch) -> (mean, var)`` and ``sample(batch, num_samples, generator)
-        -> [S, T, Nt, Dy]`` (e.g. :class:`pyro_meta.GPOracle`); model rows then carry ``nll_gap``.
+        Adds a row (``method="oracle"``) per context size: any :class:`~pyro_meta.oracles.Oracle`
+        (``log_prob(batch) -> [T, Nt]``, ``predict(batch) -> (mean, var)``, ``sample(batch, num_samples,
+        generator) -> [S, T, Nt, Dy]``; e.g. :class:`pyro_meta.GPOracle`); model rows then carry ``nll_gap``.
     num_samples : int
         Posterior draws per chain (and oracle predictive draws).
     progress : bool
@@ -344,6 +347,11 @@ def evaluate(
         per task); the oracle rows have no posterior and are not passed.
     ece_bins : int
         Equal-width confidence bins of the expected calibration error (classification rows).
+    device : str or torch.device, optional
+        Infer and score the models there: each evaluation batch is drawn on the CPU (the same tasks
+        whatever the device) and moved (``batch.to(device)``); the models must be there already
+        (``model.to(device)``, else ``TypeError``), as in :func:`~pyro_meta.infer`. The oracle is scored
+        on the CPU batch. Default: where the task batches are.
 
     Returns
     -------
@@ -373,9 +381,7 @@ def evaluate(
             raise TypeError(f"method_options[{k!r}] must be a dict of infer keyword arguments, got {type(v).__name__}")
         get_method(k).validate({key: val for key, val in v.items() if key != "num_samples"})
     if oracle is not None:
-        missing = [a for a in ("log_prob", "predict", "sample") if not callable(getattr(oracle, a, None))]
-        if missing:
-            raise TypeError(f"oracle must have log_prob(batch), predict(batch) and sample(...): lacks {missing}")
+        check_oracle(oracle)
     if not models and oracle is None:
         raise ValueError("nothing to evaluate: pass a model or an oracle")
     if callback is not None and not callable(callback):
@@ -397,6 +403,9 @@ def evaluate(
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an int, got {seed!r}")
 
+    if device is not None:
+        for m in models.values():
+            model_device(m, device, "evaluate")  # every model on the device before any work
     runs = len(sizes) * (len(models) * len(methods) + (oracle is not None))
     bar = None
     if progress:
@@ -421,11 +430,12 @@ def evaluate(
                 if bar is not None:
                     bar.update(1)
             for name, m in models.items():
+                model_batch = batch if device is None else move_batch(m, batch, device, "evaluate")
                 for method in methods:
-                    row, task_nll, post = _score_method(m, batch, method, num_samples, int(seed),
+                    row, task_nll, post = _score_method(m, model_batch, method, num_samples, int(seed),
                                                         options.get(method, {}), ece_bins)
                     if ref is not None:
-                        gap = _ratio_se(task_nll - ref, batch.target_mask.sum(-1))
+                        gap = _ratio_se(task_nll.to(ref.device) - ref, batch.target_mask.sum(-1).to(ref.device))
                         row["nll_gap"], row["nll_gap_se"] = gap["mean"], gap["se"]
                     rows.append({"model": name, "method": method, **head, **row})
                     if callback is not None:

@@ -126,7 +126,7 @@ def crps(samples: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, fair: bool 
     term1 = (x - y.double()).abs().mean(0)
     # sum_{i,j} |x_i - x_j| = 2 sum_i (2 i - S + 1) x_(i) over the sorted draws (i = 0..S-1)
     xs = x.sort(0).values
-    w = (2 * torch.arange(S, dtype=xs.dtype) - S + 1).reshape((S,) + (1,) * (xs.dim() - 1))
+    w = (2 * torch.arange(S, dtype=xs.dtype, device=xs.device) - S + 1).reshape((S,) + (1,) * (xs.dim() - 1))
     pair_sum = 2 * (w * xs).sum(0)
     term2 = pair_sum / (S * (S - 1) if fair else S * S)
     return _masked_mean(term1 - 0.5 * term2, mask)
@@ -150,7 +150,7 @@ def coverage(samples: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, level: 
     y = _check_y("y", y)
     x = _check_samples(samples, y)
     mask = _check_mask(mask, *y.shape[:2])
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=x.dtype)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=x.dtype, device=x.device)
     lo, hi = torch.quantile(x, q, dim=0)
     inside = ((y >= lo) & (y <= hi)).to(torch.float64)
     return _masked_mean(inside, mask)
@@ -191,7 +191,7 @@ def pit_histogram(pit_values: torch.Tensor, bins: int = 10) -> Tuple[torch.Tenso
         raise ValueError("pit_values must lie in [0, 1]")
     idx = (p.double() * bins).floor().long().clamp_max(bins - 1)
     counts = torch.bincount(idx, minlength=bins).double()
-    return torch.linspace(0, 1, bins + 1, dtype=torch.float64), counts / counts.sum()
+    return torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=p.device), counts / counts.sum()
 
 
 # -------------------------------------------------------------------------- classification
@@ -284,5 +284,5 @@ def expected_calibration_error(
     mean_conf = torch.where(nonempty, conf_sum / count.clamp_min(1), nan)
     mean_acc = torch.where(nonempty, acc_sum / count.clamp_min(1), nan)
     ece = float((acc_sum - conf_sum).abs().sum() / count.sum())
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=p.device)
     return ece, ReliabilityBins(edges, mean_conf, mean_acc, count.long())

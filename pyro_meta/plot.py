@@ -183,14 +183,14 @@ def plot_predictive(
         pred = post.with_num_draws(num_band_samples).predict(dense)
         f_all, is_mean = post.function_draws(dense)  # [C*S, T, G, 1]
         # the predictive mean: exact given the draws when the likelihood has a mean (smooth), else Monte Carlo
-        mean = (f_all.mean(0) if is_mean else pred.mean)[..., 0].numpy()
-        lo90, hi90 = (v[..., 0].numpy() for v in pred.interval(0.9))
-        lo50, hi50 = (v[..., 0].numpy() for v in pred.interval(0.5))
-        fns = f_all[evenly_spaced(f_all.shape[0], num_functions), ..., 0].numpy() if num_functions else None  # [N, T, G]
+        mean = (f_all.mean(0) if is_mean else pred.mean)[..., 0].cpu().numpy()
+        lo90, hi90 = (v[..., 0].cpu().numpy() for v in pred.interval(0.9))
+        lo50, hi50 = (v[..., 0].cpu().numpy() for v in pred.interval(0.5))
+        fns = f_all[evenly_spaced(f_all.shape[0], num_functions), ..., 0].cpu().numpy() if num_functions else None  # [N, T, G]
         # the true function is defined over every task of the batch (a user's callable sees [T, G, 1])
         truth = _true_values(true_function, full, grid.expand(full.num_tasks, num_grid)[..., None])
-        truth = None if truth is None else truth[rows][..., 0].numpy()
-        cx, cy, cm = batch.context_x[..., 0].numpy(), batch.context_y[..., 0].numpy(), batch.context_mask.numpy()
+        truth = None if truth is None else truth[rows][..., 0].cpu().numpy()
+        cx, cy, cm = batch.context_x[..., 0].cpu().numpy(), batch.context_y[..., 0].cpu().numpy(), batch.context_mask.cpu().numpy()
         color = f"C{j % 10}"
         for i, (t, task) in enumerate(zip(range(len(rows)), rows)):
             ax = axes[i, j]
@@ -203,8 +203,8 @@ def plot_predictive(
             if truth is not None:
                 ax.plot(x, truth[t], color="k", ls="--", lw=1.2, label="true function")
             if batch.target_y is not None and batch.num_points("target") > 0:
-                m = batch.target_mask[t].numpy()
-                tx, ty = batch.target_x[t, m, 0].numpy(), batch.target_y[t, m, 0].numpy()
+                m = batch.target_mask[t].cpu().numpy()
+                tx, ty = batch.target_x[t, m, 0].cpu().numpy(), batch.target_y[t, m, 0].cpu().numpy()
                 ax.scatter(tx, ty, s=12, color="0.6", zorder=3, label="target")
             ax.scatter(cx[t, cm[t]], cy[t, cm[t]], s=22, color="k", zorder=4, label="context")
             ax.set_title(f"{label}: task {task}", fontsize=10)
@@ -258,13 +258,14 @@ def plot_prior_functions(
     num_functions = check_int("num_functions", num_functions)
     num_grid = check_int("num_grid", num_grid)
     num_band_samples = check_int("num_band_samples", num_band_samples)
+    ref = next((p for p in model.parameters() if p.is_floating_point()), torch.zeros(()))  # the model's device/dtype
     grid = torch.linspace(lo, hi, num_grid)
-    zeros = torch.zeros(1, 1, 1)
-    batch = TaskBatch(zeros, zeros.clone(), grid[None, :, None], None,
-                      context_mask=torch.zeros(1, 1, dtype=torch.bool), allow_empty_context=True)
+    zeros = ref.new_zeros(1, 1, 1)
+    batch = TaskBatch(zeros, zeros.clone(), grid.to(ref)[None, :, None], None,
+                      context_mask=torch.zeros(1, 1, dtype=torch.bool, device=ref.device), allow_empty_context=True)
     post = infer(model, batch, method="prior", num_samples=max(num_functions, num_band_samples), seed=seed)
-    fns = post.function_draws(batch, num_functions)[0][:, 0, :, 0].numpy()  # [N, G]
-    lo90, hi90 = (v[0, :, 0].numpy() for v in post.predict().interval(0.9))
+    fns = post.function_draws(batch, num_functions)[0][:, 0, :, 0].cpu().numpy()  # [N, G]
+    lo90, hi90 = (v[0, :, 0].cpu().numpy() for v in post.predict().interval(0.9))
     x = grid.numpy()
     new = ax is None
     if new:

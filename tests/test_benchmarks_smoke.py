@@ -22,7 +22,7 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     for family in run_all.FAMILY_ORDER:
         assert (tmp_path / "figures" / f"accuracy_{family}.png").stat().st_size > 1000, family
         assert f"figures/accuracy_{family}.png" in text
-    for heading in ("## Acceptance checks", "### Sinusoid (MAML protocol", "### GP curves, RBF kernel",
+    for heading in ("## Checks against stated targets", "### Sinusoid (MAML protocol", "### GP curves, RBF kernel",
                     "### Line or sine", "### NeuralProcess vs the exact GP oracle", "### NeuralProcess training step",
                     "### Joint NUTS", "### Exact per-task posteriors"):
         assert heading in text, heading
@@ -96,7 +96,7 @@ def test_fewshot_omniglot_script_smoke(tmp_path, monkeypatch):
         expected = {a.name for a in fewshot_omniglot.ARMS if (way, shots, _) in a.settings()}
         assert expected | {"pixel nearest neighbour", "MLP from scratch on the support set"} == models, setting
         assert any(r["method"] == "nuts" for r in rows if r["setting"] == setting)
-    assert len(out["checks"]) >= 3 and "Acceptance checks" in text
+    assert len(out["checks"]) >= 3 and "Checks against stated targets" in text
     assert re.search(r"R-hat per task \[[0-9., na]+\]", text)
     assert figure.stat().st_size > 1000
 
@@ -150,3 +150,36 @@ def test_mcmc_speed_script_smoke(tmp_path, monkeypatch, capsys):
         assert r["T"] == 3 and r["grads_per_s"] > 0 and r["ess"] > 0 and r["divergences"] >= 0, r
     assert "SMOKE RUN" in md.read_text() and "| check | target | measured |" in md.read_text()
     assert len(json.loads(js.read_text())["rows"]) == len(out["rows"])
+
+
+def test_gpu_check_script_smoke(monkeypatch, capsys):
+    """``benchmarks/gpu_check.py --smoke``: some device tests pass, every workload has a row; no CUDA is said so."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("gpu_check", None)
+    import gpu_check
+
+    text = gpu_check.main(["--smoke"])
+    assert re.search(r"device tests \(tests/test_devices.py\): PASS: \d+ passed", text), text
+    for method in ("amortized", "svi", "importance", "nuts"):
+        assert re.search(rf"^\| infer {method} \(3 tasks\), seconds \| [0-9.]+ \|", text, flags=re.M), method
+    assert re.search(r"^\| MAML meta-training, steps / s \| [0-9.]+ \|", text, flags=re.M)
+    if not torch.cuda.is_available():
+        assert "CUDA is not available on this machine" in text and "| n/a |" in text
+
+
+@pytest.mark.slow
+def test_scaling_script_smoke(monkeypatch):
+    """``benchmarks/scaling.py --smoke``: 1 and 2 processes run both parts; draws equal, parameters within 1e-5."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("scaling", None)
+    import scaling
+
+    text = scaling.main(["--smoke"])
+    assert "equal draws (1 vs 2 processes): yes" in text
+    assert re.search(r"wall-time ratio 2/1: [0-9.]+ \(target <= 0.65\)", text)
+    assert re.search(r"relative difference [0-9.e+-]+ \(<= 1e-5: yes\)", text)
+    for w in (1, 2):
+        cpu = r"[0-9.]+" + r" \+ [0-9.]+" * (w - 1)
+        assert re.search(rf"^\| {w} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| {cpu} \| [0-9.]+ \|$", text, flags=re.M), w

@@ -372,7 +372,7 @@ def test_line_or_sine_oracle_argument_checks():
 
 
 def test_truncated_normal_moments_in_every_regime():
-    from pyro_meta.oracles import _truncnorm_moments
+    from pyro_meta.oracles.truncnorm import truncnorm_moments as _truncnorm_moments
 
     lo, hi = 0.1, 5.0
     cases = [(2.0, 0.5), (7.0, 0.3), (-50.0, 10.0), (0.0, 2e5), (3.0, 1e-3), (6.0, 1.5), (1e4, 1e3)]
@@ -388,3 +388,22 @@ def test_truncated_normal_moments_in_every_regime():
         v = torch.trapezoid(f * (c - m1) ** 2, c) / z
         assert float(mean[i]) == pytest.approx(float(m1), abs=1e-6), cases[i]
         assert float(var[i]) == pytest.approx(float(v), rel=1e-4, abs=1e-9), cases[i]
+
+
+def test_the_oracle_protocol_takes_users_oracles_and_names_what_is_missing():
+    from pyro_meta.oracles import GPOracle, Oracle, check_oracle
+
+    assert isinstance(GPOracle(), Oracle)
+
+    class HalfAnOracle:
+        def log_prob(self, batch):
+            return batch.target_mask.float()
+
+    assert not isinstance(HalfAnOracle(), Oracle)
+    with pytest.raises(TypeError, match="predict, sample"):
+        check_oracle(HalfAnOracle())
+    import pyro_meta
+    from pyro_meta.data import GPCurves
+
+    with pytest.raises(TypeError, match="HalfAnOracle has no predict"):
+        pyro_meta.evaluate(None, GPCurves(), oracle=HalfAnOracle(), num_tasks=2, num_context=2, num_target=2)

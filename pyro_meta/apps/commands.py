@@ -25,9 +25,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import pyro
 import torch
+import torch.distributed as dist
 
 from ..checkpoint import CheckpointError, check_writable, read_checkpoint_meta, rebuild_model
 from ..data.batch import TaskBatch
+from ..distributed import init_distributed, world
 from ..evaluation import EvaluationTable
 from ..evaluation import evaluate as evaluate_models
 from ..inference import available_methods, fit, get_method, infer
@@ -116,14 +118,32 @@ def _plain(v: Any) -> Any:
 
 
 # -------------------------------------------------------------------------------------- train
+def _join_torchrun() -> Optional[torch.device]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) join its process group: ``fit`` then trains data-parallel.
+
+    Returns this rank's GPU (``cuda:LOCAL_RANK``) with NCCL, else None (the CPU, gloo).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not (dist.is_available() and dist.is_initialized()):
+        return None
+    device = init_distributed()
+    return device if device.type == "cuda" else None
+
+
 def train(config: Dict[str, Any], out: str, resume: bool = False, seed: Optional[int] = None,
           progress: bool = True, allow: Sequence[str] = (), echo: Echo = print) -> Dict[str, Any]:
     """Meta-train the configured model; the checkpoint is ``out/checkpoint.ckpt``.
 
     Returns ``{"checkpoint", "fit", "model"}``. A checkpoint already there is refused unless
     ``resume`` (then its recorded configuration must match, apart from ``train.num_steps`` and
-    ``train.checkpoint_every``, and training continues from its last step).
+    ``train.checkpoint_every``, and training continues from its last step). Launched by ``torchrun``
+    with several processes, it trains data-parallel (:mod:`pyro_meta.distributed`): rank 0 prints and
+    writes the checkpoint, every rank returns the same model.
     """
+    device = _join_torchrun()
+    rank = world()[0]
+    if rank != 0:
+        def echo(*_: Any, **__: Any) -> None:
+            return None
     ckpt = os.path.join(out, CHECKPOINT)
     ensure_out_dir(out)
     try:
@@ -160,8 +180,8 @@ def train(config: Dict[str, Any], out: str, resume: bool = False, seed: Optional
     echo(f"meta-training {model_words} on {task_words} for {steps} steps, seed {seed} "
          f"({torch.get_num_threads()} torch thread(s)); checkpoint {ckpt}")
     app = {"format": APP_FORMAT, "config": config, "labels": labels}
-    result = fit(model, tasks, seed=seed, progress=progress, checkpoint=ckpt, checkpoint_every=checkpoint_every,
-                 resume=resume, checkpoint_meta={"app": app}, **opts)
+    result = fit(model, tasks, seed=seed, progress=progress and rank == 0, checkpoint=ckpt,
+                 checkpoint_every=checkpoint_every, resume=resume, checkpoint_meta={"app": app}, device=device, **opts)
     if result.interrupted:
         echo(f"interrupted at step {result.num_steps}; {ckpt} holds that state: continue with --resume")
     else:

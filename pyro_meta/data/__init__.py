@@ -1,6 +1,7 @@
 """Task batches and task distributions; few-shot image classification data (Omniglot, image folders)."""
 
 from .batch import TaskBatch
+from .concat import concat_batches
 from .episodes import Episodes
 from .features import FourierFeatures, PolynomialFeatures
 from .gp import BNPGPCurves, GPCurves
@@ -26,6 +27,7 @@ __all__ = [
     "Sinusoid",
     "TaskBatch",
     "TaskDistribution",
+    "concat_batches",
     "load_omniglot",
     "read_image_folder",
     "read_images",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections import OrderedDict
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from pyro import poutine
@@ -17,7 +17,7 @@ from ..model import TASK_PLATE, MetaModel, SiteInfo, check_batch, check_model, d
 from ..validation import check_bool, check_one_of
 from .draws import draw_sites
 
-__all__ = ["GLOBALS", "Problem", "check_compatible", "prepare"]
+__all__ = ["GLOBALS", "Problem", "check_compatible", "model_device", "move_batch", "prepare"]
 
 #: how global latent sites are treated: held at a point estimate, or sampled with the task latents
 GLOBALS = ("point", "sample")
@@ -194,3 +194,42 @@ def prepare(
         model=model, batch=batch, cond=cond, guide_cond=guide_cond, sites=sites, global_sites=global_sites,
         globals=globals, fn=fn, fixed_globals=fixed, progress=progress,
     )
+
+
+def model_device(model: MetaModel, device: Union[str, torch.device], caller: str = "infer") -> torch.device:
+    """The model's device, checked to be ``device`` (``TypeError`` naming both; ``ValueError`` for a bad name).
+
+    Inference never moves the model (a call that infers leaves the model where it is); ``fit`` does.
+    A model without floating parameters or buffers runs anywhere: ``device`` itself is returned.
+    """
+    check_model(model)
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+    ref = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None)
+    if ref is None:
+        return wanted
+    if not _same_device(ref.device, wanted):
+        raise TypeError(
+            f"{caller}(device={str(wanted)!r}) moves the batch, not the model, and {type(model).__name__}'s parameters "
+            f"are on {ref.device}: call model.to({str(wanted)!r}) first"
+        )
+    return ref.device
+
+
+def move_batch(model: MetaModel, batch: TaskBatch, device: Union[str, torch.device], caller: str = "infer") -> TaskBatch:
+    """``batch.to(device)`` after :func:`model_device` checked that the model is there."""
+    if not isinstance(batch, TaskBatch):
+        raise TypeError(f"batch must be a pyro_meta.TaskBatch, got {type(batch).__name__}")
+    return batch.to(model_device(model, device, caller))
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two device names are one device (``cuda`` is ``cuda:<current device>``)."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return a.index is None or b.index is None or a.index == b.index
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)

@@ -16,6 +16,7 @@ from pyro.infer.autoguide import AutoContinuous
 from ..checkpoint import check_writable, load_checkpoint, save_checkpoint
 from ..data.batch import TaskBatch
 from ..data.tasks import SizeSpec
+from ..distributed import DataParallel
 from ..model import TASK_PLATE, MetaModel, _jsonable, autoguides, check_model, local_params
 from ..validation import check_int
 from .common import check_compatible
@@ -195,6 +196,7 @@ def fit(
     guide_objective: str = "elbo",
     guide_particles: int = 8,
     checkpoint_meta: Optional[Dict[str, Any]] = None,
+    distributed: Optional[bool] = None,
 ) -> FitResult:
     """Meta-train ``model``: minimise ``model.loss(batch)`` over a fresh batch of tasks per step.
 
@@ -232,7 +234,7 @@ def fit(
     callback : callable ``(step, loss, model) -> bool | None``
         Called after each step; returning True stops training.
     device : torch device, optional
-        Move each batch there (the model must already be there).
+        Train there: the model is moved (``model.to(device)``, in place) and every batch with it.
     guide_objective : "elbo" | "iwae" | "rws" | "sleep"
         How the guide's parameters are trained. ``"elbo"`` (default): by ``model.loss`` like every
         parameter. Otherwise the model's parameters keep ``model.loss`` and the guide's get their own
@@ -244,6 +246,11 @@ def fit(
     checkpoint_meta : dict, optional
         More JSON-able metadata for the checkpoint header, next to the ``model_args`` and
         ``config`` that ``fit`` records (e.g. the command line's whole configuration file).
+    distributed : bool, optional
+        Data-parallel training over the ``torch.distributed`` process group (:mod:`pyro_meta.distributed`):
+        each rank draws its own ``tasks_per_batch`` tasks per step, gradients are averaged over the ranks,
+        only rank 0 writes the checkpoint. Default ``None``: data-parallel when a process group is
+        initialised (``torchrun``); ``True`` requires one; ``False`` trains this process on its own.
     """
     check_model(model)
     if not isinstance(num_steps, int) or num_steps < 0:
@@ -252,6 +259,7 @@ def fit(
         raise ValueError(f"tasks_per_batch must be a positive int, got {tasks_per_batch!r}")
     if seed is not None:
         pyro.set_rng_seed(seed)
+    sync, seed = DataParallel.resolve(distributed, seed)  # None: this process alone
     generator = torch.Generator()
     generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
     if num_context is None:
@@ -259,6 +267,8 @@ def fit(
     if num_target is None:
         num_target = getattr(tasks, "default_num_target", (10, 20))
     source = _TaskSource(tasks, tasks_per_batch, num_context, num_target, generator)
+    if sync is not None:
+        source = sync.task_source(source, seed)
     if checkpoint is not None:
         check_writable(checkpoint)  # before any training, not after the last step
 
@@ -267,11 +277,14 @@ def fit(
         guide_obj = GuideObjective(guide_objective, check_int("guide_particles", guide_particles))
     first = source.next()
     if device is not None:
+        model.to(device)
         first = first.to(device)
     check_compatible(model, first)
     if _needs_priming(model):
         _prime(model, first)
     _check_autoguide_subsampling(model, source)
+    if sync is not None:
+        sync.broadcast_module(model)  # every rank starts from rank 0's parameters
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters to meta-learn")
@@ -292,6 +305,8 @@ def fit(
             generator.set_state(state["generator"])
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
+        if sync is not None:
+            sync.restore(state, source)
         first = None  # drawn before the RNG state was restored: the resumed run draws its own
 
     config = {
@@ -310,12 +325,13 @@ def fit(
 
     def write(step: int) -> None:
         if checkpoint is not None:
-            save_checkpoint(
-                checkpoint, model, opt,
-                extra={"step": step, "losses": list(losses), "generator": generator.get_state(),
-                       "torch_rng": torch.get_rng_state()},
-                meta=meta,
-            )
+            extra = {"step": step, "losses": list(losses), "generator": generator.get_state(),
+                     "torch_rng": torch.get_rng_state()}
+            if sync is not None:
+                extra.update(sync.rank_states(source))  # a collective: every rank writes at the same steps
+                if not sync.is_main:
+                    return
+            save_checkpoint(checkpoint, model, opt, extra=extra, meta=meta)
 
     bar = None
     if progress:
@@ -337,6 +353,8 @@ def fit(
                         batch = batch.to(device)
                 opt.zero_grad(set_to_none=True)
                 loss = model.loss(batch)
+                if sync is not None:
+                    loss = sync.mean_loss(loss)  # the ranks' mean: every rank stops together on a non-finite one
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"fit: non-finite loss {loss.item()} at step {step}; lower lr or check the model/data"
@@ -349,6 +367,8 @@ def fit(
                 if step == start_step:
                     _check_no_bare_params(model)
                 _add_new_params(opt, model, known)
+                if sync is not None:
+                    sync.all_reduce_gradients(opt)
                 if clip_norm is not None:
                     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip_norm)
                 opt.step()
@@ -363,7 +383,8 @@ def fit(
                         bar.set_postfix(loss=f"{value:.4g}")
                 if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
                     write(step)
-                if callback is not None and callback(step, value, model):
+                stop = callback is not None and bool(callback(step, value, model))
+                if stop if sync is None or callback is None else sync.any(stop):
                     break
     except KeyboardInterrupt:
         interrupted = True
@@ -372,6 +393,10 @@ def fit(
         if bar is not None:
             bar.close()
         model.eval()
-    write(step)
+    if interrupted and sync is not None:
+        warnings.warn("distributed fit interrupted: no final checkpoint (the ranks stopped at different points); "
+                      "resume from the last periodic one", stacklevel=2)
+    else:
+        write(step)
     return FitResult(losses=losses, num_steps=step, seconds=time.perf_counter() - t0, interrupted=interrupted, optimizer=opt,
                      guide_losses=guide_losses)

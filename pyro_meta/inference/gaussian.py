@@ -83,7 +83,7 @@ class TaskGaussian(nn.Module):
             if full[name]:
                 c = u - m
                 cov = torch.einsum("nte,ntf->tef", c, c) / max(N - 1, 1)
-                cov = cov + jitter * torch.eye(E, dtype=u.dtype) * (1 + cov.diagonal(dim1=-2, dim2=-1).mean(-1))[:, None, None]
+                cov = cov + jitter * torch.eye(E, dtype=u.dtype, device=u.device) * (1 + cov.diagonal(dim1=-2, dim2=-1).mean(-1))[:, None, None]
                 tril[name] = torch.linalg.cholesky(cov)
             else:
                 tril[name] = u.std(0).clamp_min(1e-6)

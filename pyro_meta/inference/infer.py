@@ -6,12 +6,13 @@ import time
 from typing import Any, Optional, Union
 
 import pyro
+import torch
 
 from ..data.batch import TaskBatch
 from ..model import MetaModel, no_task_latent_message
 from ..validation import check_int
 from . import amortized, batched_mcmc, importance, mcmc, prior, svi  # noqa: F401  (register the built-in methods)
-from .common import prepare
+from .common import move_batch, prepare
 from .method import InferenceMethod, available_methods, get_method
 from .posterior import Posterior
 
@@ -29,6 +30,7 @@ def infer(
     seed: Optional[int] = None,
     globals: str = "point",
     progress: Optional[bool] = None,
+    device: Optional[Union[str, torch.device]] = None,
     **options: Any,
 ) -> Posterior:
     """Posterior over each task's latents ``p(z_t | context_t)``, global parameters fixed.
@@ -62,6 +64,11 @@ def infer(
         Progress bars (SVI steps, importance proposals, NUTS/HMC warmup and sampling per chain).
         Default: on when standard error is a terminal, off otherwise (logs, CI). Pyro's MCMC
         hides its NUTS/HMC bars whenever the environment variable ``CI`` is set, even with ``True``.
+    device : str or torch.device, optional
+        Run on this device: the batch is moved there (``batch.to(device)``); the model is not moved
+        (an inference call leaves the model where it is): put it there first with ``model.to(device)``,
+        else ``TypeError``. Samples, diagnostics per task and the predictive stay on that device;
+        :meth:`Posterior.to_arviz` copies to the CPU itself. Default: where the batch is.
 
     Returns
     -------
@@ -76,6 +83,8 @@ def infer(
             f"globals='sample': method={impl.name!r} holds global latents at a point estimate; methods that sample "
             f"them: {[m for m in available_methods() if get_method(m).samples_globals]}"
         )
+    if device is not None:
+        batch = move_batch(model, batch, device)
     if seed is not None:
         pyro.set_rng_seed(check_int("seed", seed, minimum=0))
     problem = prepare(model, batch, globals=globals, progress=progress)
@@ -106,3 +115,4 @@ def infer(
         per_task=tuple(result.per_task), summary=dict(result.summary), fixed_globals=problem.fixed_globals,
         draws_shape=result.draws_shape,
     )
+

@@ -166,7 +166,7 @@ class Posterior:
         renumbered) likewise; chain-level statistics and the rest are kept as they are.
         """
         T = self.batch.num_tasks
-        rows = torch.arange(T)[[index] if isinstance(index, int) else index]
+        rows = torch.arange(T)[[index] if isinstance(index, int) else index.cpu() if isinstance(index, torch.Tensor) else index]
         if rows.numel() == 0:
             raise ValueError(f"index selects no task of the {T} (got {index!r})")
         batch = self.batch.select(rows)

@@ -54,6 +54,8 @@ class PosteriorPredictive:
     samples : Tensor ``[C, S, T, Nt, Dy]`` (class labels: ``[C, S, T, Nt]``)
     batch : TaskBatch the predictive is for (its ``target_x``/``target_mask``)
 
+    Notes
+    -----
     For class labels, :attr:`class_probs` (and :attr:`class_log_probs`) give the predictive class
     probabilities ``[T, Nt, K]`` from the distributions of the draws, not from the sampled labels.
     """
@@ -134,7 +136,7 @@ class PosteriorPredictive:
                              "class_probs [T, Nt, K] (the predictive class probabilities) instead")
         if not 0 < prob < 1:
             raise ValueError(f"prob must be in (0, 1), got {prob}")
-        q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype)
+        q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype, device=self.flat.device)
         lo, hi = torch.quantile(self.flat, q, dim=0)
         return lo, hi
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict
+from typing import Callable, Dict, List
 
 import torch
 from pyro.infer import Trace_ELBO
@@ -68,21 +68,9 @@ class SVI(InferenceMethod):
                 vectorize_particles=model.vectorized and num_particles > 1,
                 max_plate_nesting=model.max_plate_nesting,
             )
-            opt = torch.optim.Adam(q.parameters(), lr=lr)
-            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=final_lr_ratio ** (1.0 / num_steps))
-            bar = _bar(problem.progress, num_steps, "svi")
             with frozen(model), local_params():
-                for _ in range(num_steps):
-                    opt.zero_grad(set_to_none=True)
-                    loss = elbo.differentiable_loss(problem.fn, q.guide, problem.cond)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    losses.append(float(loss.detach()))
-                    if bar is not None:
-                        bar.update(1)
-            if bar is not None:
-                bar.close()
+                losses = _adam(list(q.parameters()), lambda: elbo.differentiable_loss(problem.fn, q.guide, problem.cond),
+                               num_steps, lr, final_lr_ratio, problem.progress)
         with torch.no_grad():
             values = draw_sites(q.guide, problem.cond, num_samples, problem.sites, model)
         return InferenceResult(samples=to_posterior(values, problem.sites, 1), diagnostics={"losses": losses, "guide": q})
@@ -115,33 +103,42 @@ def _refine_guide(problem: Problem, num_samples: int, num_steps: int, lr: float,
         ladj = sum(maps[k].log_abs_det_jacobian(v[k], z[k]).reshape(v[k].shape[0], T, -1).sum(-1) for k in v)
         return z, ladj
 
+    def loss() -> torch.Tensor:
+        z, ladj = push(draws(num_particles))
+        trace = trace_draws(problem.fn, problem.cond, num_particles, model, data=z, sites=problem.sites, log_prob=True)
+        elbo = (per_task_log_density(trace, T) + ladj).mean(0).sum()
+        return -(elbo + sum(v.sum() for v in log_scale.values()))
+
     losses = []
     if num_steps > 0:
-        params = list(shift.values()) + list(log_scale.values())
-        opt = torch.optim.Adam(params, lr=lr)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=final_lr_ratio ** (1.0 / num_steps))
-        bar = _bar(problem.progress, num_steps, "svi")
         with frozen(model):
-            for _ in range(num_steps):
-                opt.zero_grad(set_to_none=True)
-                z, ladj = push(draws(num_particles))
-                trace = trace_draws(problem.fn, problem.cond, num_particles, model, data=z, sites=problem.sites,
-                                    log_prob=True)
-                elbo = (per_task_log_density(trace, T) + ladj).mean(0).sum()
-                elbo = elbo + sum(v.sum() for v in log_scale.values())
-                loss = -elbo
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
+            losses = _adam(list(shift.values()) + list(log_scale.values()), loss, num_steps, lr, final_lr_ratio,
+                           problem.progress)
     with torch.no_grad():
         z, _ = push(draws(num_samples))
     return InferenceResult(samples=to_posterior({k: v.detach() for k, v in z.items()}, problem.sites, 1),
                            diagnostics={"losses": losses, "start": "guide"})
+
+
+def _adam(params: List[torch.Tensor], loss_fn: Callable[[], torch.Tensor], num_steps: int, lr: float,
+          final_lr_ratio: float, progress: bool) -> List[float]:
+    """``num_steps`` Adam steps on ``loss_fn()``, the step size decayed geometrically to ``lr * final_lr_ratio``."""
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=final_lr_ratio ** (1.0 / num_steps))
+    losses = []
+    bar = _bar(progress, num_steps, "svi")
+    for _ in range(num_steps):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return losses
 
 
 def _bar(progress: bool, total: int, desc: str):

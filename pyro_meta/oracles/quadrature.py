@@ -1,14 +1,7 @@
-"""Oracles: the best predictive any meta-learner could reach on a task family.
+"""Quadrature engine of the oracles for families ``y = c f(x, theta) + o(x, theta) + noise``.
 
-Each oracle knows the task family's true generative process and returns the Bayes-optimal
-posterior predictive ``p(y* | x*, context)`` at a batch's targets (context points are masked):
-
-- :class:`GPOracle`: the exact GP predictive with each task's true hyperparameters (``GPCurves``).
-- :class:`SinusoidOracle`: noisy sinusoids (``Sinusoid`` with ``noise_std > 0``), by numerical
-  integration over (amplitude, phase).
-- :class:`LineOrSineOracle`: ``LineOrSine``, integrating over both hypotheses and their parameters.
-
-All computation is in float64; results come back in the batch's dtype.
+``c`` (uniform prior) is integrated in closed form given ``theta`` (truncated Gaussians), ``theta`` on an
+adaptive per-task grid; :class:`SinusoidOracle` and :class:`LineOrSineOracle` are families of it.
 """
 
 from __future__ import annotations
@@ -16,124 +9,19 @@ from __future__ import annotations
 import math
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.special import log_ndtr, ndtr, ndtri
 
-from .data.batch import TaskBatch
-from .data.gp import kernel_matrix
-from .data.line_or_sine import LineOrSine
-from .data.tasks import Sinusoid
+from ..data.batch import TaskBatch
+from ..data.line_or_sine import LineOrSine
+from ..data.tasks import Sinusoid
+from .base import LOG_2PI as _LOG_2PI
+from .base import check_regression as _check_regression
+from .truncnorm import log_diff_ndtr, log_diff_ndtr_fast, truncnorm_moments, truncnorm_sample
 
-__all__ = ["GPOracle", "LineOrSineOracle", "SinusoidOracle"]
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def _check_regression(batch: TaskBatch, need_y: bool) -> None:
-    if not isinstance(batch, TaskBatch):
-        raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-    if batch.is_classification or batch.y_dim != 1:
-        raise ValueError(f"batch must be scalar regression (context_y [T, Nc, 1]), got {tuple(batch.context_y.shape)}")
-    if need_y and batch.target_y is None:
-        raise ValueError("batch.target_y [T, Nt, 1] is required (the batch has target_y=None)")
+__all__ = ["LineOrSineOracle", "SinusoidOracle"]
 
 
-# --------------------------------------------------------------------------------------------- GP
-class GPOracle:
-    """Exact GP posterior predictive with each task's true hyperparameters.
-
-    ``mean = k_*c (K_cc + s_n^2 I)^-1 y_c`` and ``cov = K_** + s_n^2 I - k_*c (K_cc + s_n^2 I)^-1 k_c*``
-    over the real context points; the predictive includes the observation noise ``s_n^2``.
-    Hyperparameters come from ``batch.info`` (``kernel``, ``lengthscale``, ``signal_scale``,
-    ``period``, ``noise_std``), as :class:`pyro_meta.data.GPCurves` writes them; the prior mean is 0.
-
-    Parameters
-    ----------
-    jitter : float
-        Added to the diagonal of the context covariance before its Cholesky factorisation.
-    """
-
-    def __init__(self, jitter: float = 1e-10) -> None:
-        self.jitter = float(jitter)
-
-    def _posterior(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Predictive ``mean [T, Nt]`` and ``cov [T, Nt, Nt]`` (float64; padded rows/cols are 0)."""
-        _check_regression(batch, need_y=False)
-        info = batch.info
-        missing = [k for k in ("kernel", "lengthscale", "signal_scale", "noise_std") if k not in info]
-        if missing:
-            raise ValueError(f"batch.info lacks the GP hyperparameters {missing} (GPCurves writes them)")
-        kernel = info["kernel"]
-        T = batch.num_tasks
-        d = torch.float64
-
-        def hyper(name):
-            v = torch.as_tensor(info[name], dtype=d)
-            return v.expand(T) if v.dim() == 0 else v
-
-        ell, s, noise = hyper("lengthscale"), hyper("signal_scale"), hyper("noise_std")
-        period = hyper("period") if "period" in info else None
-        cx, tx = batch.context_x.to(d), batch.target_x.to(d)
-        cm, tm = batch.context_mask, batch.target_mask
-        Nc, Nt = cx.shape[1], tx.shape[1]
-        yc = batch.context_y[..., 0].to(d) * cm
-        eye_c = torch.eye(Nc, dtype=d)
-        Kcc = kernel_matrix(kernel, cx, cx, ell, s, period) + (noise[:, None, None] ** 2 + self.jitter) * eye_c
-        pair = cm[:, :, None] & cm[:, None, :]
-        Kcc = torch.where(pair, Kcc, eye_c.expand_as(Kcc))  # padded context: an independent unit block
-        Kct = kernel_matrix(kernel, cx, tx, ell, s, period) * cm[:, :, None]
-        Ktt = kernel_matrix(kernel, tx, tx, ell, s, period) + noise[:, None, None] ** 2 * torch.eye(Nt, dtype=d)
-        L = torch.linalg.cholesky(Kcc)
-        A = torch.linalg.solve_triangular(L, Kct, upper=False)  # [T, Nc, Nt]
-        b = torch.linalg.solve_triangular(L, yc[..., None], upper=False)  # [T, Nc, 1]
-        mean = (A.transpose(1, 2) @ b)[..., 0]
-        cov = Ktt - A.transpose(1, 2) @ A
-        tpair = tm[:, :, None] & tm[:, None, :]
-        return mean * tm, cov * tpair
-
-    def predict(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Predictive ``mean [T, Nt, 1]`` and variance ``var [T, Nt, 1]`` (noise included; padded: 0, 1)."""
-        mean, cov = self._posterior(batch)
-        var = torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(1e-12).masked_fill(~batch.target_mask, 1.0)
-        dtype = batch.target_x.dtype
-        return mean[..., None].to(dtype), var[..., None].to(dtype)
-
-    def log_prob(self, batch: TaskBatch) -> torch.Tensor:
-        """Per-point log predictive density ``log N(y*_n | mean_n, var_n)``, ``[T, Nt]``; padded points 0."""
-        _check_regression(batch, need_y=True)
-        mean, cov = self._posterior(batch)
-        var = torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(1e-12).masked_fill(~batch.target_mask, 1.0)
-        y = batch.target_y[..., 0].to(torch.float64)
-        lp = -0.5 * ((y - mean) ** 2 / var + var.log() + _LOG_2PI)
-        return lp.masked_fill(~batch.target_mask, 0.0).to(batch.target_x.dtype)
-
-    def joint_log_prob(self, batch: TaskBatch) -> torch.Tensor:
-        """Joint log predictive density of each task's real targets ``log N(y* | mean, cov)``, ``[T]``."""
-        _check_regression(batch, need_y=True)
-        mean, cov, tm = *self._posterior(batch), batch.target_mask
-        Nt = tm.shape[1]
-        cov = torch.where(tm[:, :, None] & tm[:, None, :], cov, torch.eye(Nt, dtype=cov.dtype).expand_as(cov))
-        resid = (batch.target_y[..., 0].to(torch.float64) - mean) * tm
-        L = torch.linalg.cholesky(cov + self.jitter * torch.eye(Nt, dtype=cov.dtype))
-        z = torch.linalg.solve_triangular(L, resid[..., None], upper=False)[..., 0]
-        logdet = 2 * torch.diagonal(L, dim1=-2, dim2=-1).log().sum(-1)  # padded diagonal entries are 1
-        n = tm.sum(-1)
-        return (-0.5 * (z.pow(2).sum(-1) + logdet + n * _LOG_2PI)).to(batch.target_x.dtype)
-
-    def sample(self, batch: TaskBatch, num_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Joint draws of the targets from the predictive, ``[S, T, Nt, 1]`` (padded points 0)."""
-        mean, cov, tm = *self._posterior(batch), batch.target_mask
-        Nt = tm.shape[1]
-        cov = torch.where(tm[:, :, None] & tm[:, None, :], cov, torch.eye(Nt, dtype=cov.dtype).expand_as(cov))
-        L = torch.linalg.cholesky(cov + self.jitter * torch.eye(Nt, dtype=cov.dtype))
-        eps = torch.randn((num_samples,) + tuple(mean.shape) + (1,), generator=generator, dtype=cov.dtype)
-        y = (mean[..., None] + L @ eps)[..., 0] * tm
-        return y[..., None].to(batch.target_x.dtype)
-
-
-# ------------------------------------------------------------------------------- grid families
 class _Family(NamedTuple):
     """``y = c * feature(x, theta) + offset(x, theta) + noise`` with ``theta ~ U[theta_range]``
     (integrated on an adaptive grid) and ``c ~ U[coef_range]`` (integrated in closed form)."""
@@ -160,25 +48,6 @@ def _line_family(tasks) -> _Family:
         lambda x, th: torch.ones(x.shape + th.shape[-1:], dtype=x.dtype),
         lambda x, th: x[:, :, None] * th[:, None, :],
     )
-
-
-def _log_diff_ndtr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``log(Phi(b) - Phi(a))`` for ``a <= b``, stable in both tails."""
-    flip = a > 0
-    a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
-    la, lb = log_ndtr(a), log_ndtr(b)
-    return lb + torch.log1p(-torch.exp((la - lb).clamp_max(0.0)).clamp_max(1 - 1e-16))
-
-
-def _log_diff_ndtr_fast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """As :func:`_log_diff_ndtr` via ``ndtr`` (faster); falls back to it where ``ndtr`` underflows."""
-    flip = a > 0
-    a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
-    out = torch.log(ndtr(b) - ndtr(a))
-    bad = ~torch.isfinite(out)
-    if bool(bad.any()):
-        out[bad] = _log_diff_ndtr(a[bad], b[bad])
-    return out
 
 
 class _Grid(NamedTuple):
@@ -236,7 +105,7 @@ class _GridOracle:
             -0.5 * (R2 - SY * mu) / sig2
             - 0.5 * n * math.log(2 * math.pi * sig2)
             + torch.log(tau) + 0.5 * _LOG_2PI
-            + _log_diff_ndtr((lo - mu) / tau, (hi - mu) / tau)
+            + log_diff_ndtr((lo - mu) / tau, (hi - mu) / tau)
             - math.log(hi - lo)
         )
         return logq + log_ml, mu, tau
@@ -329,7 +198,7 @@ class _GridOracle:
             parts = []
             for g, logw, s, o, lo, hi in self._terms(sub):
                 w = logw.exp()
-                c1, cvar = _truncnorm_moments(g.mu, g.tau, lo, hi)
+                c1, cvar = truncnorm_moments(g.mu, g.tau, lo, hi)
                 parts.append((w, c1[:, None] * s + o, cvar[:, None] * s**2))
             mean = sum((w * mg).sum(-1) for w, mg, _ in parts)
             var = sum((w * (vg + (mg - mean[..., None]) ** 2)).sum(-1) for w, mg, vg in parts) + self.noise_std**2
@@ -354,8 +223,8 @@ class _GridOracle:
                 tau_p2 = 1 / (1 / tau**2 + s**2 / sig2)
                 mu_p = tau_p2 * (mu / tau**2 + s * r / sig2)
                 tau_p = tau_p2.sqrt()
-                log_zp = _log_diff_ndtr_fast((lo - mu_p) / tau_p, (hi - mu_p) / tau_p)
-                log_z = _log_diff_ndtr((lo - mu) / tau, (hi - mu) / tau)
+                log_zp = log_diff_ndtr_fast((lo - mu_p) / tau_p, (hi - mu_p) / tau_p)
+                log_z = log_diff_ndtr((lo - mu) / tau, (hi - mu) / tau)
                 terms.append(logw + log_n + log_zp - log_z)
             out.append(torch.logsumexp(torch.cat(terms, -1), -1))
         lp = torch.cat(out).masked_fill(~batch.target_mask, 0.0)
@@ -380,7 +249,7 @@ class _GridOracle:
             start += G
             th, mu, tau = (torch.gather(t, 1, local) for t in (g.theta, g.mu, g.tau))
             lo, hi = g.family.coef_range
-            c = _truncnorm_sample(mu, tau, lo, hi, generator)
+            c = truncnorm_sample(mu, tau, lo, hi, generator)
             f = c[:, None, :] * g.family.feature(xt, th)
             if g.family.offset is not None:
                 f = f + g.family.offset(xt, th)
@@ -388,46 +257,6 @@ class _GridOracle:
         y = y + self.noise_std * torch.randn(y.shape, generator=generator, dtype=y.dtype)
         y = y * batch.target_mask[..., None]
         return y.permute(2, 0, 1)[..., None].to(batch.target_x.dtype)
-
-
-_GL_NODES, _GL_WEIGHTS = (torch.as_tensor(a, dtype=torch.float64) for a in np.polynomial.legendre.leggauss(12))
-
-
-def _truncnorm_moments(mu, tau, lo, hi):
-    """Mean and variance of ``N(mu, tau^2)`` truncated to ``[lo, hi]`` (elementwise).
-
-    Closed form, except where the density is nearly flat over the interval (the closed form then
-    cancels catastrophically): there a 12-point Gauss-Legendre rule on ``[lo, hi]`` is exact to
-    rounding.
-    """
-    a, b = (lo - mu) / tau, (hi - mu) / tau
-    log_z = _log_diff_ndtr(a, b)
-    pa = torch.exp(-0.5 * a**2 - 0.5 * _LOG_2PI - log_z)
-    pb = torch.exp(-0.5 * b**2 - 0.5 * _LOG_2PI - log_z)
-    mean = mu + tau * (pa - pb)
-    var = tau**2 * (1 + a * pa - b * pb - (pa - pb) ** 2)
-    flat = (b - a) * (torch.maximum(a.abs(), b.abs()) + (b - a)) < 1  # log-density varies by < 1 nat
-    if bool(flat.any()):
-        c = 0.5 * (lo + hi) + 0.5 * (hi - lo) * _GL_NODES.to(mu.dtype)  # [K]
-        logf = -0.5 * ((c - mu[flat][:, None]) / tau[flat][:, None]) ** 2
-        w = _GL_WEIGHTS.to(mu.dtype) * torch.exp(logf - logf.max(-1, keepdim=True).values)
-        w = w / w.sum(-1, keepdim=True)
-        m1 = (w * c).sum(-1)
-        mean[flat] = m1
-        var[flat] = (w * (c - m1[:, None]) ** 2).sum(-1)
-    return mean.clamp(lo, hi), var.clamp(0.0, (hi - lo) ** 2 / 4)
-
-
-def _truncnorm_sample(mu, tau, lo, hi, generator):
-    """Inverse-CDF draws from ``N(mu, tau^2)`` truncated to ``[lo, hi]``, computed in the lower tail."""
-    a, b = (lo - mu) / tau, (hi - mu) / tau
-    flip = a > 0
-    a2, b2 = torch.where(flip, -b, a), torch.where(flip, -a, b)
-    u = torch.rand(mu.shape, generator=generator, dtype=mu.dtype)
-    pa, pb = ndtr(a2), ndtr(b2)
-    z = ndtri((pa + u * (pb - pa)).clamp(1e-300, 1.0))
-    z = torch.where(flip, -z, z)
-    return (mu + tau * z).clamp(lo, hi)
 
 
 class SinusoidOracle(_GridOracle):
