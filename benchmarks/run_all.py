@@ -8,7 +8,8 @@
    nothing else of ours running: the NeuralProcess training step vs plain PyTorch
    (``np_overhead.py``), MAML-family meta-iterations vs a per-task loop (``maml_throughput.py``,
    when present), joint vs per-task NUTS (``nuts_joint_vs_per_task.py``) and the peak memory of
-   each NUTS arm (``ru_maxrss`` growth of a fresh process above its level after setup);
+   each NUTS arm (``ru_maxrss`` growth of a fresh process above its level after setup), and the MCMC
+   samplers' speed (``mcmc_speed.py``: NUTS eager/JIT/inductor, batched per-task HMC, NumPyro);
 4. the markdown: machine, versions, seeds, every table, the checks against stated targets.
 
     python benchmarks/run_all.py [--out docs] [--jobs 2] [--smoke]
@@ -185,6 +186,24 @@ def np_family_section(work: Path, out: Path, smoke: bool, python: str) -> Tuple[
     return "\n" + text + "\n", summary
 
 
+def mcmc_speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, Any]]:
+    """Run ``benchmarks/mcmc_speed.py``: its table and acceptance checks as a section, and ``{"checks": ...}``."""
+    js = work / "mcmc_speed.json"
+    rc, secs, rss = run([python, str(HERE / "mcmc_speed.py"), "--json", str(js), *(["--smoke"] if smoke else [])],
+                        work / "mcmc_speed.log")
+    if rc != 0:
+        raise RuntimeError(f"mcmc_speed.py failed:\n{_tail(work / 'mcmc_speed.log')}")
+    mc = json.loads(js.read_text())
+    text = (
+        "### Exact per-task posteriors: NUTS (eager, JIT, TorchInductor), batched per-task HMC, NumPyro\n\n"
+        f"`benchmarks/mcmc_speed.py{' --smoke' if smoke else ''}` (its docstring gives the protocol and columns): one "
+        f"chain of {mc['warmup']} + {mc['samples']} iterations per arm, one thread; wall time {secs:.0f}s. "
+        f"Grid: {mc['thinning']}.{' ' + mc['numpyro_skipped'] if mc['numpyro_skipped'] else ''}\n\n"
+        + mc["table"] + "\n" + markdown_table(["check", "target", "measured"], mc["checks"])
+    )
+    return text, {"checks": mc["checks"]}
+
+
 def speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, Any]]:
     parts, out = [], {}
     # --- NeuralProcess step
@@ -254,6 +273,9 @@ def speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, 
         "the run minus its value after imports, setup and a 4-draw warm-up run (the growth of the process's "
         "high-water mark; 0 means the arm stayed below the warm-up level).\n"
     )
+    # --- MCMC speed: NUTS eager/JIT/inductor, batched per-task HMC, NumPyro (when installed)
+    text, out["mcmc_speed"] = mcmc_speed_section(work, smoke, python)
+    parts.append(text)
     return "\n".join(parts), out
 
 

@@ -1,5 +1,6 @@
 """``make bench`` in smoke mode: the whole docs generator runs and writes every table and figure."""
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
         assert f"figures/accuracy_{family}.png" in text
     for heading in ("## Checks against stated targets", "### Sinusoid (MAML protocol", "### GP curves, RBF kernel",
                     "### Line or sine", "### NeuralProcess vs the exact GP oracle", "### NeuralProcess training step",
-                    "### Joint NUTS"):
+                    "### Joint NUTS", "### Exact per-task posteriors"):
         assert heading in text, heading
     # every family table has a header row and rows with numbers; the oracle rows are present
     assert len(re.findall(r"^\| model \| method \| num_context \|", text, flags=re.M)) == len(run_all.FAMILY_ORDER)
@@ -133,6 +134,24 @@ def test_np_gp_scoring_matches_evaluate(monkeypatch):
 
 
 @pytest.mark.slow
+def test_mcmc_speed_script_smoke(tmp_path, monkeypatch, capsys):
+    """``benchmarks/mcmc_speed.py --smoke``: every arm runs on the same tasks, rows and checks are written."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("mcmc_speed", None)
+    import mcmc_speed
+
+    js, md = tmp_path / "mcmc.json", tmp_path / "mcmc.md"
+    out = mcmc_speed.main(["--smoke", "--json", str(js), "--markdown", str(md)])
+    arms = {r["arm"] for r in out["rows"]}
+    assert {"nuts jit", "nuts inductor", "batched", "batched compiled"} <= arms, arms
+    if not out["numpyro_skipped"]:
+        assert {"numpyro first", "numpyro warm"} <= arms
+    for r in out["rows"]:
+        assert r["T"] == 3 and r["grads_per_s"] > 0 and r["ess"] > 0 and r["divergences"] >= 0, r
+    assert "SMOKE RUN" in md.read_text() and "| check | target | measured |" in md.read_text()
+    assert len(json.loads(js.read_text())["rows"]) == len(out["rows"])
+
+
 def test_gpu_check_script_smoke(monkeypatch, capsys):
     """``benchmarks/gpu_check.py --smoke``: some device tests pass, every workload has a row; no CUDA is said so."""
     import torch

@@ -156,7 +156,8 @@ class BothSplits(pyro_meta.MetaModel):
 def test_a_model_observing_both_splits_in_point_plates_runs_under_every_method(method):
     """``infer`` conditions on a context-only batch (``Nt = 0``): the empty target plate must be harmless."""
     opts = {"svi": {"num_steps": 3}, "importance": {"num_proposals": 64},
-            "nuts": {"num_warmup": 5, "num_chains": 1}, "hmc": {"num_warmup": 5, "num_chains": 1}}.get(method, {})
+            "nuts": {"num_warmup": 5, "num_chains": 1}, "hmc": {"num_warmup": 5, "num_chains": 1},
+            "batched_hmc": {"num_warmup": 5, "num_chains": 1}}.get(method, {})
     model, b = BothSplits(), batch()
     import warnings
 

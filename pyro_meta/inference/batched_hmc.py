@@ -103,13 +103,20 @@ def _van_der_corput(i: int) -> float:
 
 
 class _Potential:
-    """``u [C, T, E] -> (U [C, T], dU/du [C, T, E])`` with one batched backward; counts calls."""
+    """``u [C, T, E] -> (U [C, T], dU/du [C, T, E])``: one batched backward, or ``value_and_grad``; counts calls."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size) -> None:
-        self.fn, self.shape, self.calls = fn, shape, 0
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size,
+                 value_and_grad: Optional[Callable] = None) -> None:
+        self.fn, self.shape, self.calls, self.value_and_grad = fn, shape, 0, value_and_grad
 
     def __call__(self, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         self.calls += 1
+        if self.value_and_grad is not None:
+            U, g = self.value_and_grad(u.detach())
+            if not torch.is_tensor(U) or U.shape != self.shape[:2] or not torch.is_tensor(g) or g.shape != u.shape:
+                raise ValueError(f"value_and_grad must return (U [C, T], dU/du [C, T, E]) = {list(self.shape[:2])}, "
+                                 f"{list(self.shape)}")
+            return U.detach().to(u.dtype), g.detach().to(u.dtype)
         u = u.detach().requires_grad_(True)
         with torch.enable_grad():
             U = self.fn(u)
@@ -248,15 +255,18 @@ class _ChEES:
         return self.log_avg.exp()
 
 
-def _check(init, potential_fn, num_samples, num_warmup, target_accept, trajectory, max_leapfrog) -> None:
+def _check(init, potential_fn, num_samples, num_warmup, target_accept, trajectory, max_leapfrog,
+           value_and_grad=None) -> None:
     if not torch.is_tensor(init) or not init.is_floating_point():
         raise TypeError(f"init must be a floating-point tensor [C, T, E], got {getattr(init, 'dtype', type(init))}")
     if init.dim() != 3 or init.numel() == 0:
         raise ValueError(f"init must have shape [C, T, E] (chains, tasks, coordinates), none 0; got {list(init.shape)}")
     if not bool(torch.isfinite(init).all()):
         raise ValueError("init must be finite")
-    if not callable(potential_fn):
-        raise TypeError("potential_fn must be callable: u [C, T, E] -> U [C, T]")
+    if value_and_grad is not None and not callable(value_and_grad):
+        raise TypeError("value_and_grad must be callable: u [C, T, E] -> (U [C, T], dU/du [C, T, E])")
+    if value_and_grad is None and not callable(potential_fn):
+        raise TypeError("potential_fn must be callable: u [C, T, E] -> U [C, T] (or pass value_and_grad)")
     for name, value, low in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0),
                              ("max_leapfrog", max_leapfrog, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -297,6 +307,7 @@ def sample_batched_hmc(
     seed: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
     progress: bool = False,
+    value_and_grad: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]] = None,
 ) -> BatchedHMCResult:
     """HMC over ``C`` chains of each of ``T`` independent targets, all advanced in lockstep.
 
@@ -321,19 +332,21 @@ def sample_batched_hmc(
     seed, generator : randomness (a ``torch.Generator`` on ``init``'s device wins; default: a seed drawn
         from torch's global generator, so ``pyro.set_rng_seed`` fixes it).
     progress : show a tqdm bar.
+    value_and_grad : optional ``u [C, T, E] -> (U [C, T], dU/du [C, T, E])`` used for every evaluation instead
+        of autograd on ``potential_fn`` (which may then be ``None``): e.g. a compiled potential and gradient.
 
     Returns
     -------
     BatchedHMCResult with ``samples [C, S, T, E]`` and per chain-task diagnostics.
     """
-    _check(init, potential_fn, num_samples, num_warmup, target_accept, trajectory, max_leapfrog)
+    _check(init, potential_fn, num_samples, num_warmup, target_accept, trajectory, max_leapfrog, value_and_grad)
     t_start = time.perf_counter()
     C, T, E = init.shape
     dtype, device = init.dtype, init.device
     if generator is None:
         generator = torch.Generator(device=device)
         generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-    pot = _Potential(potential_fn, init.shape)
+    pot = _Potential(potential_fn, init.shape, value_and_grad)
     q = init.detach().clone()
     U, g = pot(q)
     bad = ~(torch.isfinite(U) & torch.isfinite(g).all(-1))

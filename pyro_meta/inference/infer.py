@@ -12,7 +12,7 @@ from ..data.batch import TaskBatch
 from ..locking import serialized
 from ..model import MetaModel, no_task_latent_message
 from ..validation import check_int
-from . import amortized, importance, mcmc, prior, svi  # noqa: F401  (register the built-in methods)
+from . import amortized, batched_mcmc, importance, mcmc, prior, svi  # noqa: F401  (register the built-in methods)
 from .common import move_batch, prepare
 from .method import InferenceMethod, available_methods, get_method
 from .posterior import Posterior

@@ -22,6 +22,7 @@ METHOD_OPTIONS = {
     "importance": {"num_proposals": 64},
     "nuts": {"num_warmup": 10, "num_chains": 2, "max_tree_depth": 4},
     "hmc": {"num_warmup": 10, "num_chains": 1, "num_steps": 4},
+    "batched_hmc": {"num_warmup": 10, "num_chains": 2},
 }
 
 
