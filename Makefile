@@ -16,6 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 docs: $(STAMP)
 	# the API reference from the docstrings: offline (no intersphinx), warnings are errors

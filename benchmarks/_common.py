@@ -48,7 +48,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines) + "\n"
 
 
-def interleaved_times(steps: Dict[str, Callable[[], None]], iters: int, rounds: int, warmup: int = 5) -> Dict[str, List[float]]:
+def interleaved_times(
+    steps: Dict[str, Callable[[], None]], iters: int, rounds: int, warmup: int = 5
+) -> Dict[str, List[float]]:
     """Seconds per call of each ``steps[name]()``: ``rounds`` interleaved rounds of ``iters`` calls each.
 
     Interleaving makes the arms see the same machine load; report the median over rounds.

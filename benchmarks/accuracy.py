@@ -69,29 +69,94 @@ class Family:
 FAMILIES: Dict[str, Family] = {
     f.name: f
     for f in [
-        Family("sinusoid", "Sinusoid (MAML protocol, noiseless)",
-               "A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5], no noise; MSE of the predictive mean on 50 query points",
-               lambda: Sinusoid(), None, (5, 20), 10, [5, 10, 20], 50, "mse", 10),
-        Family("noisy_sinusoid", "Noisy sinusoid (noise sd 0.3)",
-               "the MAML sinusoid with N(0, 0.3^2) observation noise; Bayes-optimal oracle by numerical integration",
-               lambda: Sinusoid(noise_std=0.3), lambda t: SinusoidOracle(t), (2, 10), 10, [2, 5, 10], 50, "nll", 5,
-               nuts=True, svi_gradient_based=True),
-        Family("gp_rbf", "GP curves, RBF kernel",
-               "NP protocol: x ~ U[-2, 2], length scale ~ U[0.1, 0.6], signal scale ~ U[0.1, 1], noise 0.02, "
-               "targets include the context; exact GP oracle with the true hyperparameters",
-               lambda: GPCurves("rbf"), lambda t: GPOracle(), (3, 49), (2, 49), [5, 10, 20], 50, "nll", 10,
-               nuts=True, fourier_lengthscale=0.3),
-        Family("gp_matern52", "GP curves, Matern-5/2 kernel", "as RBF with the Matern-5/2 kernel",
-               lambda: GPCurves("matern52"), lambda t: GPOracle(), (3, 49), (2, 49), [5, 10, 20], 50, "nll", 10,
-               fourier_lengthscale=0.3),
-        Family("gp_periodic", "GP curves, periodic kernel",
-               "as RBF with the periodic kernel (length scale ~ U[0.5, 1], period ~ U[1, 2])",
-               lambda: GPCurves("periodic"), lambda t: GPOracle(), (3, 49), (2, 49), [5, 10, 20], 50, "nll", 10,
-               fourier_lengthscale=0.3),
-        Family("line_or_sine", "Line or sine (PLATIPUS)",
-               "sinusoid or line (slope, intercept ~ U[-3, 3]) with prob. 1/2, noise sd 0.1; oracle integrates both "
-               "hypotheses", lambda: LineOrSine(), lambda t: LineOrSineOracle(t), (1, 5), 10, [1, 2, 5], 50, "nll", 2,
-               nuts=True, svi_gradient_based=True),
+        Family(
+            "sinusoid",
+            "Sinusoid (MAML protocol, noiseless)",
+            "A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5], no noise; MSE of the predictive mean on 50 query points",
+            lambda: Sinusoid(),
+            None,
+            (5, 20),
+            10,
+            [5, 10, 20],
+            50,
+            "mse",
+            10,
+        ),
+        Family(
+            "noisy_sinusoid",
+            "Noisy sinusoid (noise sd 0.3)",
+            "the MAML sinusoid with N(0, 0.3^2) observation noise; Bayes-optimal oracle by numerical integration",
+            lambda: Sinusoid(noise_std=0.3),
+            lambda t: SinusoidOracle(t),
+            (2, 10),
+            10,
+            [2, 5, 10],
+            50,
+            "nll",
+            5,
+            nuts=True,
+            svi_gradient_based=True,
+        ),
+        Family(
+            "gp_rbf",
+            "GP curves, RBF kernel",
+            "NP protocol: x ~ U[-2, 2], length scale ~ U[0.1, 0.6], signal scale ~ U[0.1, 1], noise 0.02, "
+            "targets include the context; exact GP oracle with the true hyperparameters",
+            lambda: GPCurves("rbf"),
+            lambda t: GPOracle(),
+            (3, 49),
+            (2, 49),
+            [5, 10, 20],
+            50,
+            "nll",
+            10,
+            nuts=True,
+            fourier_lengthscale=0.3,
+        ),
+        Family(
+            "gp_matern52",
+            "GP curves, Matern-5/2 kernel",
+            "as RBF with the Matern-5/2 kernel",
+            lambda: GPCurves("matern52"),
+            lambda t: GPOracle(),
+            (3, 49),
+            (2, 49),
+            [5, 10, 20],
+            50,
+            "nll",
+            10,
+            fourier_lengthscale=0.3,
+        ),
+        Family(
+            "gp_periodic",
+            "GP curves, periodic kernel",
+            "as RBF with the periodic kernel (length scale ~ U[0.5, 1], period ~ U[1, 2])",
+            lambda: GPCurves("periodic"),
+            lambda t: GPOracle(),
+            (3, 49),
+            (2, 49),
+            [5, 10, 20],
+            50,
+            "nll",
+            10,
+            fourier_lengthscale=0.3,
+        ),
+        Family(
+            "line_or_sine",
+            "Line or sine (PLATIPUS)",
+            "sinusoid or line (slope, intercept ~ U[-3, 3]) with prob. 1/2, noise sd 0.1; oracle integrates both "
+            "hypotheses",
+            lambda: LineOrSine(),
+            lambda t: LineOrSineOracle(t),
+            (1, 5),
+            10,
+            [1, 2, 5],
+            50,
+            "nll",
+            2,
+            nuts=True,
+            svi_gradient_based=True,
+        ),
     ]
 }
 
@@ -113,9 +178,17 @@ OPTIONS = {
     "nuts": {"num_warmup": 100, "num_samples": 100, "num_chains": 2, "jit_compile": True, "max_tree_depth": 7},
 }
 SVI_GRADIENT_BASED = {"num_steps": 100}
-SMOKE = dict(steps=5, num_tasks=4, num_samples=20, num_target=10,
-             options={"svi": {"num_steps": 3}, "importance": {"num_proposals": 50},
-                      "nuts": {"num_warmup": 5, "num_chains": 1, "jit_compile": False}})
+SMOKE = dict(
+    steps=5,
+    num_tasks=4,
+    num_samples=20,
+    num_target=10,
+    options={
+        "svi": {"num_steps": 3},
+        "importance": {"num_proposals": 50},
+        "nuts": {"num_warmup": 5, "num_chains": 1, "jit_compile": False},
+    },
+)
 
 
 def make_models(family: Family) -> Dict[str, Any]:
@@ -125,7 +198,8 @@ def make_models(family: Family) -> Dict[str, Any]:
         # MSE 0.30 at 5 context points where the 2 x 64, z in R^16 defaults stayed at 1.81 (measured)
         "NeuralProcess": lambda: zoo.NeuralProcess(x_dim=1, y_dim=1, latent_dim=8, hidden=128, num_layers=3),
         "BayesianLinear": lambda: zoo.BayesianLinear(
-            features=FourierFeatures(num_features=32, lengthscale=family.fourier_lengthscale), learn_noise=True),
+            features=FourierFeatures(num_features=32, lengthscale=family.fourier_lengthscale), learn_noise=True
+        ),
         # one adaptation step at test time as at training, like the other three: with ten, MAML's
         # test-time adaptation diverged to non-finite values on noisy sinusoids after 3000 steps
         # (measured; the ten-step MAML protocol is benchmarks/maml_sinusoid.py, part A)
@@ -173,13 +247,25 @@ def run_family(family: Family, smoke: bool = False, progress: bool = False) -> D
         steps, lr, decay = TRAINING[name]
         steps = SMOKE["steps"] if smoke else steps
         t0 = time.perf_counter()
-        result = pyro_meta.fit(model, tasks, num_steps=steps, tasks_per_batch=TASKS_PER_BATCH,
-                               num_context=family.train_context, num_target=family.train_target, lr=lr,
-                               lr_decay=decay, seed=SEED, progress=progress)
+        result = pyro_meta.fit(
+            model,
+            tasks,
+            num_steps=steps,
+            tasks_per_batch=TASKS_PER_BATCH,
+            num_context=family.train_context,
+            num_target=family.train_target,
+            lr=lr,
+            lr_decay=decay,
+            seed=SEED,
+            progress=progress,
+        )
         train_seconds[name] = time.perf_counter() - t0
         losses[name] = result.final_loss
-        print(f"[{family.name}] trained {name}: {steps} steps in {train_seconds[name]:.0f}s "
-              f"(final loss {result.final_loss:.3f})", flush=True)
+        print(
+            f"[{family.name}] trained {name}: {steps} steps in {train_seconds[name]:.0f}s "
+            f"(final loss {result.final_loss:.3f})",
+            flush=True,
+        )
 
     table = EvaluationTable()
     for name, model in models.items():
@@ -194,19 +280,37 @@ def run_family(family: Family, smoke: bool = False, progress: bool = False) -> D
                 opts["svi"] = dict(SVI_GRADIENT_BASED)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # low-ESS warnings: the table reports min_ess / r_hat
-                table = table + evaluate({name: model}, tasks, methods=list(ms), num_tasks=num_tasks, num_context=ncs,
-                                         num_target=num_target, seed=SEED, method_options=opts, oracle=oracle,
-                                         num_samples=num_samples)
+                table = table + evaluate(
+                    {name: model},
+                    tasks,
+                    methods=list(ms),
+                    num_tasks=num_tasks,
+                    num_context=ncs,
+                    num_target=num_target,
+                    seed=SEED,
+                    method_options=opts,
+                    oracle=oracle,
+                    num_samples=num_samples,
+                )
         eval_seconds[name] = time.perf_counter() - t0
         print(f"[{family.name}] evaluated {name} in {eval_seconds[name]:.0f}s", flush=True)
     rows = _tidy(table.rows, list(models))
     identical = repeat_check(models, family, tasks, oracle, rows, num_tasks, num_target, num_samples, options)
     out = {
         "family": dataclasses.asdict(family) | {"tasks": repr(tasks), "oracle": repr(oracle) if oracle else None},
-        "rows": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "final_loss": losses,
+        "rows": rows,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "final_loss": losses,
         "training": {k: (SMOKE["steps"] if smoke else v[0], *v[1:]) for k, v in TRAINING.items() if k in models},
-        "num_tasks": num_tasks, "num_samples": num_samples, "num_target": num_target, "seed": SEED,
-        "options": options, "svi_gradient_based": SVI_GRADIENT_BASED, "smoke": smoke, "identical_twice": identical,
+        "num_tasks": num_tasks,
+        "num_samples": num_samples,
+        "num_target": num_target,
+        "seed": SEED,
+        "options": options,
+        "svi_gradient_based": SVI_GRADIENT_BASED,
+        "smoke": smoke,
+        "identical_twice": identical,
     }
     table = EvaluationTable(rows)
     out["beating_oracle"] = {m: table.beating_oracle(m).rows for m in ("nll", "mse")} if oracle else {}
@@ -223,15 +327,27 @@ def repeat_check(models, family, tasks, oracle, rows, num_tasks, num_target, num
     nc = family.reference_context
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = evaluate({name: models[name]}, tasks, methods=ms, num_tasks=num_tasks, num_context=nc,
-                         num_target=num_target, seed=SEED, method_options={m: options[m] for m in ms if m in options},
-                         oracle=oracle, num_samples=num_samples)
+        again = evaluate(
+            {name: models[name]},
+            tasks,
+            methods=ms,
+            num_tasks=num_tasks,
+            num_context=nc,
+            num_target=num_target,
+            seed=SEED,
+            method_options={m: options[m] for m in ms if m in options},
+            oracle=oracle,
+            num_samples=num_samples,
+        )
 
     def strip(r):
         return {k: v for k, v in r.items() if k != "seconds"}
 
-    first = [strip(r) for r in rows if r["num_context"] == nc and (r["model"] == name and r["method"] in ms
-                                                                    or r["method"] == "oracle")]
+    first = [
+        strip(r)
+        for r in rows
+        if r["num_context"] == nc and (r["model"] == name and r["method"] in ms or r["method"] == "oracle")
+    ]
     return first == [strip(r) for r in again.rows]
 
 
@@ -246,8 +362,10 @@ def _tidy(rows: List[Dict[str, Any]], order: Sequence[str]) -> List[Dict[str, An
             seen.add(r["num_context"])
         out.append(r)
     rank = {n: i for i, n in enumerate(order)}
-    return sorted(out, key=lambda r: (r["num_context"], r["method"] != "oracle", rank.get(r["model"], -1),
-                                      methods.index(r["method"])))
+    return sorted(
+        out,
+        key=lambda r: (r["num_context"], r["method"] != "oracle", rank.get(r["model"], -1), methods.index(r["method"])),
+    )
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -267,13 +385,27 @@ def plot_family(result: Dict[str, Any], path: Path) -> None:
     for i, name in enumerate(names):
         color = f"C{i}"
         amort = [r for r in rows if r["model"] == name and r["method"] == "amortized"]
-        ax.errorbar([r["num_context"] for r in amort], [r[metric] for r in amort],
-                    yerr=[r[f"{metric}_se"] for r in amort], color=color, marker="o", capsize=3, label=name)
+        ax.errorbar(
+            [r["num_context"] for r in amort],
+            [r[metric] for r in amort],
+            yerr=[r[f"{metric}_se"] for r in amort],
+            color=color,
+            marker="o",
+            capsize=3,
+            label=name,
+        )
         for method, mk in markers.items():
             pts = [r for r in rows if r["model"] == name and r["method"] == method]
             if pts:
-                ax.plot([r["num_context"] for r in pts], [r[metric] for r in pts], linestyle="none", marker=mk,
-                        color=color, markersize=8 if mk == "*" else 6, alpha=0.8)
+                ax.plot(
+                    [r["num_context"] for r in pts],
+                    [r[metric] for r in pts],
+                    linestyle="none",
+                    marker=mk,
+                    color=color,
+                    markersize=8 if mk == "*" else 6,
+                    alpha=0.8,
+                )
     orc = [r for r in rows if r["method"] == "oracle"]
     if orc:
         ax.plot([r["num_context"] for r in orc], [r[metric] for r in orc], "k--", marker="x", label="oracle")
@@ -313,8 +445,19 @@ def main(argv=None) -> Dict[str, Any]:
         plot_family(res, out / "figures" / f"accuracy_{name}.png")
         (out / f"accuracy_{name}.json").write_text(json.dumps(res, indent=1, default=str))
         table = EvaluationTable(res["rows"])
-        cols = ["model", "method", "num_context", res["family"]["metric"], f"{res['family']['metric']}_se", "nll",
-                "nll_gap", "nll_gap_se", "crps", "coverage_90", "seconds"]
+        cols = [
+            "model",
+            "method",
+            "num_context",
+            res["family"]["metric"],
+            f"{res['family']['metric']}_se",
+            "nll",
+            "nll_gap",
+            "nll_gap_se",
+            "crps",
+            "coverage_90",
+            "seconds",
+        ]
         print(table.to_markdown([c for c in dict.fromkeys(cols) if c in table.columns]), flush=True)
         print(f"[{name}] {res['seconds']:.0f}s", flush=True)
         results[name] = res

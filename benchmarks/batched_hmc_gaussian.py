@@ -57,8 +57,13 @@ def run_nuts(potential: Callable, init: torch.Tensor, warmup: int, samples: int,
     chains = []
     for c in range(init.shape[0]):
         pyro.set_rng_seed(seed + c)
-        mcmc = MCMC(NUTS(potential_fn=potential, max_tree_depth=depth), num_samples=samples, warmup_steps=warmup,
-                    initial_params={"u": init[c]}, disable_progbar=True)
+        mcmc = MCMC(
+            NUTS(potential_fn=potential, max_tree_depth=depth),
+            num_samples=samples,
+            warmup_steps=warmup,
+            initial_params={"u": init[c]},
+            disable_progbar=True,
+        )
         mcmc.run()
         chains.append(mcmc.get_samples()["u"])
     return torch.stack(chains).numpy()
@@ -85,22 +90,27 @@ def main(argv=None) -> Dict[str, Dict[str, float]]:
 
     arms: Dict[str, Callable[[], np.ndarray]] = {}
     for traj in ("jitter", "chees"):
+
         def batched(traj=traj):
             r = sample_batched_hmc(lambda u: quad(u - mu, prec), init, S, W, seed=args.seed, trajectory=traj)
             return r.samples.numpy()
+
         arms[f"batched HMC ({traj})"] = batched
 
     def joint():  # one NUTS over all tasks' latents: one step size and tree depth for all
         return run_nuts(lambda d: quad(d["u"] - mu, prec).sum(), init, W, S, args.seed, args.max_tree_depth)
+
     arms["Pyro NUTS, joint over tasks"] = joint
 
     if not args.no_loop:
+
         def loop():  # one NUTS run per task
             out = []
             for t in range(T):
-                pot = lambda d, t=t: quad(d["u"] - mu[t], prec[t:t + 1]).sum()  # noqa: E731
-                out.append(run_nuts(pot, init[:, t:t + 1], W, S, args.seed, args.max_tree_depth))
+                pot = lambda d, t=t: quad(d["u"] - mu[t], prec[t : t + 1]).sum()  # noqa: E731
+                out.append(run_nuts(pot, init[:, t : t + 1], W, S, args.seed, args.max_tree_depth))
             return np.concatenate(out, axis=2)
+
         arms["Pyro NUTS, loop over tasks"] = loop
 
     results: Dict[str, Dict[str, float]] = {}
@@ -113,21 +123,46 @@ def main(argv=None) -> Dict[str, Dict[str, float]]:
         err_mean = float(np.abs((x.mean((0, 1)) - mu.numpy()) / sds.numpy()).max())
         err_sd = float(np.abs(x.std((0, 1)) / sds.numpy() - 1).max())
         med = float(np.median(ess))
-        results[name] = dict(seconds=seconds, median_min_ess=med, ess_per_s=med / seconds,
-                             worst_min_ess=float(ess.min()), mean_err=err_mean, sd_err=err_sd)
-        rows.append([name, f"{seconds:.1f}", f"{med:.0f}", f"{ess.min():.0f}", f"{med / seconds:.1f}",
-                     f"{err_mean:.3f}", f"{err_sd:.3f}"])
+        results[name] = dict(
+            seconds=seconds,
+            median_min_ess=med,
+            ess_per_s=med / seconds,
+            worst_min_ess=float(ess.min()),
+            mean_err=err_mean,
+            sd_err=err_sd,
+        )
+        rows.append(
+            [
+                name,
+                f"{seconds:.1f}",
+                f"{med:.0f}",
+                f"{ess.min():.0f}",
+                f"{med / seconds:.1f}",
+                f"{err_mean:.3f}",
+                f"{err_sd:.3f}",
+            ]
+        )
     ref = results["Pyro NUTS, loop over tasks" if not args.no_loop else "Pyro NUTS, joint over tasks"]
     for row, res in zip(rows, results.values()):
         row.append(f"{res['ess_per_s'] / ref['ess_per_s']:.1f}")
 
     info = machine_info()
-    print(f"{'SMOKE run: ' if args.smoke else ''}{T} per-task 2-D Gaussians (sd 0.01..20, corr 0.9 on every "
-          f"third), {C} chains x ({W} warmup + {S} draws), NUTS max tree depth {args.max_tree_depth}, torch threads 1, "
-          f"{info['cpu']} ({info['cores']} cores), torch {info['torch']}, pyro {info['pyro']}, arviz {info['arviz']}. "
-          "Timings on a shared machine are noisy; read the ratios.")
-    header = ["arm", "seconds", "median min-ESS", "worst min-ESS", "ESS/s", "max mean err / sd", "max sd rel. err",
-              f"ESS/s vs {'loop' if not args.no_loop else 'joint'}"]
+    print(
+        f"{'SMOKE run: ' if args.smoke else ''}{T} per-task 2-D Gaussians (sd 0.01..20, corr 0.9 on every "
+        f"third), {C} chains x ({W} warmup + {S} draws), NUTS max tree depth {args.max_tree_depth}, torch threads 1, "
+        f"{info['cpu']} ({info['cores']} cores), torch {info['torch']}, pyro {info['pyro']}, arviz {info['arviz']}. "
+        "Timings on a shared machine are noisy; read the ratios."
+    )
+    header = [
+        "arm",
+        "seconds",
+        "median min-ESS",
+        "worst min-ESS",
+        "ESS/s",
+        "max mean err / sd",
+        "max sd rel. err",
+        f"ESS/s vs {'loop' if not args.no_loop else 'joint'}",
+    ]
     print(markdown_table(header, rows))
     return results
 

@@ -85,8 +85,7 @@ def evaluation_steps(fn, x, phi, second_order: bool):
     return step
 
 
-def maml_step(net: FunctionalConv4, fn, tasks: int, ways: int, shots: int, queries: int,
-              generator: torch.Generator):
+def maml_step(net: FunctionalConv4, fn, tasks: int, ways: int, shots: int, queries: int, generator: torch.Generator):
     """A MAML meta-step with the network ``fn(x, phi)`` on one pre-sampled batch of random images and labels."""
     D = net.in_features
     xc = torch.rand(tasks, ways * shots, D, generator=generator)
@@ -127,8 +126,10 @@ def main(argv=None) -> None:
     T = args.tasks
     phi = net.init_params(T, generator=g)
     fns = arms(net)
-    print(f"T = {T} tasks, {image} images, {channels} channels, batch norm, torch threads = {torch.get_num_threads()}, "
-          f"CPU seconds, median of {args.rounds} interleaved rounds{' (SMOKE: tiny sizes)' if args.smoke else ''}\n")
+    print(
+        f"T = {T} tasks, {image} images, {channels} channels, batch norm, torch threads = {torch.get_num_threads()}, "
+        f"CPU seconds, median of {args.rounds} interleaved rounds{' (SMOKE: tiny sizes)' if args.smoke else ''}\n"
+    )
     rows = []
     for N in args.images:
         x = torch.rand(T, N, net.in_features, generator=g)
@@ -141,20 +142,34 @@ def main(argv=None) -> None:
             times = {k: median(v) for k, v in cpu_times(steps, args.rounds).items()}
             base = times["grouped conv (FunctionalConv4)"]
             for name, t in times.items():
-                rows.append([name, N, "second-order step" if second else "forward + backward", f"{1e3 * t:.0f}",
-                             f"{t / base:.2f}"])
+                rows.append(
+                    [
+                        name,
+                        N,
+                        "second-order step" if second else "forward + backward",
+                        f"{1e3 * t:.0f}",
+                        f"{t / base:.2f}",
+                    ]
+                )
     if rows:
         print(markdown_table(["arm", "images per task", "what", "ms", "time / grouped"], rows))
     if args.no_maml:
         return
-    steps = {name: maml_step(net, fn, T, ways, shots, queries, torch.Generator().manual_seed(1))
-             for name, fn in fns.items()}
+    steps = {
+        name: maml_step(net, fn, T, ways, shots, queries, torch.Generator().manual_seed(1)) for name, fn in fns.items()
+    }
     times = {k: median(v) for k, v in cpu_times(steps, args.rounds).items()}
     base = times["grouped conv (FunctionalConv4)"]
-    print(f"MAML meta-step, {T} tasks, {ways}-way {shots}-shot + {queries} queries per class, 1 inner step, "
-          f"second order:\n")
-    print(markdown_table(["arm", "s / step", "it/s", "time / grouped"],
-                         [[k, f"{t:.2f}", f"{1 / t:.3f}", f"{t / base:.2f}"] for k, t in times.items()]))
+    print(
+        f"MAML meta-step, {T} tasks, {ways}-way {shots}-shot + {queries} queries per class, 1 inner step, "
+        f"second order:\n"
+    )
+    print(
+        markdown_table(
+            ["arm", "s / step", "it/s", "time / grouped"],
+            [[k, f"{t:.2f}", f"{1 / t:.3f}", f"{t / base:.2f}"] for k, t in times.items()],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -89,23 +89,79 @@ ARMS = (
     Arm("ProtoNet", "ProtoNet", 20, 1, 5, steps=1500, num_samples=1),
     Arm("BayesianLastLayer", "BayesianLastLayer", 20, (1, 5), 5, steps=900, options=(("feature_dim", 16),), nuts=True),
     Arm("NeuralProcessClassifier", "NeuralProcessClassifier", 20, (1, 5), 5, steps=900),
-    Arm("MAML 5-way", "MAML", 5, (1, 5), 5, steps=500, tasks_per_batch=2, num_samples=1,
-        options=(("inner_lr", 0.4),) + tuple(FAMILY.items())),
-    Arm("ABML 5-way", "ABML", 5, (1, 5), 5, steps=500, tasks_per_batch=2,
+    Arm(
+        "MAML 5-way",
+        "MAML",
+        5,
+        (1, 5),
+        5,
+        steps=500,
+        tasks_per_batch=2,
+        num_samples=1,
+        options=(("inner_lr", 0.4),) + tuple(FAMILY.items()),
+    ),
+    Arm(
+        "ABML 5-way",
+        "ABML",
+        5,
+        (1, 5),
+        5,
+        steps=500,
+        tasks_per_batch=2,
         options=(("inner_lr", 0.4), ("inner_lr_scale", 0.1), ("prior_scale", 0.1), ("kl_weight", 0.01))
-        + tuple(FAMILY.items())),
-    Arm("BMAML 5-way", "BMAML", 5, (1, 5), 5, steps=500, tasks_per_batch=2,
-        options=(("num_particles", 5), ("svgd_lr", 0.4)) + tuple(FAMILY.items())),
-    Arm("PLATIPUS 5-way", "PLATIPUS", 5, (1, 5), 5, steps=500, tasks_per_batch=2,
-        options=(("inner_lr", 0.4), ("prior_scale", 0.1), ("kl_weight", 0.01)) + tuple(FAMILY.items())),
-    Arm("MAML 20-way", "MAML", 20, 1, 5, steps=250, num_samples=1, options=(("inner_lr", 0.4),) + tuple(FAMILY.items())),
-    Arm("ABML 20-way", "ABML", 20, 1, 5, steps=250,
+        + tuple(FAMILY.items()),
+    ),
+    Arm(
+        "BMAML 5-way",
+        "BMAML",
+        5,
+        (1, 5),
+        5,
+        steps=500,
+        tasks_per_batch=2,
+        options=(("num_particles", 5), ("svgd_lr", 0.4)) + tuple(FAMILY.items()),
+    ),
+    Arm(
+        "PLATIPUS 5-way",
+        "PLATIPUS",
+        5,
+        (1, 5),
+        5,
+        steps=500,
+        tasks_per_batch=2,
+        options=(("inner_lr", 0.4), ("prior_scale", 0.1), ("kl_weight", 0.01)) + tuple(FAMILY.items()),
+    ),
+    Arm(
+        "MAML 20-way", "MAML", 20, 1, 5, steps=250, num_samples=1, options=(("inner_lr", 0.4),) + tuple(FAMILY.items())
+    ),
+    Arm(
+        "ABML 20-way",
+        "ABML",
+        20,
+        1,
+        5,
+        steps=250,
         options=(("inner_lr", 0.4), ("inner_lr_scale", 0.1), ("prior_scale", 0.1), ("kl_weight", 0.01))
-        + tuple(FAMILY.items())),
-    Arm("BMAML 20-way", "BMAML", 20, 1, 5, steps=250, options=(("num_particles", 5), ("svgd_lr", 0.4))
-        + tuple(FAMILY.items())),
-    Arm("PLATIPUS 20-way", "PLATIPUS", 20, 1, 5, steps=250,
-        options=(("inner_lr", 0.4), ("prior_scale", 0.1), ("kl_weight", 0.01)) + tuple(FAMILY.items())),
+        + tuple(FAMILY.items()),
+    ),
+    Arm(
+        "BMAML 20-way",
+        "BMAML",
+        20,
+        1,
+        5,
+        steps=250,
+        options=(("num_particles", 5), ("svgd_lr", 0.4)) + tuple(FAMILY.items()),
+    ),
+    Arm(
+        "PLATIPUS 20-way",
+        "PLATIPUS",
+        20,
+        1,
+        5,
+        steps=250,
+        options=(("inner_lr", 0.4), ("prior_scale", 0.1), ("kl_weight", 0.01)) + tuple(FAMILY.items()),
+    ),
 )
 
 
@@ -128,8 +184,18 @@ class Config:
 
     @classmethod
     def make_smoke(cls) -> "Config":
-        return cls(episodes=6, nuts_episodes=2, nuts_warmup=4, nuts_samples=4, nuts_max_tree_depth=3, channels=4,
-                   step_scale=0.0, baseline_train_episodes=6, scratch_steps=3, smoke=True)
+        return cls(
+            episodes=6,
+            nuts_episodes=2,
+            nuts_warmup=4,
+            nuts_samples=4,
+            nuts_max_tree_depth=3,
+            channels=4,
+            step_scale=0.0,
+            baseline_train_episodes=6,
+            scratch_steps=3,
+            smoke=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -161,13 +227,20 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
     steps = max(1, int(round(arm.steps * config.step_scale)))
     tasks = omniglot_training_episodes(arm.way, arm.shots, arm.queries)
     t0 = time.perf_counter()
-    pyro_meta.fit(model, tasks, num_steps=steps, tasks_per_batch=arm.tasks_per_batch, lr=arm.lr, seed=config.seed,
-                  progress=False)
+    pyro_meta.fit(
+        model, tasks, num_steps=steps, tasks_per_batch=arm.tasks_per_batch, lr=arm.lr, seed=config.seed, progress=False
+    )
     train_seconds = time.perf_counter() - t0
     images = load_omniglot("test").images.reshape(-1, 28 * 28)
     rows, nuts_tasks, bins = [], {}, {}
-    nuts_opts = {"nuts": {"num_samples": config.nuts_samples, "num_warmup": config.nuts_warmup,
-                          "num_chains": config.nuts_chains, "max_tree_depth": config.nuts_max_tree_depth}}
+    nuts_opts = {
+        "nuts": {
+            "num_samples": config.nuts_samples,
+            "num_warmup": config.nuts_warmup,
+            "num_chains": config.nuts_chains,
+            "max_tree_depth": config.nuts_max_tree_depth,
+        }
+    }
     with feature_memo(model, images):
         for way, shots, queries in arm.settings():
             test = test_episodes(way, shots, queries)
@@ -176,19 +249,27 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
             def keep(row: Dict[str, Any], post: Any, kept: Dict[Tuple[int, str], Any] = kept) -> None:
                 kept[(row["num_tasks"], row["method"])] = post
 
-            common = dict(num_context=shots, seed=config.seed, ece_bins=ECE_BINS, num_samples=arm.num_samples,
-                          callback=keep)
-            table = pyro_meta.evaluate({arm.name: model}, test, methods=["amortized"], num_tasks=config.episodes,
-                                       **common)
+            common = dict(
+                num_context=shots, seed=config.seed, ece_bins=ECE_BINS, num_samples=arm.num_samples, callback=keep
+            )
+            table = pyro_meta.evaluate(
+                {arm.name: model}, test, methods=["amortized"], num_tasks=config.episodes, **common
+            )
             if (way, shots) == (5, 1):
                 bins[arm.name] = _bins(kept[(config.episodes, "amortized")].predict())
             if arm.nuts:
-                paired = pyro_meta.evaluate({arm.name: model}, test, methods=["amortized", "nuts"],
-                                            num_tasks=config.nuts_episodes, method_options=nuts_opts,
-                                            **dict(common, seed=config.seed + 1))
+                paired = pyro_meta.evaluate(
+                    {arm.name: model},
+                    test,
+                    methods=["amortized", "nuts"],
+                    num_tasks=config.nuts_episodes,
+                    method_options=nuts_opts,
+                    **dict(common, seed=config.seed + 1),
+                )
                 nuts = kept[(config.nuts_episodes, "nuts")]
-                nuts_tasks[f"{way}-way {shots}-shot"] = {k: nuts.diagnostics[k].tolist()
-                                                        for k in ("r_hat", "ess_bulk", "ess_tail")}
+                nuts_tasks[f"{way}-way {shots}-shot"] = {
+                    k: nuts.diagnostics[k].tolist() for k in ("r_hat", "ess_bulk", "ess_tail")
+                }
                 if (way, shots) == (5, 1):
                     bins[arm.name + " NUTS"] = _bins(nuts.predict())
                 table = table + paired
@@ -212,8 +293,9 @@ def _class_distances(batch: TaskBatch, way: int) -> torch.Tensor:
     return torch.where(onehot[:, None], d[..., None], torch.tensor(math.inf)).amin(2)
 
 
-def _scores(name: str, probs: torch.Tensor, batch: TaskBatch, seconds: float, hard: Optional[torch.Tensor] = None
-            ) -> Dict[str, Any]:
+def _scores(
+    name: str, probs: torch.Tensor, batch: TaskBatch, seconds: float, hard: Optional[torch.Tensor] = None
+) -> Dict[str, Any]:
     """A row in evaluate's format from class probabilities ``[T, Nt, K]`` (``hard``: predicted labels for accuracy)."""
     from pyro_meta import metrics
 
@@ -222,9 +304,17 @@ def _scores(name: str, probs: torch.Tensor, batch: TaskBatch, seconds: float, ha
     acc_t = ((pred == y) & m).sum(-1).double() / m.sum(-1)
     lp = torch.log(torch.gather(probs.double(), -1, y[..., None])[..., 0].clamp_min(1e-300))
     ece, _ = metrics.expected_calibration_error(probs.double(), y, m, bins=ECE_BINS)
-    return {"model": name, "method": "-", "num_tasks": batch.num_tasks, "accuracy": float(acc_t.mean()),
-            "accuracy_se": float(acc_t.std() / math.sqrt(len(acc_t))), "nll": float(-(lp * m).sum() / m.sum()),
-            "ece": ece, "brier": metrics.brier_score(probs.double(), y, m), "seconds": seconds}
+    return {
+        "model": name,
+        "method": "-",
+        "num_tasks": batch.num_tasks,
+        "accuracy": float(acc_t.mean()),
+        "accuracy_se": float(acc_t.std() / math.sqrt(len(acc_t))),
+        "nll": float(-(lp * m).sum() / m.sum()),
+        "ece": ece,
+        "brier": metrics.brier_score(probs.double(), y, m),
+        "seconds": seconds,
+    }
 
 
 def fit_temperature(way: int, shots: int, queries: int, config: Config) -> float:
@@ -243,7 +333,9 @@ def fit_temperature(way: int, shots: int, queries: int, config: Config) -> float
 
 def nearest_neighbour_row(way: int, shots: int, queries: int, config: Config) -> Dict[str, Any]:
     tau = fit_temperature(way, shots, queries, config)
-    batch = test_episodes(way, shots, queries).sample(config.episodes, generator=torch.Generator().manual_seed(config.seed))
+    batch = test_episodes(way, shots, queries).sample(
+        config.episodes, generator=torch.Generator().manual_seed(config.seed)
+    )
     t0 = time.perf_counter()
     d = _class_distances(batch, way)
     probs = torch.softmax(-d / tau, -1)
@@ -252,8 +344,9 @@ def nearest_neighbour_row(way: int, shots: int, queries: int, config: Config) ->
     return row
 
 
-def train_from_scratch(batch: TaskBatch, way: int, steps: int, lr: float, weight_decay: float, hidden: int = 128,
-                       seed: int = 0) -> torch.Tensor:
+def train_from_scratch(
+    batch: TaskBatch, way: int, steps: int, lr: float, weight_decay: float, hidden: int = 128, seed: int = 0
+) -> torch.Tensor:
     """An MLP per episode trained on its support set only (Adam, all episodes at once): query probabilities."""
     net = FunctionalMLP((batch.x_dim, hidden, way))
     g = torch.Generator().manual_seed(seed)
@@ -273,7 +366,8 @@ def train_from_scratch(batch: TaskBatch, way: int, steps: int, lr: float, weight
 def scratch_row(way: int, shots: int, queries: int, config: Config) -> Dict[str, Any]:
     """Choose (lr, weight decay) on meta-training episodes by NLL, then score the meta-test episodes."""
     train = omniglot_training_episodes(way, shots, queries).sample(
-        config.baseline_train_episodes, generator=torch.Generator().manual_seed(config.seed + 8))
+        config.baseline_train_episodes, generator=torch.Generator().manual_seed(config.seed + 8)
+    )
     best = None
     for lr in (1e-3, 1e-2):
         for wd in (0.0, 1e-2):
@@ -282,7 +376,9 @@ def scratch_row(way: int, shots: int, queries: int, config: Config) -> Dict[str,
             if best is None or nll < best[0]:
                 best = (nll, lr, wd)
     _, lr, wd = best
-    batch = test_episodes(way, shots, queries).sample(config.episodes, generator=torch.Generator().manual_seed(config.seed))
+    batch = test_episodes(way, shots, queries).sample(
+        config.episodes, generator=torch.Generator().manual_seed(config.seed)
+    )
     t0 = time.perf_counter()
     probs = train_from_scratch(batch, way, config.scratch_steps, lr, wd, seed=config.seed)
     row = _scores("MLP from scratch on the support set", probs, batch, time.perf_counter() - t0)
@@ -306,26 +402,39 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 def acceptance(rows: Sequence[Dict[str, Any]]) -> List[str]:
     """The issue's checks on the 5-way 1-shot rows of this run."""
-    five = [r for r in rows if r["setting"] == "5-way 1-shot" and r["num_tasks"] == max(
-        x["num_tasks"] for x in rows if x["setting"] == "5-way 1-shot")]
+    five = [
+        r
+        for r in rows
+        if r["setting"] == "5-way 1-shot"
+        and r["num_tasks"] == max(x["num_tasks"] for x in rows if x["setting"] == "5-way 1-shot")
+    ]
     zoo = [r for r in five if r["model"] not in ("pixel nearest neighbour", "MLP from scratch on the support set")]
     nn_row = next(r for r in five if r["model"] == "pixel nearest neighbour")
     best = max(zoo, key=lambda r: r["accuracy"])
-    out = [f"best 5-way 1-shot accuracy {100 * best['accuracy']:.1f}% ({best['model']}, {best['method']}): "
-           f"{'PASS' if best['accuracy'] >= 0.95 else 'FAIL'} (>= 95%)"]
+    out = [
+        f"best 5-way 1-shot accuracy {100 * best['accuracy']:.1f}% ({best['model']}, {best['method']}): "
+        f"{'PASS' if best['accuracy'] >= 0.95 else 'FAIL'} (>= 95%)"
+    ]
     nn_hi = nn_row["accuracy"] + 1.96 * nn_row["accuracy_se"]
     for r in zoo:
         lo = r["accuracy"] - 1.96 * r["accuracy_se"]
-        out.append(f"{r['model']} ({r['method']}) beats pixel NN beyond both 95% intervals: "
-                   f"{'PASS' if lo > nn_hi else 'FAIL'} ({100 * lo:.1f}% > {100 * nn_hi:.1f}%)")
+        out.append(
+            f"{r['model']} ({r['method']}) beats pixel NN beyond both 95% intervals: "
+            f"{'PASS' if lo > nn_hi else 'FAIL'} ({100 * lo:.1f}% > {100 * nn_hi:.1f}%)"
+        )
     maml = next((r for r in zoo if r["model"].startswith("MAML")), None)
     if maml is not None:
-        bayes = [r for r in zoo if r["model"].split()[0] in ("ABML", "BMAML", "PLATIPUS", "BayesianLastLayer",
-                                                              "NeuralProcessClassifier")]
+        bayes = [
+            r
+            for r in zoo
+            if r["model"].split()[0] in ("ABML", "BMAML", "PLATIPUS", "BayesianLastLayer", "NeuralProcessClassifier")
+        ]
         ok = [r for r in bayes if r["ece"] < maml["ece"] and abs(r["accuracy"] - maml["accuracy"]) <= 0.01]
-        out.append(f"a Bayesian member with lower ECE than MAML ({maml['ece']:.3f}) at accuracy within 1 point of "
-                   f"MAML's ({100 * maml['accuracy']:.1f}%): {'PASS' if ok else 'FAIL'}"
-                   + (f" ({', '.join(r['model'] + ' ' + r['method'] for r in ok)})" if ok else ""))
+        out.append(
+            f"a Bayesian member with lower ECE than MAML ({maml['ece']:.3f}) at accuracy within 1 point of "
+            f"MAML's ({100 * maml['accuracy']:.1f}%): {'PASS' if ok else 'FAIL'}"
+            + (f" ({', '.join(r['model'] + ' ' + r['method'] for r in ok)})" if ok else "")
+        )
     return out
 
 
@@ -348,17 +457,30 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--markdown", default=None, help="write the tables there")
     args = parser.parse_args(argv)
     config = Config.make_smoke() if args.smoke else Config()
-    changes = {k: v for k, v in (("episodes", args.episodes), ("nuts_episodes", args.nuts_episodes),
-                                 ("step_scale", args.step_scale)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("episodes", args.episodes),
+            ("nuts_episodes", args.nuts_episodes),
+            ("step_scale", args.step_scale),
+        )
+        if v is not None
+    }
     config = dataclasses.replace(config, seed=args.seed, **changes)
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     info = machine_info()
-    print(("SMOKE run (tiny sizes; numbers meaningless)\n" if config.smoke else "")
-          + f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, pyro {info['pyro']}; "
-          f"load average at start {load_average()}; {args.jobs} training processes", flush=True)
-    print(f"meta-train alphabets {OMNIGLOT_SPLITS['train'] + OMNIGLOT_SPLITS['val']} (+ rotations); meta-test "
-          f"{OMNIGLOT_SPLITS['test']}; {config.episodes} episodes per setting, seed {config.seed}", flush=True)
+    print(
+        ("SMOKE run (tiny sizes; numbers meaningless)\n" if config.smoke else "")
+        + f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, pyro {info['pyro']}; "
+        f"load average at start {load_average()}; {args.jobs} training processes",
+        flush=True,
+    )
+    print(
+        f"meta-train alphabets {OMNIGLOT_SPLITS['train'] + OMNIGLOT_SPLITS['val']} (+ rotations); meta-test "
+        f"{OMNIGLOT_SPLITS['test']}; {config.episodes} episodes per setting, seed {config.seed}",
+        flush=True,
+    )
 
     arms = list(ARMS)
     results: List[Dict[str, Any]] = []
@@ -381,8 +503,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             rows.append(dict(fn(way, shots, queries, config), setting=setting))
 
     out = []
-    budget = ", ".join(f"{a.name} {max(1, int(round(a.steps * config.step_scale)))} x {a.tasks_per_batch} "
-                       f"{a.way}-way episodes" for a in arms)
+    budget = ", ".join(
+        f"{a.name} {max(1, int(round(a.steps * config.step_scale)))} x {a.tasks_per_batch} {a.way}-way episodes"
+        for a in arms
+    )
     out.append(f"Training budgets (steps x episodes per step): {budget}; Adam, seed {config.seed}.\n")
     for way, shots, queries in SETTINGS:
         setting = f"{way}-way {shots}-shot"
@@ -395,8 +519,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             r_hat = ", ".join(f"{v:.3f}" for v in diag["r_hat"])
             ess = ", ".join(f"{v:.0f}" for v in diag["ess_bulk"])
             tail = ", ".join(f"{v:.0f}" for v in diag["ess_tail"])
-            out.append(f"{res['arm']}, {setting}: R-hat per task [{r_hat}]\n\nbulk ESS per task [{ess}]\n\n"
-                       f"tail ESS per task [{tail}]\n")
+            out.append(
+                f"{res['arm']}, {setting}: R-hat per task [{r_hat}]\n\nbulk ESS per task [{ess}]\n\n"
+                f"tail ESS per task [{tail}]\n"
+            )
     checks = acceptance(rows)
     out.append("### Checks against stated targets (5-way 1-shot, this run)\n")
     out.extend(f"* {c}" for c in checks)
@@ -416,8 +542,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         from pyro_meta.plot_classification import plot_reliability
 
         bins = {k: v for res in results for k, v in res["bins"].items()}
-        order = [k for k in ("MAML 5-way", "ABML 5-way", "BMAML 5-way", "PLATIPUS 5-way", "ProtoNet",
-                             "NeuralProcessClassifier", "BayesianLastLayer", "BayesianLastLayer NUTS") if k in bins]
+        order = [
+            k
+            for k in (
+                "MAML 5-way",
+                "ABML 5-way",
+                "BMAML 5-way",
+                "PLATIPUS 5-way",
+                "ProtoNet",
+                "NeuralProcessClassifier",
+                "BayesianLastLayer",
+                "BayesianLastLayer NUTS",
+            )
+            if k in bins
+        ]
         fig = plot_reliability({k: bins[k] for k in order}, title="5-way 1-shot, Omniglot meta-test alphabets")
         Path(figure).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(figure, dpi=100)

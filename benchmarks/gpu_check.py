@@ -42,7 +42,15 @@ def devices() -> List[str]:
 
 def run_device_tests(smoke: bool) -> Dict[str, object]:
     """``pytest tests/test_devices.py`` in a subprocess: ``{"rc", "summary"}`` (the last line pytest prints)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(ROOT, "tests", "test_devices.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        os.path.join(ROOT, "tests", "test_devices.py"),
+    ]
     if smoke:
         cmd += ["-k", "metrics or taskbatch"]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -71,11 +79,21 @@ def inference_times(args, devs: List[str]) -> Dict[str, Dict[str, float]]:
 
     cfg = DemoConfig().smoke() if args.smoke else DemoConfig()
     torch.manual_seed(0)
-    model = NeuralProcess(latent_dim=cfg.latent_dim, hidden=cfg.hidden, num_layers=cfg.num_layers,
-                          activation=cfg.activation)
+    model = NeuralProcess(
+        latent_dim=cfg.latent_dim, hidden=cfg.hidden, num_layers=cfg.num_layers, activation=cfg.activation
+    )
     tasks = Sinusoid(noise_std=cfg.noise_std)
-    pyro_meta.fit(model, tasks, num_steps=args.train_steps, tasks_per_batch=cfg.tasks_per_batch,
-                  num_context=cfg.train_context, num_target=cfg.train_target, lr=cfg.lr, seed=0, progress=False)
+    pyro_meta.fit(
+        model,
+        tasks,
+        num_steps=args.train_steps,
+        tasks_per_batch=cfg.tasks_per_batch,
+        num_context=cfg.train_context,
+        num_target=cfg.train_target,
+        lr=cfg.lr,
+        seed=0,
+        progress=False,
+    )
     batch = tasks.sample(args.tasks, 5, cfg.num_target, generator=torch.Generator().manual_seed(1))
     options = cfg.method_options()
     options["nuts"].update(num_warmup=args.nuts_iters, num_samples=args.nuts_iters)
@@ -87,8 +105,18 @@ def inference_times(args, devs: List[str]) -> Dict[str, Dict[str, float]]:
             num_samples = opts.pop("num_samples", cfg.num_samples)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # mixing warnings of short NUTS runs
-                seconds = _timed(device, pyro_meta.infer, m, batch, method=method, num_samples=num_samples, seed=0,
-                                 progress=False, device=device, **opts)
+                seconds = _timed(
+                    device,
+                    pyro_meta.infer,
+                    m,
+                    batch,
+                    method=method,
+                    num_samples=num_samples,
+                    seed=0,
+                    progress=False,
+                    device=device,
+                    **opts,
+                )
             out.setdefault(f"infer {method} ({args.tasks} tasks)", {})[device] = seconds
     return out
 
@@ -125,10 +153,22 @@ def table(inference: Dict[str, Dict[str, float]], maml: Dict[str, float], devs: 
     header = ["workload", "CPU", "CUDA" if cuda else "CUDA (absent)", "CPU / CUDA time"]
     rows = []
     for name, t in inference.items():
-        rows.append([f"{name}, seconds", f"{t['cpu']:.2f}", f"{t['cuda']:.2f}" if cuda else "n/a",
-                     f"{t['cpu'] / t['cuda']:.2f}" if cuda else "n/a"])
-    rows.append(["MAML meta-training, steps / s", f"{maml['cpu']:.1f}", f"{maml['cuda']:.1f}" if cuda else "n/a",
-                 f"{maml['cuda'] / maml['cpu']:.2f}" if cuda else "n/a"])
+        rows.append(
+            [
+                f"{name}, seconds",
+                f"{t['cpu']:.2f}",
+                f"{t['cuda']:.2f}" if cuda else "n/a",
+                f"{t['cpu'] / t['cuda']:.2f}" if cuda else "n/a",
+            ]
+        )
+    rows.append(
+        [
+            "MAML meta-training, steps / s",
+            f"{maml['cpu']:.1f}",
+            f"{maml['cuda']:.1f}" if cuda else "n/a",
+            f"{maml['cuda'] / maml['cpu']:.2f}" if cuda else "n/a",
+        ]
+    )
     return markdown_table(header, rows)
 
 
@@ -139,7 +179,9 @@ def main(argv: Optional[List[str]] = None) -> str:
     p.add_argument("--nuts-iters", type=int, default=100, help="NUTS warmup and draws per chain")
     p.add_argument("--maml-steps", type=int, default=100)
     p.add_argument("--skip-tests", action="store_true", help="timings only")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and a few device tests: checks that everything runs")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and a few device tests: checks that everything runs"
+    )
     p.add_argument("--out", help="also write the report (markdown) there")
     args = p.parse_args(argv)
     if args.smoke:
@@ -151,8 +193,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     if "cuda" in devs:
         lines.append(f"CUDA device: {torch.cuda.get_device_name(0)}; CPU: {info['cpu']}\n")
     else:
-        lines.append(f"CUDA is not available on this machine: the CUDA tests are skipped and only the CPU is timed "
-                     f"(CPU: {info['cpu']}, {info['cores']} cores, 1 torch thread).\n")
+        lines.append(
+            f"CUDA is not available on this machine: the CUDA tests are skipped and only the CPU is timed "
+            f"(CPU: {info['cpu']}, {info['cores']} cores, 1 torch thread).\n"
+        )
     ok = True
     if not args.skip_tests:
         tests = run_device_tests(args.smoke)

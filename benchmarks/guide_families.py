@@ -45,17 +45,41 @@ from pyro_meta.oracles import LineOrSineOracle, SinusoidOracle  # noqa: E402
 GUIDES = ("normal", "mixture", "flow")
 OBJECTIVES = ("elbo", "iwae", "rws", "sleep")
 NP = dict(latent_dim=2, hidden=64, num_layers=2, num_components=4, flow_layers=3)
-FULL = dict(train_steps=4000, guide_steps=2000, tasks_per_batch=16, lr=2e-3, test_tasks=100, num_target=50,
-            draws=200, proposals=1000, nuts=dict(num_samples=200, num_warmup=200, num_chains=2, jit_compile=True),
-            sbc_replicates=100, sbc_nuts=dict(num_warmup=150, num_chains=2), particles=8)
-SMOKE = dict(train_steps=20, guide_steps=10, tasks_per_batch=8, lr=2e-3, test_tasks=6, num_target=10, draws=20,
-             proposals=64, nuts=dict(num_samples=10, num_warmup=10, num_chains=1, max_tree_depth=3),
-             sbc_replicates=10, sbc_nuts=dict(num_warmup=10, num_chains=1, max_tree_depth=3), particles=2)
+FULL = dict(
+    train_steps=4000,
+    guide_steps=2000,
+    tasks_per_batch=16,
+    lr=2e-3,
+    test_tasks=100,
+    num_target=50,
+    draws=200,
+    proposals=1000,
+    nuts=dict(num_samples=200, num_warmup=200, num_chains=2, jit_compile=True),
+    sbc_replicates=100,
+    sbc_nuts=dict(num_warmup=150, num_chains=2),
+    particles=8,
+)
+SMOKE = dict(
+    train_steps=20,
+    guide_steps=10,
+    tasks_per_batch=8,
+    lr=2e-3,
+    test_tasks=6,
+    num_target=10,
+    draws=20,
+    proposals=64,
+    nuts=dict(num_samples=10, num_warmup=10, num_chains=1, max_tree_depth=3),
+    sbc_replicates=10,
+    sbc_nuts=dict(num_warmup=10, num_chains=1, max_tree_depth=3),
+    particles=2,
+)
 FAMILIES = {
-    "line_or_sine": dict(tasks=lambda: LineOrSine(noise_std=0.1), oracle=LineOrSineOracle, contexts=(1, 2, 3),
-                         train_context=(1, 5)),
-    "noisy_sinusoid": dict(tasks=lambda: Sinusoid(noise_std=0.2), oracle=SinusoidOracle, contexts=(1, 3, 5),
-                           train_context=(1, 10)),
+    "line_or_sine": dict(
+        tasks=lambda: LineOrSine(noise_std=0.1), oracle=LineOrSineOracle, contexts=(1, 2, 3), train_context=(1, 5)
+    ),
+    "noisy_sinusoid": dict(
+        tasks=lambda: Sinusoid(noise_std=0.2), oracle=SinusoidOracle, contexts=(1, 3, 5), train_context=(1, 10)
+    ),
 }
 
 
@@ -80,9 +104,20 @@ def train(guide: str, tasks, cfg, fam, objective: str = "elbo", decoder_from=Non
         model.decoder.requires_grad_(False)  # the same trained model: only the guide is fitted
     steps = cfg["guide_steps"] if decoder_from is not None else cfg["train_steps"]
     t0 = time.perf_counter()
-    pyro_meta.fit(model, tasks, num_steps=steps, tasks_per_batch=cfg["tasks_per_batch"], num_context=fam["train_context"],
-                  num_target=(5, 15), lr=cfg["lr"], lr_decay=0.2, seed=seed, progress=False, guide_objective=objective,
-                  guide_particles=cfg["particles"])
+    pyro_meta.fit(
+        model,
+        tasks,
+        num_steps=steps,
+        tasks_per_batch=cfg["tasks_per_batch"],
+        num_context=fam["train_context"],
+        num_target=(5, 15),
+        lr=cfg["lr"],
+        lr_decay=0.2,
+        seed=seed,
+        progress=False,
+        guide_objective=objective,
+        guide_particles=cfg["particles"],
+    )
     model.decoder.requires_grad_(True)
     return model, time.perf_counter() - t0
 
@@ -107,9 +142,14 @@ def ratio(s: torch.Tensor, n: torch.Tensor):
 def score(post, batch, ref_nll=None):
     s, n, pred = per_task(post, batch)
     nll, nll_se = ratio(s, n)
-    row = dict(nll=nll, nll_se=nll_se, mse=metrics.mse(pred.mean, batch.target_y, batch.target_mask),
-               coverage_90=metrics.coverage(pred.flat, batch.target_y, batch.target_mask, 0.9),
-               crps=metrics.crps(pred.flat, batch.target_y, batch.target_mask), seconds=post.seconds)
+    row = dict(
+        nll=nll,
+        nll_se=nll_se,
+        mse=metrics.mse(pred.mean, batch.target_y, batch.target_mask),
+        coverage_90=metrics.coverage(pred.flat, batch.target_y, batch.target_mask, 0.9),
+        crps=metrics.crps(pred.flat, batch.target_y, batch.target_mask),
+        seconds=post.seconds,
+    )
     if "ess" in post.diagnostics and post.method == "importance":
         row["median_ess"] = float(post.diagnostics["ess"].median())
     if post.method == "nuts":
@@ -129,26 +169,50 @@ def run_family(name: str, cfg, out: Dict, smoke: bool) -> None:
     for guide in GUIDES:
         models[guide], secs = train(guide, tasks, cfg, fam)
         out.setdefault("train_seconds", {})[f"{name}/joint/{guide}"] = secs
-    batches = {nc: tasks.sample(cfg["test_tasks"], nc, cfg["num_target"], generator=torch.Generator().manual_seed(7 + nc))
-               for nc in fam["contexts"]}
+    batches = {
+        nc: tasks.sample(cfg["test_tasks"], nc, cfg["num_target"], generator=torch.Generator().manual_seed(7 + nc))
+        for nc in fam["contexts"]
+    }
     nuts_nll = {}
     for nc, batch in batches.items():
         o = oracle.log_prob(batch).double()
         o_nll, _ = ratio(-(o * batch.target_mask).sum(-1), batch.target_mask.sum(-1).double())
-        rows.append(dict(family=name, stage="oracle", guide="", objective="", method="oracle", num_context=nc, nll=o_nll))
+        rows.append(
+            dict(family=name, stage="oracle", guide="", objective="", method="oracle", num_context=nc, nll=o_nll)
+        )
         for guide, model in models.items():
-            nuts = pyro_meta.infer(model, batch, method="nuts", seed=0, num_samples=cfg["nuts"]["num_samples"],
-                                   **{k: v for k, v in cfg["nuts"].items() if k != "num_samples"})
+            nuts = pyro_meta.infer(
+                model,
+                batch,
+                method="nuts",
+                seed=0,
+                num_samples=cfg["nuts"]["num_samples"],
+                **{k: v for k, v in cfg["nuts"].items() if k != "num_samples"},
+            )
             r_nuts, s_nuts, n = score(nuts, batch)
             nuts_nll[(guide, nc)] = (s_nuts, nuts)
-            rows.append(dict(family=name, stage="A joint", guide=guide, objective="elbo", method="nuts", num_context=nc,
-                             **r_nuts))
+            rows.append(
+                dict(
+                    family=name, stage="A joint", guide=guide, objective="elbo", method="nuts", num_context=nc, **r_nuts
+                )
+            )
             for method, opts in (("amortized", {}), ("importance", {"num_proposals": cfg["proposals"]})):
                 post = pyro_meta.infer(model, batch, method=method, num_samples=cfg["draws"], seed=0, **opts)
                 r, _, _ = score(post, batch, ref_nll=s_nuts)
                 gap = r.pop("_gap")
-                rows.append(dict(family=name, stage="A joint", guide=guide, objective="elbo", method=method,
-                                 num_context=nc, amortization_gap=gap[0], amortization_gap_se=gap[1], **r))
+                rows.append(
+                    dict(
+                        family=name,
+                        stage="A joint",
+                        guide=guide,
+                        objective="elbo",
+                        method=method,
+                        num_context=nc,
+                        amortization_gap=gap[0],
+                        amortization_gap_se=gap[1],
+                        **r,
+                    )
+                )
     # B: one trained model (the Normal guide's decoder), a fresh guide of each family and objective
     base = models["normal"]
     objectives = OBJECTIVES if name == "line_or_sine" else ("elbo",)
@@ -171,11 +235,30 @@ def run_family(name: str, cfg, out: Dict, smoke: bool) -> None:
             if normal_s is not None:
                 g = ratio(normal_s - s, n)
                 extra = dict(gaussian_gap=g[0], gaussian_gap_se=g[1])
-            imp = pyro_meta.infer(model, batch, method="importance", num_samples=cfg["draws"], seed=0,
-                                  num_proposals=cfg["proposals"], proposal="guide")
-            rows.append(dict(family=name, stage="B same model", guide=guide, objective=objective, method="amortized",
-                             num_context=nc, amortization_gap=gap[0], amortization_gap_se=gap[1],
-                             importance_median_ess=float(imp.diagnostics["ess"].median()), **extra, **r))
+            imp = pyro_meta.infer(
+                model,
+                batch,
+                method="importance",
+                num_samples=cfg["draws"],
+                seed=0,
+                num_proposals=cfg["proposals"],
+                proposal="guide",
+            )
+            rows.append(
+                dict(
+                    family=name,
+                    stage="B same model",
+                    guide=guide,
+                    objective=objective,
+                    method="amortized",
+                    num_context=nc,
+                    amortization_gap=gap[0],
+                    amortization_gap_se=gap[1],
+                    importance_median_ess=float(imp.diagnostics["ess"].median()),
+                    **extra,
+                    **r,
+                )
+            )
     out["rows"] = out.get("rows", []) + rows
     if name == "line_or_sine":
         sbc_part(tasks, fitted, base, cfg, out)
@@ -187,12 +270,23 @@ def sbc_part(tasks, fitted, base, cfg, out) -> None:
     for (guide, objective), model in fitted.items():
         r = sbc(model, tasks, method="amortized", num_replicates=cfg["sbc_replicates"], num_context=2, seed=3)
         res[f"{guide}/{objective}"] = dict(min_p=r.min_pvalue, passed=r.passed(), p=[float(p) for p in r.pvalues["z"]])
-    r = sbc(base, tasks, method="nuts", num_replicates=cfg["sbc_replicates"], num_context=2, seed=3,
-            num_samples=200 if cfg is FULL else 20, num_rank_draws=99 if cfg is FULL else 19, num_bins=10,
-            method_options=cfg["sbc_nuts"])
+    r = sbc(
+        base,
+        tasks,
+        method="nuts",
+        num_replicates=cfg["sbc_replicates"],
+        num_context=2,
+        seed=3,
+        num_samples=200 if cfg is FULL else 20,
+        num_rank_draws=99 if cfg is FULL else 19,
+        num_bins=10,
+        method_options=cfg["sbc_nuts"],
+    )
     res["NUTS"] = dict(min_p=r.min_pvalue, passed=r.passed(), p=[float(p) for p in r.pvalues["z"]])
     r = sbc(base, tasks, method=Overconfident(), num_replicates=cfg["sbc_replicates"], num_context=2, seed=3)
-    res["overconfident (Normal x 0.5)"] = dict(min_p=r.min_pvalue, passed=r.passed(), p=[float(p) for p in r.pvalues["z"]])
+    res["overconfident (Normal x 0.5)"] = dict(
+        min_p=r.min_pvalue, passed=r.passed(), p=[float(p) for p in r.pvalues["z"]]
+    )
     out["sbc"] = res
 
 
@@ -205,13 +299,21 @@ def figure_part(tasks, fitted, base, oracle, cfg, out, path=None) -> None:
     for guide in GUIDES:
         best = min((o for g, o in fitted if g == guide), key=lambda o: out_nll(out, guide, o))
         draws[f"{guide} ({best})"] = pyro_meta.infer(fitted[(guide, best)], one, num_samples=800, seed=0)
-    out["figure_task"] = dict(p_sine=float(p_sine[t]), draws={k: v.samples["z"].reshape(-1, 2).tolist()[:800]
-                                                              for k, v in draws.items()})
+    out["figure_task"] = dict(
+        p_sine=float(p_sine[t]), draws={k: v.samples["z"].reshape(-1, 2).tolist()[:800] for k, v in draws.items()}
+    )
 
 
 def out_nll(out, guide, objective, nc=2):
-    rows = [r for r in out["rows"] if r["stage"] == "B same model" and r["guide"] == guide
-            and r["objective"] == objective and r["num_context"] == nc and r["family"] == "line_or_sine"]
+    rows = [
+        r
+        for r in out["rows"]
+        if r["stage"] == "B same model"
+        and r["guide"] == guide
+        and r["objective"] == objective
+        and r["num_context"] == nc
+        and r["family"] == "line_or_sine"
+    ]
     return rows[0]["nll"] if rows else math.inf
 
 
@@ -232,8 +334,10 @@ def save_figure(out, path: str) -> None:
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("z[0]")
     axes[0].set_ylabel("z[1]")
-    fig.suptitle(f"p(z | 2 context points) of an ambiguous line-or-sine task (oracle P(sine) = {task['p_sine']:.2f})",
-                 fontsize=10)
+    fig.suptitle(
+        f"p(z | 2 context points) of an ambiguous line-or-sine task (oracle P(sine) = {task['p_sine']:.2f})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -253,41 +357,87 @@ def checks(out) -> Dict[str, object]:
     normal2 = row(family="line_or_sine", stage="B same model", guide="normal", objective="elbo", num_context=2)
     if nuts2 and normal2:
         gap = normal2["nll"] - nuts2["nll"]
-        cands = [r for r in rows if r["family"] == "line_or_sine" and r["stage"] == "B same model"
-                 and r["guide"] in ("mixture", "flow") and r["num_context"] == 2]
+        cands = [
+            r
+            for r in rows
+            if r["family"] == "line_or_sine"
+            and r["stage"] == "B same model"
+            and r["guide"] in ("mixture", "flow")
+            and r["num_context"] == 2
+        ]
         best = min(cands, key=lambda r: r["nll"])
         closed = (normal2["nll"] - best["nll"]) / gap if gap > 0 else float("nan")
         res["closes_half_of_gap"] = dict(
-            normal_minus_nuts=gap, best=f"{best['guide']}/{best['objective']}", fraction_closed=closed,
-            paired_diff=best.get("gaussian_gap"), paired_se=best.get("gaussian_gap_se"),
-            coverage=best["coverage_90"], nuts_coverage=nuts2["coverage_90"],
-            passed=bool(closed >= 0.5 and best.get("gaussian_gap", 0) > 2 * best.get("gaussian_gap_se", math.inf)
-                        and abs(best["coverage_90"] - nuts2["coverage_90"]) <= 0.05))
+            normal_minus_nuts=gap,
+            best=f"{best['guide']}/{best['objective']}",
+            fraction_closed=closed,
+            paired_diff=best.get("gaussian_gap"),
+            paired_se=best.get("gaussian_gap_se"),
+            coverage=best["coverage_90"],
+            nuts_coverage=nuts2["coverage_90"],
+            passed=bool(
+                closed >= 0.5
+                and best.get("gaussian_gap", 0) > 2 * best.get("gaussian_gap_se", math.inf)
+                and abs(best["coverage_90"] - nuts2["coverage_90"]) <= 0.05
+            ),
+        )
     ess = {}
     for nc in (1, 2):
         n = row(family="line_or_sine", stage="B same model", guide="normal", objective="elbo", num_context=nc)
-        f = [r for r in rows if r["family"] == "line_or_sine" and r["stage"] == "B same model" and r["guide"] == "flow"
-             and r["num_context"] == nc]
+        f = [
+            r
+            for r in rows
+            if r["family"] == "line_or_sine"
+            and r["stage"] == "B same model"
+            and r["guide"] == "flow"
+            and r["num_context"] == nc
+        ]
         if n and f:
             bestf = max(f, key=lambda r: r["importance_median_ess"])
-            ess[nc] = dict(normal=n["importance_median_ess"], flow=bestf["importance_median_ess"],
-                           objective=bestf["objective"], ratio=bestf["importance_median_ess"] / n["importance_median_ess"])
+            ess[nc] = dict(
+                normal=n["importance_median_ess"],
+                flow=bestf["importance_median_ess"],
+                objective=bestf["objective"],
+                ratio=bestf["importance_median_ess"] / n["importance_median_ess"],
+            )
     res["importance_ess"] = dict(per_context=ess, passed=bool(ess) and all(v["ratio"] >= 3 for v in ess.values()))
     if "sbc" in out:
-        res["sbc"] = dict(nuts_passes=out["sbc"]["NUTS"]["passed"],
-                          overconfident_fails=not out["sbc"]["overconfident (Normal x 0.5)"]["passed"])
+        res["sbc"] = dict(
+            nuts_passes=out["sbc"]["NUTS"]["passed"],
+            overconfident_fails=not out["sbc"]["overconfident (Normal x 0.5)"]["passed"],
+        )
     return res
 
 
 def report(out) -> str:
-    cols = ["family", "stage", "guide", "objective", "method", "num_context", "nll", "nll_se", "amortization_gap",
-            "amortization_gap_se", "gaussian_gap", "gaussian_gap_se", "mse", "coverage_90", "crps", "median_ess",
-            "importance_median_ess", "max_r_hat", "seconds"]
+    cols = [
+        "family",
+        "stage",
+        "guide",
+        "objective",
+        "method",
+        "num_context",
+        "nll",
+        "nll_se",
+        "amortization_gap",
+        "amortization_gap_se",
+        "gaussian_gap",
+        "gaussian_gap_se",
+        "mse",
+        "coverage_90",
+        "crps",
+        "median_ess",
+        "importance_median_ess",
+        "max_r_hat",
+        "seconds",
+    ]
     fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     text = markdown_table(cols, [[fmt(r.get(c)) for c in cols] for r in out["rows"]])
     if "sbc" in out:
-        text += "\n" + markdown_table(["guide (SBC, 2 context points)", "min p", "passes (Bonferroni, 0.01)"],
-                                      [[k, f"{v['min_p']:.3g}", v["passed"]] for k, v in out["sbc"].items()])
+        text += "\n" + markdown_table(
+            ["guide (SBC, 2 context points)", "min p", "passes (Bonferroni, 0.01)"],
+            [[k, f"{v['min_p']:.3g}", v["passed"]] for k, v in out["sbc"].items()],
+        )
     return text
 
 

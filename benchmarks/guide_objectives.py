@@ -68,6 +68,7 @@ def objective_steps(num_tasks: int, num_particles: int) -> Dict[str, Callable[[]
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+
         return run
 
     return {
@@ -111,16 +112,22 @@ def head_fits(steps: int):
         "FlowHead spline, 3 layers": lambda: FlowHead(1, 2, hidden=(32,)),
         "FlowHead affine, 3 layers": lambda: FlowHead(1, 2, transform="affine", hidden=(32,)),
         "FlowHead spline, 3 layers, density": lambda: FlowHead(1, 2, hidden=(32,), direction="density"),
-        "FlowHead affine, 3 layers, density": lambda: FlowHead(1, 2, transform="affine", hidden=(32,), direction="density"),
+        "FlowHead affine, 3 layers, density": lambda: FlowHead(
+            1, 2, transform="affine", hidden=(32,), direction="density"
+        ),
     }
     wrap = {name: (make, lambda q, h: q(h)) for name, make in arms.items()}
     try:
         import zuko
 
-        wrap["zuko NSF, 3 layers"] = (lambda: zuko.flows.NSF(2, 1, transforms=3, hidden_features=(32, 32)),
-                                      lambda f, h: f(h[:, None]))
-        wrap["zuko MAF, 3 layers"] = (lambda: zuko.flows.MAF(2, 1, transforms=3, hidden_features=(32, 32)),
-                                      lambda f, h: f(h[:, None]))
+        wrap["zuko NSF, 3 layers"] = (
+            lambda: zuko.flows.NSF(2, 1, transforms=3, hidden_features=(32, 32)),
+            lambda f, h: f(h[:, None]),
+        )
+        wrap["zuko MAF, 3 layers"] = (
+            lambda: zuko.flows.MAF(2, 1, transforms=3, hidden_features=(32, 32)),
+            lambda f, h: f(h[:, None]),
+        )
     except ImportError:
         print("(zuko not installed: its rows are left out)")
     rows = []
@@ -143,8 +150,16 @@ def head_fits(steps: int):
             h, z = target.sample_pairs(4000, torch.Generator().manual_seed(1))
             kl = (target.log_prob(h, z) - conditional(q, h).log_prob(z)).mean()
         reverse = _reverse_step_seconds(q, conditional, target, max(5, steps // 20))
-        rows.append([name, f"{1e3 * seconds:.1f}", f"{1e3 * reverse:.1f}", f"{float(error):.3f}", f"{float(kl):.3f}",
-                     sum(p.numel() for p in q.parameters())])
+        rows.append(
+            [
+                name,
+                f"{1e3 * seconds:.1f}",
+                f"{1e3 * reverse:.1f}",
+                f"{float(error):.3f}",
+                f"{float(kl):.3f}",
+                sum(p.numel() for p in q.parameters()),
+            ]
+        )
         print(" | ".join(str(c) for c in rows[-1]), flush=True)
     return rows
 
@@ -153,8 +168,11 @@ def flow_directions(dim: int, repeats: int):
     """Per call with backward, ``D = dim``, 16 tasks, 8 draws each: ``log_prob`` of given points, and a draw scored."""
     torch.manual_seed(0)
     h, z = torch.randn(16, 32), torch.randn(8, 16, 1, dim)
-    arms = {f"FlowHead {t}, {d}": (FlowHead(32, dim, transform=t, direction=d), lambda q, h: q(h))
-            for t in ("spline", "affine") for d in ("sample", "density")}
+    arms = {
+        f"FlowHead {t}, {d}": (FlowHead(32, dim, transform=t, direction=d), lambda q, h: q(h))
+        for t in ("spline", "affine")
+        for d in ("sample", "density")
+    }
     try:
         import zuko
 
@@ -163,6 +181,7 @@ def flow_directions(dim: int, repeats: int):
         pass
     rows = []
     for name, (q, conditional) in arms.items():
+
         def score(q=q, conditional=conditional) -> None:
             conditional(q, h).log_prob(z).sum().backward()
 
@@ -195,14 +214,21 @@ def main(argv=None) -> None:
     times = cpu_times(objective_steps(args.tasks, args.particles), args.iters, args.rounds)
     base = median(times["ELBO, model.loss (closed-form KL)"])
     generic = median(times["ELBO, Trace_ELBO (MetaModel.loss)"])
-    rows = [[name, f"{1e3 * median(t):.2f}", f"{median(t) / base:.2f}", f"{median(t) / generic:.2f}"] for name, t in times.items()]
+    rows = [
+        [name, f"{1e3 * median(t):.2f}", f"{median(t) / base:.2f}", f"{median(t) / generic:.2f}"]
+        for name, t in times.items()
+    ]
     print(f"\nNeuralProcess(latent_dim=8, hidden=32), {args.tasks} sinusoid tasks (5 context, 10 target), one thread")
     print(markdown_table(["objective", "CPU ms / step", "x model.loss", "x Trace_ELBO"], rows))
     print(f"Heads fitted by maximum likelihood to BimodalTarget (2-D), {args.steps} steps of 256 draws, Adam 1e-2")
     rows = head_fits(args.steps)
     print("(CPU ms / ML step: log q at the target's draws, the flows' inverse direction; ms / ELBO step: rsample and")
     print("log q of the head's own draws, the direction a guide trained by the ELBO or IWAE uses)")
-    print(markdown_table(["head", "CPU ms / ML step", "CPU ms / ELBO step", "max mode-mass error", "forward KL", "parameters"], rows))
+    print(
+        markdown_table(
+            ["head", "CPU ms / ML step", "CPU ms / ELBO step", "max mode-mass error", "forward KL", "parameters"], rows
+        )
+    )
     print("Flow directions at D=16 (3 layers, hidden 32): CPU ms per call with backward")
     rows = flow_directions(16, 2 if args.smoke else 5)
     print(markdown_table(["flow", "log_prob of given points", "rsample + log_prob of the draws"], rows))

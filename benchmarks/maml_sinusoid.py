@@ -43,12 +43,30 @@ NOISE_B = 0.3
 NOISE_C = 0.1
 TASKS_PER_BATCH = 25
 
-FULL = dict(maml_steps=20000, steps=6000, los_steps=6000, np_steps=6000, test_tasks=600, test_targets=100, draws=100,
-            los_test_tasks=100, nuts=dict(num_samples=100, num_warmup=150, num_chains=2, max_tree_depth=7, jit_compile=True),
-            nuts_tasks=20)
-SMOKE = dict(maml_steps=30, steps=10, los_steps=10, np_steps=10, test_tasks=50, test_targets=20, draws=20,
-             los_test_tasks=6, nuts=dict(num_samples=5, num_warmup=5, num_chains=1, max_tree_depth=3),
-             nuts_tasks=3)
+FULL = dict(
+    maml_steps=20000,
+    steps=6000,
+    los_steps=6000,
+    np_steps=6000,
+    test_tasks=600,
+    test_targets=100,
+    draws=100,
+    los_test_tasks=100,
+    nuts=dict(num_samples=100, num_warmup=150, num_chains=2, max_tree_depth=7, jit_compile=True),
+    nuts_tasks=20,
+)
+SMOKE = dict(
+    maml_steps=30,
+    steps=10,
+    los_steps=10,
+    np_steps=10,
+    test_tasks=50,
+    test_targets=20,
+    draws=20,
+    los_test_tasks=6,
+    nuts=dict(num_samples=5, num_warmup=5, num_chains=1, max_tree_depth=3),
+    nuts_tasks=3,
+)
 
 
 def make_models(eval_inner_steps: int = 10) -> Dict[str, torch.nn.Module]:
@@ -69,15 +87,26 @@ def mean_ci(values: torch.Tensor):
 
 def train(model, tasks, steps: int, num_context, seed: int = 0) -> float:
     t0 = time.perf_counter()
-    fit(model, tasks, num_steps=steps, tasks_per_batch=TASKS_PER_BATCH, num_context=num_context, num_target=10,
-        lr=1e-3, seed=seed, progress=False)
+    fit(
+        model,
+        tasks,
+        num_steps=steps,
+        tasks_per_batch=TASKS_PER_BATCH,
+        num_context=num_context,
+        num_target=10,
+        lr=1e-3,
+        seed=seed,
+        progress=False,
+    )
     return time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------ part A
 def part_a(cfg) -> bool:
-    print(f"\n== A. MAML, noiseless sinusoids: {cfg['maml_steps']} meta-iterations, 1 inner step (train), "
-          f"10 (test), {cfg['test_tasks']} test tasks ==")
+    print(
+        f"\n== A. MAML, noiseless sinusoids: {cfg['maml_steps']} meta-iterations, 1 inner step (train), "
+        f"10 (test), {cfg['test_tasks']} test tasks =="
+    )
     torch.manual_seed(0)  # the weights' initialisation: each part is reproducible on its own
     model = MAML(inner_steps=1, eval_inner_steps=10, learn_noise=False)
     seconds = train(model, Sinusoid(), cfg["maml_steps"], 10)
@@ -87,15 +116,19 @@ def part_a(cfg) -> bool:
     per_task = model.mse(test.target_x, test.target_y, test.target_mask, phi).detach()
     m, h = mean_ci(per_task)
     ok = m <= 0.20
-    print(f"MAML MSE after 10 steps: {m:.3f} +- {h:.3f} (95% interval [{m - h:.3f}, {m + h:.3f}]); "
-          f"trained in {seconds:.0f} s -> {'PASS' if ok else 'FAIL'} (target <= 0.20)")
+    print(
+        f"MAML MSE after 10 steps: {m:.3f} +- {h:.3f} (95% interval [{m - h:.3f}, {m + h:.3f}]); "
+        f"trained in {seconds:.0f} s -> {'PASS' if ok else 'FAIL'} (target <= 0.20)"
+    )
     return ok
 
 
 # ------------------------------------------------------------------------------------------ part B
 def part_b(cfg) -> bool:
-    print(f"\n== B. noisy sinusoids (noise_std = {NOISE_B}): {cfg['steps']} meta-iterations each, "
-          f"{cfg['test_tasks']} test tasks, {cfg['draws']} predictive draws ==")
+    print(
+        f"\n== B. noisy sinusoids (noise_std = {NOISE_B}): {cfg['steps']} meta-iterations each, "
+        f"{cfg['test_tasks']} test tasks, {cfg['draws']} predictive draws =="
+    )
     tasks = Sinusoid(noise_std=NOISE_B)
     test = tasks.sample(cfg["test_tasks"], 10, cfg["test_targets"], generator=torch.Generator().manual_seed(4321))
     f = tasks.function(test.target_x, test.info)
@@ -116,16 +149,20 @@ def part_b(cfg) -> bool:
     for name, (m, h, cov, nll, s) in rows.items():
         ok = name == "MAML" or (m <= 1.25 * base and 0.80 <= cov <= 0.97)
         ok_all &= ok
-        print(f"{name:10s} {m:10.3f} +- {h:.3f}     {m / base:6.2f} {cov:6.3f} {nll:7.3f} {s:8.0f}  "
-              f"{'' if name == 'MAML' else ('PASS' if ok else 'FAIL')}")
+        print(
+            f"{name:10s} {m:10.3f} +- {h:.3f}     {m / base:6.2f} {cov:6.3f} {nll:7.3f} {s:8.0f}  "
+            f"{'' if name == 'MAML' else ('PASS' if ok else 'FAIL')}"
+        )
     print(f"{'oracle':10s} {'':22s} {'':6s} {'':6s} {oracle_nll:7.3f}")
     return ok_all
 
 
 # ------------------------------------------------------------------------------------------ part C
 def part_c(cfg, figure: str) -> None:
-    print(f"\n== C. LineOrSine (noise_std = {NOISE_C}), 2 context points: {cfg['los_steps']} meta-iterations each, "
-          f"{cfg['los_test_tasks']} test tasks; NUTS on the first {cfg['nuts_tasks']} ==")
+    print(
+        f"\n== C. LineOrSine (noise_std = {NOISE_C}), 2 context points: {cfg['los_steps']} meta-iterations each, "
+        f"{cfg['los_test_tasks']} test tasks; NUTS on the first {cfg['nuts_tasks']} =="
+    )
     tasks = LineOrSine(noise_std=NOISE_C)
     test = tasks.sample(cfg["los_test_tasks"], 2, 50, generator=torch.Generator().manual_seed(777))
     sub = test.select(slice(0, cfg["nuts_tasks"]))
@@ -138,18 +175,27 @@ def part_c(cfg, figure: str) -> None:
         """Amortized NLL on all test tasks and the NUTS tasks; NUTS on the latter if ``nuts_label``."""
         post = infer(model, test, method="amortized", num_samples=cfg["draws"], seed=0)
         lp = post.predict().log_prob()
-        rows.append((f"{name} (amortized)", -metrics.log_likelihood(lp, test.target_mask),
-                     -metrics.log_likelihood(lp[:k], sub.target_mask), seconds))
+        rows.append(
+            (
+                f"{name} (amortized)",
+                -metrics.log_likelihood(lp, test.target_mask),
+                -metrics.log_likelihood(lp[:k], sub.target_mask),
+                seconds,
+            )
+        )
         shown[name] = post.select(slice(0, k))
         if nuts_label:
             t0 = time.perf_counter()
             nuts = infer(model, sub, method="nuts", seed=0, init="guide", **cfg["nuts"])
             nlp = nuts.predict().log_prob()
-            rows.append((nuts_label, float("nan"), -metrics.log_likelihood(nlp, sub.target_mask),
-                         time.perf_counter() - t0))
+            rows.append(
+                (nuts_label, float("nan"), -metrics.log_likelihood(nlp, sub.target_mask), time.perf_counter() - t0)
+            )
             d = nuts.diagnostics
-            print(f"  NUTS on {name}'s model: divergences {d['divergences'].tolist()}, worst r_hat "
-                  f"{float(d['r_hat'].max()):.2f}, smallest ESS {float(d['ess'].min()):.0f}")
+            print(
+                f"  NUTS on {name}'s model: divergences {d['divergences'].tolist()}, worst r_hat "
+                f"{float(d['r_hat'].max()):.2f}, smallest ESS {float(d['ess'].min()):.0f}"
+            )
             shown[f"{name} NUTS"] = nuts
 
     # one adaptation step at test time as in training: lines reach |y| = 18 on [-5, 5], where ten steps
@@ -163,8 +209,18 @@ def part_c(cfg, figure: str) -> None:
     torch.manual_seed(0)
     npm = NeuralProcess(x_dim=1, y_dim=1, latent_dim=8, hidden=128, num_layers=3)
     t0 = time.perf_counter()
-    fit(npm, tasks, num_steps=cfg["np_steps"], tasks_per_batch=16, num_context=(1, 5), num_target=10, lr=3e-3,
-        lr_decay=0.1, seed=0, progress=False)
+    fit(
+        npm,
+        tasks,
+        num_steps=cfg["np_steps"],
+        tasks_per_batch=16,
+        num_context=(1, 5),
+        num_target=10,
+        lr=3e-3,
+        lr_decay=0.1,
+        seed=0,
+        progress=False,
+    )
     score("NeuralProcess", npm, time.perf_counter() - t0, "NeuralProcess, NUTS")
     print("  (NUTS chains that settle in different hypotheses, line or sine, raise r_hat: the posterior is multimodal)")
     print(f"{'method':24s} {'NLL/point (all)':>16s} {'NLL (NUTS tasks)':>17s} {'seconds':>8s}")
@@ -188,27 +244,35 @@ def density_figure(shown, batch, oracle, tasks, figure: str, rows=(0, 1, 2), num
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     rows = list(rows)
     sub = batch.select(rows)
     grid = torch.linspace(-5.5, 5.5, 111)
     dense = sub.with_targets(grid)
-    draws = {"Bayes-optimal oracle": oracle.sample(dense, num_draws, generator=torch.Generator().manual_seed(0))[..., 0]}
+    draws = {
+        "Bayes-optimal oracle": oracle.sample(dense, num_draws, generator=torch.Generator().manual_seed(0))[..., 0]
+    }
     for label, post in shown.items():
         pred = post.select(rows).predict(dense)
         draws[label] = pred.flat[..., 0]  # [N, T, G]
     y_edges = torch.linspace(-12.0, 12.0, 97)
-    fig, axes = plt.subplots(len(rows), len(draws), squeeze=False, sharex=True, sharey=True,
-                             figsize=(2.6 * len(draws), 2.3 * len(rows)))
+    fig, axes = plt.subplots(
+        len(rows), len(draws), squeeze=False, sharex=True, sharey=True, figsize=(2.6 * len(draws), 2.3 * len(rows))
+    )
     f_true = tasks.function(dense.target_x, sub.info)[..., 0]
     for j, (label, y) in enumerate(draws.items()):
         for i in range(len(rows)):
-            dens = torch.stack([torch.histc(y[:, i, g].clamp(-12, 12), bins=96, min=-12.0, max=12.0)
-                                for g in range(grid.numel())], 1)  # [bins, G]
+            dens = torch.stack(
+                [torch.histc(y[:, i, g].clamp(-12, 12), bins=96, min=-12.0, max=12.0) for g in range(grid.numel())], 1
+            )  # [bins, G]
             dens = dens / dens.sum(0, keepdim=True).clamp_min(1)
             ax = axes[i, j]
-            ax.imshow(dens.sqrt().numpy(), origin="lower", aspect="auto", cmap="Blues",
-                      extent=(float(grid[0]), float(grid[-1]), float(y_edges[0]), float(y_edges[-1])))
+            ax.imshow(
+                dens.sqrt().numpy(),
+                origin="lower",
+                aspect="auto",
+                cmap="Blues",
+                extent=(float(grid[0]), float(grid[-1]), float(y_edges[0]), float(y_edges[-1])),
+            )
             ax.plot(grid.numpy(), f_true[i].numpy(), "k--", lw=0.8)
             m = sub.context_mask[i]
             ax.scatter(sub.context_x[i, m, 0].numpy(), sub.context_y[i, m, 0].numpy(), s=18, color="red", zorder=3)
@@ -218,8 +282,10 @@ def density_figure(shown, batch, oracle, tasks, figure: str, rows=(0, 1, 2), num
                 ax.set_ylabel(f"task {rows[i]}: y")
             if i == len(rows) - 1:
                 ax.set_xlabel("x")
-    fig.suptitle("LineOrSine, 2 context points (red): posterior predictive density of y (sqrt scale), "
-                 "true function dashed", fontsize=10)
+    fig.suptitle(
+        "LineOrSine, 2 context points (red): posterior predictive density of y (sqrt scale), true function dashed",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(figure, dpi=80, bbox_inches="tight")
     print(f"figure: {figure} (predictive density; rows: test tasks with 2 context points; columns: oracle, methods)")
@@ -228,12 +294,16 @@ def density_figure(shown, batch, oracle, tasks, figure: str, rows=(0, 1, 2), num
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few iterations of everything (< 60 s)")
-    parser.add_argument("--figure", default="maml_line_or_sine.png", help="where to save the part-C figure ('' for none)")
+    parser.add_argument(
+        "--figure", default="maml_line_or_sine.png", help="where to save the part-C figure ('' for none)"
+    )
     parser.add_argument("--parts", default="ABC", help="which parts to run, e.g. 'AB'")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = SMOKE if args.smoke else FULL
-    print(f"torch threads = {torch.get_num_threads()}; {'SMOKE run: numbers are meaningless' if args.smoke else 'full run'}")
+    print(
+        f"torch threads = {torch.get_num_threads()}; {'SMOKE run: numbers are meaningless' if args.smoke else 'full run'}"
+    )
     t0 = time.perf_counter()
     results = {}
     if "A" in args.parts:
@@ -242,8 +312,10 @@ def main(argv=None) -> None:
         results["B"] = part_b(cfg)
     if "C" in args.parts:
         part_c(cfg, args.figure)
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s; checks: "
-          + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in results.items()))
+    print(
+        f"\ntotal {time.perf_counter() - t0:.0f} s; checks: "
+        + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in results.items())
+    )
 
 
 if __name__ == "__main__":

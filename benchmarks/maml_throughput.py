@@ -54,8 +54,9 @@ class Ours:
 
 # ---------------------------------------------------------------- references
 def _net():
-    return nn.Sequential(nn.Linear(1, HIDDEN[0]), nn.ReLU(), nn.Linear(HIDDEN[0], HIDDEN[1]), nn.ReLU(),
-                         nn.Linear(HIDDEN[1], 1))
+    return nn.Sequential(
+        nn.Linear(1, HIDDEN[0]), nn.ReLU(), nn.Linear(HIDDEN[0], HIDDEN[1]), nn.ReLU(), nn.Linear(HIDDEN[1], 1)
+    )
 
 
 class LoopMAML:
@@ -173,8 +174,10 @@ def main(argv=None) -> None:
         for learner in learners:
             rates[learner.name].append(rate(learner, batches, args.iters))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"\nthroughput, {TASKS} tasks/batch, 1-40-40-1 ReLU, 1 inner step, second order, "
-          f"torch threads = {torch.get_num_threads()}, {args.rounds} rounds x {args.iters} iters (median):")
+    print(
+        f"\nthroughput, {TASKS} tasks/batch, 1-40-40-1 ReLU, 1 inner step, second order, "
+        f"torch threads = {torch.get_num_threads()}, {args.rounds} rounds x {args.iters} iters (median):"
+    )
     for k, v in med.items():
         print(f"  {k:24s} {v:8.1f} meta-iterations/s   (rounds: {', '.join(f'{r:.1f}' for r in rates[k])})")
     o = med[Ours.name]

@@ -65,25 +65,45 @@ from pyro_meta.inference.mcmc import _initial_params  # noqa: E402
 LATENT, POINTS, SIGMA = 8, 10, 0.2
 #: which arms run at which T (the full run); the slow arms are thinned at large T (see THINNING)
 PLAN = {
-    "mlp": {"nuts eager": (10, 50), "nuts jit": (10, 50, 200), "nuts inductor": (10, 50, 200),
-            "batched": (10, 50, 200, 1000), "batched compiled": (10, 50, 200, 1000),
-            "numpyro": (10, 50, 200, 1000)},
-    "np": {"nuts jit": (10, 50), "nuts inductor": (10, 50), "batched compiled": (10, 50, 200, 1000),
-           "numpyro": (10, 50, 200)},
+    "mlp": {
+        "nuts eager": (10, 50),
+        "nuts jit": (10, 50, 200),
+        "nuts inductor": (10, 50, 200),
+        "batched": (10, 50, 200, 1000),
+        "batched compiled": (10, 50, 200, 1000),
+        "numpyro": (10, 50, 200, 1000),
+    },
+    "np": {
+        "nuts jit": (10, 50),
+        "nuts inductor": (10, 50),
+        "batched compiled": (10, 50, 200, 1000),
+        "numpyro": (10, 50, 200),
+    },
 }
-THINNING = ("joint NUTS over 200+ tasks builds trees of depth 8-10 (up to 1023 gradients per iteration, every one "
-            "over all tasks): the eager arm stops at 50 tasks and the JIT/inductor arms at 200 for `mlp`, and at 50 "
-            "for the 5x costlier `np` gradient; eager `batched` is left out for `np` (its compiled twin is the "
-            "candidate) and NumPyro stops at 200 tasks for `np`")
+THINNING = (
+    "joint NUTS over 200+ tasks builds trees of depth 8-10 (up to 1023 gradients per iteration, every one "
+    "over all tasks): the eager arm stops at 50 tasks and the JIT/inductor arms at 200 for `mlp`, and at 50 "
+    "for the 5x costlier `np` gradient; eager `batched` is left out for `np` (its compiled twin is the "
+    "candidate) and NumPyro stops at 200 tasks for `np`"
+)
 #: ``--plan reduced``: the ``mlp`` model only, joint NUTS at 50 tasks only (on 2 cores shared at load 7 it ran at
 #: about 100 gradients per second: 200 tasks, trees of depth 8-9, would take an hour), the batched arms up to 200;
 #: with ``--warmup 80 --samples 80`` it took 25 minutes there
-REDUCED_PLAN = {"mlp": {"nuts jit": (50,), "nuts inductor": (50,), "batched": (10, 50, 200),
-                        "batched compiled": (10, 50, 200), "numpyro": (50, 200)}}
-SMOKE_PLAN = {"mlp": {"nuts jit": (3,), "nuts inductor": (3,), "batched": (3,), "batched compiled": (3,),
-                      "numpyro": (3,)}}
-CUDA_PLAN = {"mlp": {"nuts jit": (10,), "batched": (200, 1000, 5000, 20000),
-                     "batched compiled": (200, 1000, 5000, 20000)}}
+REDUCED_PLAN = {
+    "mlp": {
+        "nuts jit": (50,),
+        "nuts inductor": (50,),
+        "batched": (10, 50, 200),
+        "batched compiled": (10, 50, 200),
+        "numpyro": (50, 200),
+    }
+}
+SMOKE_PLAN = {
+    "mlp": {"nuts jit": (3,), "nuts inductor": (3,), "batched": (3,), "batched compiled": (3,), "numpyro": (3,)}
+}
+CUDA_PLAN = {
+    "mlp": {"nuts jit": (10,), "batched": (200, 1000, 5000, 20000), "batched compiled": (200, 1000, 5000, 20000)}
+}
 
 
 # ------------------------------------------------------------------------------------ the models
@@ -141,8 +161,18 @@ def np_model(steps: int) -> Tuple[MetaModel, Any]:
     model = NeuralProcess(latent_dim=LATENT, hidden=128, num_layers=3)
     tasks = Sinusoid(noise_std=0.2)
     if steps:
-        pyro_meta.fit(model, tasks, num_steps=steps, tasks_per_batch=16, num_context=(1, 10), num_target=(10, 20),
-                      lr=2e-3, lr_decay=0.1, progress=False, seed=0)
+        pyro_meta.fit(
+            model,
+            tasks,
+            num_steps=steps,
+            tasks_per_batch=16,
+            num_context=(1, 10),
+            num_target=(10, 20),
+            lr=2e-3,
+            lr_decay=0.1,
+            progress=False,
+            seed=0,
+        )
     return model.eval(), tasks
 
 
@@ -173,8 +203,14 @@ def run_pyro_meta(model: MetaModel, batch: TaskBatch, arm: str, warmup: int, sam
     compile_s = (comp["trace_seconds"] + comp["compile_seconds"]) if comp and "trace_seconds" in comp else 0.0
     if arm == "nuts inductor" and d["jit"] != "inductor":
         arm += " (fell back)"
-    return {"arm": arm, "wall": wall, "compile": compile_s, "grads": d["num_grad_evals"],
-            "ess": min_ess_per_task(post.samples["z"]), "divergences": int(d["divergences"].sum())}
+    return {
+        "arm": arm,
+        "wall": wall,
+        "compile": compile_s,
+        "grads": d["num_grad_evals"],
+        "ess": min_ess_per_task(post.samples["z"]),
+        "divergences": int(d["divergences"].sum()),
+    }
 
 
 def _jax_mlp(params, h):
@@ -195,8 +231,11 @@ def numpyro_setup(model: MetaModel, batch: TaskBatch, kind: str):
     import numpyro.distributions as ndist
 
     seq = model.decoder
-    layers = [(jnp.asarray(m.weight.detach().numpy()), jnp.asarray(m.bias.detach().numpy()))
-              for m in seq if isinstance(m, nn.Linear)]
+    layers = [
+        (jnp.asarray(m.weight.detach().numpy()), jnp.asarray(m.bias.detach().numpy()))
+        for m in seq
+        if isinstance(m, nn.Linear)
+    ]
     params = {"layers": layers, "act": "tanh" if kind == "mlp" else "silu"}
     min_std = getattr(model, "min_std", None)
 
@@ -252,8 +291,10 @@ def run_numpyro(model: MetaModel, batch: TaskBatch, kind: str, warmup: int, samp
     mcmc.warmup(jax.random.PRNGKey(0), *args, extra_fields=("num_steps",), collect_warmup=True)
     steps += int(np.asarray(mcmc.get_extra_fields()["num_steps"]).sum())
     ess = min_ess_per_task(torch.from_numpy(z[None, :, :, 0, :].copy()))
-    return [{"arm": arm, "wall": wall, "compile": 0.0, "grads": steps, "ess": ess, "divergences": div}
-            for arm, wall in timed]
+    return [
+        {"arm": arm, "wall": wall, "compile": 0.0, "grads": steps, "ess": ess, "divergences": div}
+        for arm, wall in timed
+    ]
 
 
 def have_numpyro() -> Optional[str]:
@@ -269,16 +310,39 @@ def have_numpyro() -> Optional[str]:
 def row_of(model_name: str, T: int, r: Dict[str, Any], warmup: int, samples: int) -> Dict[str, Any]:
     run_s = max(r["wall"] - r["compile"], 1e-9)
     ess = float(r["ess"].median())
-    return {"model": model_name, "T": T, "arm": r["arm"], "wall": r["wall"], "compile": r["compile"],
-            "grads_per_s": r["grads"] / run_s, "grads_per_iter": r["grads"] / (warmup + samples), "ess": ess,
-            "ess_per_s": ess / run_s, "ms_per_task": 1e3 * run_s / T, "divergences": r["divergences"]}
+    return {
+        "model": model_name,
+        "T": T,
+        "arm": r["arm"],
+        "wall": r["wall"],
+        "compile": r["compile"],
+        "grads_per_s": r["grads"] / run_s,
+        "grads_per_iter": r["grads"] / (warmup + samples),
+        "ess": ess,
+        "ess_per_s": ess / run_s,
+        "ms_per_task": 1e3 * run_s / T,
+        "divergences": r["divergences"],
+    }
 
 
 def fmt_rows(rows: List[Dict[str, Any]]) -> str:
     header = ["model", "T", "arm", "wall s", "compile s", "grads/s", "grads/iter", "ESS", "ESS/s", "ms/task", "div"]
-    body = [[r["model"], r["T"], r["arm"], f"{r['wall']:.1f}", f"{r['compile']:.1f}", f"{r['grads_per_s']:.0f}",
-             f"{r['grads_per_iter']:.1f}", f"{r['ess']:.0f}", f"{r['ess_per_s']:.2f}", f"{r['ms_per_task']:.1f}",
-             r["divergences"]] for r in rows]
+    body = [
+        [
+            r["model"],
+            r["T"],
+            r["arm"],
+            f"{r['wall']:.1f}",
+            f"{r['compile']:.1f}",
+            f"{r['grads_per_s']:.0f}",
+            f"{r['grads_per_iter']:.1f}",
+            f"{r['ess']:.0f}",
+            f"{r['ess_per_s']:.2f}",
+            f"{r['ms_per_task']:.1f}",
+            r["divergences"],
+        ]
+        for r in rows
+    ]
     return markdown_table(header, body)
 
 
@@ -305,15 +369,23 @@ def checks(rows: List[Dict[str, Any]]) -> List[List[str]]:
             best = (arm, v)
     jit200 = _get(rows, "mlp", 200, "nuts jit", "ess_per_s")
     if best is not None:
-        out.append([f"{best[0]} / nuts jit, median per-task ESS per second, mlp, 200 tasks", ">= 4",
-                    ratio(best[1], jit200)])
+        out.append(
+            [f"{best[0]} / nuts jit, median per-task ESS per second, mlp, 200 tasks", ">= 4", ratio(best[1], jit200)]
+        )
         for arm in ("batched compiled", "batched"):  # the same figure at 50 tasks (the reduced plan's)
-            out.append([f"{arm} / nuts jit, median per-task ESS per second, mlp, 50 tasks", "(>= 4 at 200)",
-                        ratio(_get(rows, "mlp", 50, arm, "ess_per_s"), _get(rows, "mlp", 50, "nuts jit", "ess_per_s"))])
+            out.append(
+                [
+                    f"{arm} / nuts jit, median per-task ESS per second, mlp, 50 tasks",
+                    "(>= 4 at 200)",
+                    ratio(_get(rows, "mlp", 50, arm, "ess_per_s"), _get(rows, "mlp", 50, "nuts jit", "ess_per_s")),
+                ]
+            )
         for T in (50, 200, 1000):
             warm = _get(rows, "mlp", T, "numpyro warm", "ess_per_s")
             ours = _get(rows, "mlp", T, best[0], "ess_per_s")
-            out.append([f"{best[0]} / numpyro warm, ESS per second, mlp, {T} tasks", ">= 1/3 (goal)", ratio(ours, warm)])
+            out.append(
+                [f"{best[0]} / numpyro warm, ESS per second, mlp, {T} tasks", ">= 1/3 (goal)", ratio(ours, warm)]
+            )
         for arm in ("batched", "batched compiled"):
             for T in (200, 1000):
                 r = ratio(_get(rows, "mlp", T, arm, "ms_per_task"), _get(rows, "mlp", 50, arm, "ms_per_task"))
@@ -324,8 +396,12 @@ def checks(rows: List[Dict[str, Any]]) -> List[List[str]]:
 def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CI): checks the script runs")
-    p.add_argument("--plan", default="full", choices=("full", "reduced"),
-                   help="full: both models, T up to 1000; reduced: the mlp model's acceptance arms, T up to 200")
+    p.add_argument(
+        "--plan",
+        default="full",
+        choices=("full", "reduced"),
+        help="full: both models, T up to 1000; reduced: the mlp model's acceptance arms, T up to 200",
+    )
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--samples", type=int, default=300)
     p.add_argument("--np-steps", type=int, default=1500, help="meta-training steps of the NeuralProcess")
@@ -348,8 +424,9 @@ def main(argv=None) -> Dict[str, Any]:
     if skip:
         print(skip)
     load = os.getloadavg()
-    print(f"load average at start: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min), "
-          f"{os.cpu_count()} cores")
+    print(
+        f"load average at start: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min), {os.cpu_count()} cores"
+    )
     rows: List[Dict[str, Any]] = []
     t_start = time.perf_counter()
     for name in [m for m in args.models.split(",") if m in plan]:
@@ -382,11 +459,23 @@ def main(argv=None) -> Dict[str, Any]:
     print("\n" + table)
     print(markdown_table(["check", "target", "measured"], check_rows))
     print(f"total {total / 60:.1f} min; load average at end {load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f}")
-    result = {"rows": [{k: v for k, v in r.items()} for r in rows], "checks": check_rows, "seconds": total,
-              "load_start": load, "load_end": load_end, "warmup": args.warmup, "samples": args.samples,
-              "np_steps": args.np_steps, "smoke": args.smoke, "device": args.device, "numpyro_skipped": skip,
-              "machine": machine_info(), "plan": args.plan,
-              "thinning": THINNING if plan is PLAN else f"arms and T of this run: {plan}", "table": table}
+    result = {
+        "rows": [{k: v for k, v in r.items()} for r in rows],
+        "checks": check_rows,
+        "seconds": total,
+        "load_start": load,
+        "load_end": load_end,
+        "warmup": args.warmup,
+        "samples": args.samples,
+        "np_steps": args.np_steps,
+        "smoke": args.smoke,
+        "device": args.device,
+        "numpyro_skipped": skip,
+        "machine": machine_info(),
+        "plan": args.plan,
+        "thinning": THINNING if plan is PLAN else f"arms and T of this run: {plan}",
+        "table": table,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.markdown:
@@ -397,16 +486,18 @@ def main(argv=None) -> Dict[str, Any]:
 def render(res: Dict[str, Any]) -> str:
     machine = "\n".join(f"- {k}: {v}" for k, v in res["machine"].items())
     ls, le = res["load_start"], res["load_end"]
-    return (f"# MCMC speed (`benchmarks/mcmc_speed.py`)\n\n"
-            f"{'**SMOKE RUN: tiny sizes, the numbers mean nothing.**' if res['smoke'] else ''}\n\n"
-            f"One chain of {res['warmup']} warmup + {res['samples']} iterations per arm, one thread, device "
-            f"{res['device']}; NeuralProcess meta-trained {res['np_steps']} steps. Load average (1/5/15 min) "
-            f"{ls[0]:.1f}/{ls[1]:.1f}/{ls[2]:.1f} at the start and {le[0]:.1f}/{le[1]:.1f}/{le[2]:.1f} at the end on "
-            f"{res['machine']['cores']} cores: other jobs shared the machine, so absolute times are pessimistic "
-            f"and the ratios within this run are what counts. Total {res['seconds'] / 60:.1f} min. Thinned grid: "
-            f"{res['thinning']}.{' ' + res['numpyro_skipped'] if res['numpyro_skipped'] else ''}\n\n"
-            f"{res['table']}\n## Checks\n\n{markdown_table(['check', 'target', 'measured'], res['checks'])}\n"
-            f"Machine and software:\n\n{machine}\n")
+    return (
+        f"# MCMC speed (`benchmarks/mcmc_speed.py`)\n\n"
+        f"{'**SMOKE RUN: tiny sizes, the numbers mean nothing.**' if res['smoke'] else ''}\n\n"
+        f"One chain of {res['warmup']} warmup + {res['samples']} iterations per arm, one thread, device "
+        f"{res['device']}; NeuralProcess meta-trained {res['np_steps']} steps. Load average (1/5/15 min) "
+        f"{ls[0]:.1f}/{ls[1]:.1f}/{ls[2]:.1f} at the start and {le[0]:.1f}/{le[1]:.1f}/{le[2]:.1f} at the end on "
+        f"{res['machine']['cores']} cores: other jobs shared the machine, so absolute times are pessimistic "
+        f"and the ratios within this run are what counts. Total {res['seconds'] / 60:.1f} min. Thinned grid: "
+        f"{res['thinning']}.{' ' + res['numpyro_skipped'] if res['numpyro_skipped'] else ''}\n\n"
+        f"{res['table']}\n## Checks\n\n{markdown_table(['check', 'target', 'measured'], res['checks'])}\n"
+        f"Machine and software:\n\n{machine}\n"
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,19 @@ def child(op: str, num_tasks: int, budget: Optional[int], proposals: int, draws:
 
 
 def run_child(op: str, num_tasks: int, budget: Optional[int], proposals: int, draws: int, limit_gb: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", op, str(num_tasks), "--proposals", str(proposals),
-           "--draws", str(draws), "--limit-gb", str(limit_gb)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        op,
+        str(num_tasks),
+        "--proposals",
+        str(proposals),
+        "--draws",
+        str(draws),
+        "--limit-gb",
+        str(limit_gb),
+    ]
     if budget is not None:
         cmd += ["--budget", str(budget)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -103,8 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                 print(f"| {op} | {t} | failed: {r['error']} | | | NO |", flush=True)
             else:
                 ok = "yes" if r["peak_gb"] < TARGET_GB else "NO"
-                print(f"| {op} | {t} | {r['peak_gb']:.2f} | {r['setup_gb']:.2f} | {r['seconds']:.1f} | {ok} |",
-                      flush=True)
+                print(
+                    f"| {op} | {t} | {r['peak_gb']:.2f} | {r['setup_gb']:.2f} | {r['seconds']:.1f} | {ok} |", flush=True
+                )
     return rows
 
 

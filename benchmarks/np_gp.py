@@ -68,9 +68,19 @@ LATENT_OPTIONS = {
     "nuts": {"num_warmup": 100, "num_samples": 100, "num_chains": 2, "jit_compile": True, "max_tree_depth": 7},
     "prior": {},
 }
-SMOKE = dict(steps=2, dm_tasks=6, bnp_tasks=8, latent_tasks=2, num_samples=8,
-             latent_options={"amortized": {}, "importance": {"num_proposals": 20},
-                             "nuts": {"num_warmup": 4, "num_samples": 4, "num_chains": 1}, "prior": {}})
+SMOKE = dict(
+    steps=2,
+    dm_tasks=6,
+    bnp_tasks=8,
+    latent_tasks=2,
+    num_samples=8,
+    latent_options={
+        "amortized": {},
+        "importance": {"num_proposals": 20},
+        "nuts": {"num_warmup": 4, "num_samples": 4, "num_chains": 1},
+        "prior": {},
+    },
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,17 +97,38 @@ class Spec:
 
 MODELS: Dict[str, Spec] = {
     # the NeuralProcess of docs/benchmarks.md (3 x 128 SiLU, z in R^8, lr 3e-3)
-    "NeuralProcess": Spec(lambda: NeuralProcess(latent_dim=8, hidden=128, num_layers=3), 3e-3, 100, True,
-                          "latent NP, mean-pooled encoder, 3 x 128 SiLU, z in R^8, ELBO"),
-    "ConditionalNP": Spec(lambda: ConditionalNP(hidden=128, num_layers=3), 3e-3, 60, False,
-                          "mean-pooled encoder and decoder 3 x 128 SiLU"),
-    "AttentiveNP": Spec(lambda: AttentiveNP(hidden=64, num_self_attention=1, latent_dim=8), 2e-3, 400, True,
-                        "2 x 64 ReLU MLPs, 4 heads, one self-attention block per path, z in R^8, ELBO"),
-    "AttentiveNP (conditional)": Spec(lambda: AttentiveNP(hidden=64, num_self_attention=1, latent=False), 2e-3, 110,
-                                      False, "the same without the latent path"),
+    "NeuralProcess": Spec(
+        lambda: NeuralProcess(latent_dim=8, hidden=128, num_layers=3),
+        3e-3,
+        100,
+        True,
+        "latent NP, mean-pooled encoder, 3 x 128 SiLU, z in R^8, ELBO",
+    ),
+    "ConditionalNP": Spec(
+        lambda: ConditionalNP(hidden=128, num_layers=3), 3e-3, 60, False, "mean-pooled encoder and decoder 3 x 128 SiLU"
+    ),
+    "AttentiveNP": Spec(
+        lambda: AttentiveNP(hidden=64, num_self_attention=1, latent_dim=8),
+        2e-3,
+        400,
+        True,
+        "2 x 64 ReLU MLPs, 4 heads, one self-attention block per path, z in R^8, ELBO",
+    ),
+    "AttentiveNP (conditional)": Spec(
+        lambda: AttentiveNP(hidden=64, num_self_attention=1, latent=False),
+        2e-3,
+        110,
+        False,
+        "the same without the latent path",
+    ),
     # TNP-D as published: 6 layers, d_model 64, 4 heads, feed-forward 128, 4-layer embedding
-    "TransformerNP": Spec(lambda: TransformerNP(), 1e-3, 480, False,
-                          "TNP-D: 6 post-norm layers, d 64, 4 heads, feed-forward 128, 4-layer embedding"),
+    "TransformerNP": Spec(
+        lambda: TransformerNP(),
+        1e-3,
+        480,
+        False,
+        "TNP-D: 6 post-norm layers, d 64, 4 heads, feed-forward 128, 4-layer embedding",
+    ),
 }
 NEW_MODELS = ["ConditionalNP", "AttentiveNP", "AttentiveNP (conditional)", "TransformerNP"]
 PROTOCOLS = {"dm": "DeepMind protocol (RBF)", "bnp": "BNP/TNP protocol (trained on RBF)"}
@@ -127,15 +158,17 @@ def eval_sets(protocol: str, smoke: bool) -> Dict[Tuple[str, Any], TaskBatch]:
         for nc in DM_CONTEXT:
             batch = dm_tasks().sample(T, nc, DM_TARGET, generator=torch.Generator().manual_seed(SEED))
             out[("all", nc)] = batch
-            out[("fresh", nc)] = batch.replace(target_x=batch.target_x[:, nc:], target_y=batch.target_y[:, nc:],
-                                               target_mask=batch.target_mask[:, nc:])
+            out[("fresh", nc)] = batch.replace(
+                target_x=batch.target_x[:, nc:], target_y=batch.target_y[:, nc:], target_mask=batch.target_mask[:, nc:]
+            )
     else:
         T = SMOKE["bnp_tasks"] if smoke else BNP_TASKS
         for k, kernel in enumerate(KERNELS):
             batch = BNPGPCurves(kernel, shared_sizes=False).sample(T, generator=torch.Generator().manual_seed(SEED + k))
             out[("target", kernel)] = batch
-            out[("context", kernel)] = batch.replace(target_x=batch.context_x, target_y=batch.context_y,
-                                                     target_mask=batch.context_mask)
+            out[("context", kernel)] = batch.replace(
+                target_x=batch.context_x, target_y=batch.context_y, target_mask=batch.context_mask
+            )
     return out
 
 
@@ -144,16 +177,27 @@ def _per_task(lp: torch.Tensor, mean: torch.Tensor, lo: torch.Tensor, hi: torch.
     """Per-task sums ``{lp, n, sq, cover}`` (``[T]`` float64) over the real target points."""
     m, y = batch.target_mask, batch.target_y
     inside = ((y >= lo) & (y <= hi)).all(-1)
-    return {"lp": (lp.double() * m).sum(-1), "n": m.sum(-1).double(),
-            "sq": (((mean.double() - y.double()) ** 2).mean(-1) * m).sum(-1), "cover": (inside & m).sum(-1).double()}
+    return {
+        "lp": (lp.double() * m).sum(-1),
+        "n": m.sum(-1).double(),
+        "sq": (((mean.double() - y.double()) ** 2).mean(-1) * m).sum(-1),
+        "cover": (inside & m).sum(-1).double(),
+    }
 
 
 def _cat(parts: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def score_model(model, batch: TaskBatch, method: str = "amortized", options: Optional[dict] = None,
-                num_samples: int = NUM_SAMPLES, chunk: int = CHUNK, device: str = "cpu") -> Dict[str, Any]:
+def score_model(
+    model,
+    batch: TaskBatch,
+    method: str = "amortized",
+    options: Optional[dict] = None,
+    num_samples: int = NUM_SAMPLES,
+    chunk: int = CHUNK,
+    device: str = "cpu",
+) -> Dict[str, Any]:
     """Per-task log predictive density, squared error and 90% coverage of ``infer(model, ., method)`` (in chunks).
 
     The predictive's log density is the mixture over the posterior draws (exact for a model without a latent);
@@ -207,15 +251,25 @@ def score_oracle(batch: TaskBatch) -> Dict[str, Any]:
     return out
 
 
-def make_row(model: str, method: str, scores: Dict[str, Any], ref: Optional[Dict[str, Any]] = None,
-             **head: Any) -> Dict[str, Any]:
+def make_row(
+    model: str, method: str, scores: Dict[str, Any], ref: Optional[Dict[str, Any]] = None, **head: Any
+) -> Dict[str, Any]:
     """An ``EvaluationTable`` row from per-task sums: pooled means with their standard errors over tasks."""
     n = scores["n"]
     nll = _ratio_se(-scores["lp"], n)
     mse = _ratio_se(scores["sq"], n)
-    row = {"model": model, "method": method, **head, "num_tasks": int(n.shape[0]), "nll": nll["mean"],
-           "nll_se": nll["se"], "mse": mse["mean"], "mse_se": mse["se"],
-           "coverage_90": float(scores["cover"].sum() / n.sum()), "seconds": scores["seconds"]}
+    row = {
+        "model": model,
+        "method": method,
+        **head,
+        "num_tasks": int(n.shape[0]),
+        "nll": nll["mean"],
+        "nll_se": nll["se"],
+        "mse": mse["mean"],
+        "mse_se": mse["se"],
+        "coverage_90": float(scores["cover"].sum() / n.sum()),
+        "seconds": scores["seconds"],
+    }
     if ref is not None:
         gap = _ratio_se(ref["lp"] - scores["lp"], n)
         row["nll_gap"], row["nll_gap_se"] = gap["mean"], gap["se"]
@@ -236,8 +290,18 @@ def train(name: str, protocol: str, steps: int, device: str) -> Tuple[Any, float
     tasks = dm_tasks() if protocol == "dm" else bnp_train_tasks()
     kw = dict(num_context=(3, 49), num_target=(2, 49)) if protocol == "dm" else {}
     t0 = time.perf_counter()
-    result = pyro_meta.fit(model, tasks, num_steps=steps, tasks_per_batch=TASKS_PER_BATCH, lr=spec.lr,
-                           lr_decay=LR_DECAY, seed=SEED, progress=False, device=device, **kw)
+    result = pyro_meta.fit(
+        model,
+        tasks,
+        num_steps=steps,
+        tasks_per_batch=TASKS_PER_BATCH,
+        lr=spec.lr,
+        lr_decay=LR_DECAY,
+        seed=SEED,
+        progress=False,
+        device=device,
+        **kw,
+    )
     return model, time.perf_counter() - t0, result.final_loss
 
 
@@ -246,12 +310,22 @@ def latent_path(model, smoke: bool, device: str) -> Dict[str, Any]:
     T = SMOKE["latent_tasks"] if smoke else LATENT_TASKS
     options = SMOKE["latent_options"] if smoke else LATENT_OPTIONS
     batch = dm_tasks().sample(T, LATENT_CONTEXT, DM_TARGET, generator=torch.Generator().manual_seed(SEED))
-    scores = {m: score_model(model, batch, m, opts, num_samples=SMOKE["num_samples"] if smoke else 100,
-                             chunk=T, device=device) for m, opts in options.items()}
+    scores = {
+        m: score_model(
+            model, batch, m, opts, num_samples=SMOKE["num_samples"] if smoke else 100, chunk=T, device=device
+        )
+        for m, opts in options.items()
+    }
     with torch.no_grad():
         q = model.encode(batch.context_x.to(device), batch.context_y.to(device), batch.context_mask.to(device))
-        kl = torch.distributions.kl_divergence(q, torch.distributions.Independent(
-            torch.distributions.Normal(torch.zeros_like(q.base_dist.loc), 1.0), 1)).double().cpu()
+        kl = (
+            torch.distributions.kl_divergence(
+                q,
+                torch.distributions.Independent(torch.distributions.Normal(torch.zeros_like(q.base_dist.loc), 1.0), 1),
+            )
+            .double()
+            .cpu()
+        )
     return {"scores": scores, "kl": kl.tolist(), "num_tasks": T, "num_context": LATENT_CONTEXT}
 
 
@@ -260,17 +334,27 @@ def run_unit(name: str, protocol: str, smoke: bool, device: str, steps: int, wor
     c0 = time.process_time()
     model, seconds, final_loss = train(name, protocol, steps, device)
     cpu = time.process_time() - c0
-    print(f"[{protocol}] trained {name}: {steps} steps in {seconds:.0f}s, CPU {cpu:.0f}s (final loss "
-          f"{final_loss:.3f})", flush=True)
+    print(
+        f"[{protocol}] trained {name}: {steps} steps in {seconds:.0f}s, CPU {cpu:.0f}s (final loss {final_loss:.3f})",
+        flush=True,
+    )
     torch.save(model.state_dict(), work / f"{protocol}_{_slug(name)}.pt")
     num = SMOKE["num_samples"] if smoke else NUM_SAMPLES
     scores = {}
     t0, c0 = time.perf_counter(), time.process_time()
     for key, batch in eval_sets(protocol, smoke).items():
         scores[key] = score_model(model, batch, num_samples=num, device=device)
-    out = {"name": name, "protocol": protocol, "train_seconds": seconds, "train_cpu_seconds": cpu,
-           "final_loss": final_loss, "steps": steps, "eval_seconds": time.perf_counter() - t0,
-           "eval_cpu_seconds": time.process_time() - c0, "scores": scores}
+    out = {
+        "name": name,
+        "protocol": protocol,
+        "train_seconds": seconds,
+        "train_cpu_seconds": cpu,
+        "final_loss": final_loss,
+        "steps": steps,
+        "eval_seconds": time.perf_counter() - t0,
+        "eval_cpu_seconds": time.process_time() - c0,
+        "scores": scores,
+    }
     print(f"[{protocol}] evaluated {name} in {out['eval_seconds']:.0f}s", flush=True)
     if protocol == "dm" and name == "AttentiveNP":
         t0, c0 = time.perf_counter(), time.process_time()
@@ -287,6 +371,7 @@ def _slug(name: str) -> str:
 
 def schedule(units: List[Tuple[str, str]], jobs: int) -> List[List[Tuple[str, str]]]:
     """Longest-first greedy split of the units over ``jobs`` workers by their cost estimates."""
+
     def cost(u):
         return MODELS[u[0]].cost * (1.0 if u[1] == "dm" else BNP_COST) + (200 if u == ("AttentiveNP", "dm") else 0)
 
@@ -318,8 +403,18 @@ def dm_section(results, oracle, protocol_seconds) -> Tuple[str, Dict[str, Any], 
             rows.append(make_row("GPOracle", "oracle", ref, view=view, num_context=nc))
             for n in names:
                 r = results[(n, "dm")]
-                rows.append(make_row(n, "amortized", r["scores"][(view, nc)], ref, view=view, num_context=nc,
-                                     train_seconds=r["train_seconds"], steps=r["steps"]))
+                rows.append(
+                    make_row(
+                        n,
+                        "amortized",
+                        r["scores"][(view, nc)],
+                        ref,
+                        view=view,
+                        num_context=nc,
+                        train_seconds=r["train_seconds"],
+                        steps=r["steps"],
+                    )
+                )
     table = EvaluationTable(rows)
     for view in ("all", "fresh"):
         bad = table.select(view=view).beating_oracle("nll")
@@ -333,23 +428,47 @@ def dm_section(results, oracle, protocol_seconds) -> Tuple[str, Dict[str, Any], 
                 if not cands:
                     continue
                 best = min(cands, key=lambda r: r["nll"])
-                diff = paired_difference(results[(best["model"], "dm")]["scores"][(view, nc)],
-                                         results[("NeuralProcess", "dm")]["scores"][(view, nc)])
+                diff = paired_difference(
+                    results[(best["model"], "dm")]["scores"][(view, nc)],
+                    results[("NeuralProcess", "dm")]["scores"][(view, nc)],
+                )
                 gap = np_row["nll_gap"]
                 closed = (gap - best["nll_gap"]) / gap if gap > 0 else math.nan
-                checks["acceptance"].append({
-                    "view": view, "num_context": nc, "best": best["model"], "np_gap": np_row["nll_gap"],
-                    "best_gap": best["nll_gap"], "closed": closed, "diff": diff["mean"], "diff_se": diff["se"],
-                    "pass": bool(closed >= 0.5 and diff["mean"] > 2 * diff["se"])})
+                checks["acceptance"].append(
+                    {
+                        "view": view,
+                        "num_context": nc,
+                        "best": best["model"],
+                        "np_gap": np_row["nll_gap"],
+                        "best_gap": best["nll_gap"],
+                        "closed": closed,
+                        "diff": diff["mean"],
+                        "diff_se": diff["se"],
+                        "pass": bool(closed >= 0.5 and diff["mean"] > 2 * diff["se"]),
+                    }
+                )
     cols = ["model", "num_context", "nll", "nll_se", "nll_gap", "nll_gap_se", "mse", "coverage_90", "seconds"]
     parts = []
-    for view, title in (("all", "all targets (the 50 fresh points and the context: the docs' protocol)"),
-                        ("fresh", "the 50 fresh target points only")):
+    for view, title in (
+        ("all", "all targets (the 50 fresh points and the context: the docs' protocol)"),
+        ("fresh", "the 50 fresh target points only"),
+    ):
         parts.append(f"**Scored on {title}.**\n\n" + table.select(view=view).to_markdown(cols))
-    train = markdown_table(["model", "steps", "lr", "train s (wall)", "train s (CPU)", "final loss", "eval s (wall)"],
-                           [[n, r["steps"], f"{MODELS[n].lr:g}", f"{r['train_seconds']:.0f}", _cpu(r, "train"),
-                             f"{r['final_loss']:.2f}", f"{r['eval_seconds']:.0f}"]
-                            for n, r in ((n, results[(n, "dm")]) for n in names)])
+    train = markdown_table(
+        ["model", "steps", "lr", "train s (wall)", "train s (CPU)", "final loss", "eval s (wall)"],
+        [
+            [
+                n,
+                r["steps"],
+                f"{MODELS[n].lr:g}",
+                f"{r['train_seconds']:.0f}",
+                _cpu(r, "train"),
+                f"{r['final_loss']:.2f}",
+                f"{r['eval_seconds']:.0f}",
+            ]
+            for n, r in ((n, results[(n, "dm")]) for n in names)
+        ],
+    )
     return "\n".join(parts) + "\nTraining (DeepMind protocol):\n\n" + train, checks, rows
 
 
@@ -364,8 +483,14 @@ def bnp_section(results, oracle) -> Tuple[str, List[str], List[dict]]:
     for kernel in KERNELS:
         ref_t, ref_c = oracle[("target", kernel)], oracle[("context", kernel)]
         entries = [("GPOracle", ref_c, ref_t, None)] + [
-            (n, results[(n, "bnp")]["scores"][("context", kernel)], results[(n, "bnp")]["scores"][("target", kernel)],
-             results[(n, "bnp")]) for n in names]
+            (
+                n,
+                results[(n, "bnp")]["scores"][("context", kernel)],
+                results[(n, "bnp")]["scores"][("target", kernel)],
+                results[(n, "bnp")],
+            )
+            for n in names
+        ]
         table_rows = []
         for n, sc, st, res in entries:
             method = "oracle" if res is None else "amortized"
@@ -373,18 +498,44 @@ def bnp_section(results, oracle) -> Tuple[str, List[str], List[dict]]:
             rc = make_row(n, method, sc, None if res is None else ref_c, view="context", **head)
             rt = make_row(n, method, st, None if res is None else ref_t, view="target", **head)
             rows += [rc, rt]
-            table_rows.append([n, f"{-rc['nll']:.3f} ± {rc['nll_se']:.3f}", f"{-rt['nll']:.3f} ± {rt['nll_se']:.3f}",
-                               "" if res is None else f"{-rt['nll_gap']:.3f} ± {rt['nll_gap_se']:.3f}",
-                               f"{rt['mse']:.4f}", f"{rt['coverage_90']:.3f}", f"{rc['coverage_90']:.3f}",
-                               "" if res is None else res["steps"],
-                               "" if res is None else f"{res['train_seconds']:.0f}",
-                               "" if res is None else _cpu(res, "train")])
-        lines.append(f"**{kernel}** ({ref_t['n'].shape[0]} tasks)\n\n" + markdown_table(
-            ["model", "context log-lik", "target log-lik", "target - oracle", "target MSE", "target 90% cov.",
-             "context 90% cov.", "steps", "train s (wall)", "train s (CPU)"], table_rows))
+            table_rows.append(
+                [
+                    n,
+                    f"{-rc['nll']:.3f} ± {rc['nll_se']:.3f}",
+                    f"{-rt['nll']:.3f} ± {rt['nll_se']:.3f}",
+                    "" if res is None else f"{-rt['nll_gap']:.3f} ± {rt['nll_gap_se']:.3f}",
+                    f"{rt['mse']:.4f}",
+                    f"{rt['coverage_90']:.3f}",
+                    f"{rc['coverage_90']:.3f}",
+                    "" if res is None else res["steps"],
+                    "" if res is None else f"{res['train_seconds']:.0f}",
+                    "" if res is None else _cpu(res, "train"),
+                ]
+            )
+        lines.append(
+            f"**{kernel}** ({ref_t['n'].shape[0]} tasks)\n\n"
+            + markdown_table(
+                [
+                    "model",
+                    "context log-lik",
+                    "target log-lik",
+                    "target - oracle",
+                    "target MSE",
+                    "target 90% cov.",
+                    "context 90% cov.",
+                    "steps",
+                    "train s (wall)",
+                    "train s (CPU)",
+                ],
+                table_rows,
+            )
+        )
     table = EvaluationTable(rows)
-    violations = [f"{r['kernel']}: {r['model']}" for k in KERNELS
-                  for r in table.select(view="target", kernel=k).beating_oracle("nll")]
+    violations = [
+        f"{r['kernel']}: {r['model']}"
+        for k in KERNELS
+        for r in table.select(view="target", kernel=k).beating_oracle("nll")
+    ]
     return "\n".join(lines), violations, rows
 
 
@@ -393,17 +544,31 @@ def latent_section(res: Dict[str, Any], oracle_scores: Dict[str, Any]) -> Tuple[
     rows = [make_row("GPOracle", "oracle", oracle_scores)]
     rows += [make_row("AttentiveNP", m, s, oracle_scores) for m, s in sc.items()]
     table = EvaluationTable(rows)
-    cols = ["model", "method", "nll", "nll_se", "nll_gap", "nll_gap_se", "mse", "coverage_90", "seconds",
-            "divergences", "min_ess", "max_r_hat"]
+    cols = [
+        "model",
+        "method",
+        "nll",
+        "nll_se",
+        "nll_gap",
+        "nll_gap_se",
+        "mse",
+        "coverage_90",
+        "seconds",
+        "divergences",
+        "min_ess",
+        "max_r_hat",
+    ]
     kl = torch.tensor(res["kl"])
     kl_se = float(kl.std() / len(kl) ** 0.5) if len(kl) > 1 else math.nan
     diffs = {m: paired_difference(sc[m], sc["prior"]) for m in sc if m != "prior"}
-    lines = [f"KL(q(z | C) || p(z)) per task: mean {float(kl.mean()):.3f} ± {kl_se:.3f} nats "
-             f"(min {float(kl.min()):.3f}, max {float(kl.max()):.3f}).",
-             "Target log-likelihood per point of posterior draws minus prior draws (paired over tasks): "
-             + ", ".join(f"{m} {d['mean']:+.3f} ± {d['se']:.3f}" for m, d in diffs.items()) + "."]
-    summary = {"kl_mean": float(kl.mean()), "kl_se": kl_se, "posterior_minus_prior": diffs,
-               "rows": rows}
+    lines = [
+        f"KL(q(z | C) || p(z)) per task: mean {float(kl.mean()):.3f} ± {kl_se:.3f} nats "
+        f"(min {float(kl.min()):.3f}, max {float(kl.max()):.3f}).",
+        "Target log-likelihood per point of posterior draws minus prior draws (paired over tasks): "
+        + ", ".join(f"{m} {d['mean']:+.3f} ± {d['se']:.3f}" for m, d in diffs.items())
+        + ".",
+    ]
+    summary = {"kl_mean": float(kl.mean()), "kl_se": kl_se, "posterior_minus_prior": diffs, "rows": rows}
     return table.to_markdown([c for c in cols if c in table.columns]) + "\n" + "\n\n".join(lines) + "\n", summary
 
 
@@ -417,8 +582,9 @@ def plot_bands(models: Dict[str, Any], path: Path, smoke: bool) -> None:
 
     columns = list(models) + ["GPOracle"]
     sizes = DM_CONTEXT
-    fig, axes = plt.subplots(len(sizes), len(columns), figsize=(2.6 * len(columns), 2.2 * len(sizes)),
-                             sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(sizes), len(columns), figsize=(2.6 * len(columns), 2.2 * len(sizes)), sharex=True, squeeze=False
+    )
     for i, nc in enumerate(sizes):
         batch = dm_tasks().sample(1, nc, 200, generator=torch.Generator().manual_seed(100 + i))
         order = batch.target_x[0, :, 0].argsort()
@@ -463,11 +629,21 @@ def train_and_score(units: List[Tuple[str, str]], args, steps: int, work: Path) 
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
         for i, group in enumerate(groups):
             spec = work / f"job{i}.json"
-            spec.write_text(json.dumps({"units": group, "work": str(work), "smoke": args.smoke,
-                                        "device": args.device, "steps": steps}))
+            spec.write_text(
+                json.dumps(
+                    {"units": group, "work": str(work), "smoke": args.smoke, "device": args.device, "steps": steps}
+                )
+            )
             log = open(work / f"job{i}.log", "w")
-            procs.append((subprocess.Popen([sys.executable, __file__, "--worker", str(spec)], stdout=log,
-                                           stderr=subprocess.STDOUT, env=env), log, i))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--worker", str(spec)], stdout=log, stderr=subprocess.STDOUT, env=env
+                    ),
+                    log,
+                    i,
+                )
+            )
         for proc, log, i in procs:
             proc.wait()
             log.close()
@@ -485,8 +661,11 @@ def main(argv=None) -> Path:
     p.add_argument("--device", default="cpu", help="torch device for training and inference (e.g. cuda)")
     p.add_argument("--steps", type=int, default=None, help=f"training steps per model (default {STEPS})")
     p.add_argument("--protocols", default="dm,bnp")
-    p.add_argument("--models", default=",".join(MODELS), help="models to train (with --work: the others' results "
-                   "are read from there)")
+    p.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help="models to train (with --work: the others' results are read from there)",
+    )
     p.add_argument("--work", default=None, help="keep the trained models and per-task scores in this directory")
     p.add_argument("--render-only", action="store_true", help="no training: tables and figure from --work")
     p.add_argument("--worker", nargs=1, help=argparse.SUPPRESS)
@@ -512,9 +691,18 @@ def main(argv=None) -> Path:
             if unknown:
                 raise ValueError(f"--models: unknown {unknown}; choose among {list(MODELS)}")
             train_and_score([u for u in units if u[0] in chosen], args, steps, work)
-            (work / "run.json").write_text(json.dumps({
-                "started": started, "load_before": load_before[0], "load_after": os.getloadavg()[0],
-                "seconds": time.perf_counter() - t_start, "jobs": args.jobs, "device": args.device}))
+            (work / "run.json").write_text(
+                json.dumps(
+                    {
+                        "started": started,
+                        "load_before": load_before[0],
+                        "load_after": os.getloadavg()[0],
+                        "seconds": time.perf_counter() - t_start,
+                        "jobs": args.jobs,
+                        "device": args.device,
+                    }
+                )
+            )
         run = json.loads((work / "run.json").read_text())
         results = {(n, pr): torch.load(work / f"result_{pr}_{_slug(n)}.pt", weights_only=False) for n, pr in units}
         steps = next(iter(results.values()))["steps"]
@@ -544,39 +732,70 @@ def render(results, models, protocols, args, steps, out: Path, run: Dict[str, An
         md, checks, rows = dm_section(results, oracle, None)
         summary["dm"] = {"rows": rows, **checks}
         acc = checks["acceptance"]
-        acc_md = markdown_table(
-            ["targets", "context", "best new model", "NP gap", "its gap", "gap closed", "log-lik diff vs NP",
-             "verdict"],
-            [[a["view"], a["num_context"], a["best"], f"{a['np_gap']:.3f}", f"{a['best_gap']:.3f}",
-              f"{100 * a['closed']:.0f}%", f"{a['diff']:+.3f} ± {a['diff_se']:.3f}", "pass" if a["pass"] else "FAIL"]
-             for a in acc]) if acc else "(no NeuralProcess row)\n"
-        parts.append("## A. DeepMind protocol, RBF kernel\n\n"
-                     f"Training: `GPCurves(\"rbf\")`, context U{{3..49}}, extra targets U{{2..49}} (targets include "
-                     f"the context), {steps} steps of {TASKS_PER_BATCH} tasks, Adam, learning rate decayed "
-                     f"x{LR_DECAY:g} over the run, seed {SEED}. Evaluation: the {len(oracle[('all', 5)]['n'])} "
-                     "tasks per context size "
-                     f"that `evaluate(seed={SEED})` draws, {DM_TARGET} fresh targets; amortized predictive "
-                     f"({NUM_SAMPLES} posterior draws for the latent models). On the targets that are context "
-                     "points the GP oracle is not an upper bound: it scores the observed value as a fresh noisy "
-                     "draw (sd >= 0.02), while a model that attends to the context can return it with its minimum "
-                     "scale (0.01); the fresh targets are the sound comparison with the oracle.\n\n" + md
-                     + "\n**Target**: the best new model's paired target log-likelihood against the NeuralProcess "
-                     "trained here with the same budget; gap closed = (NP gap - its gap) / NP gap; pass = at least "
-                     "half closed and the difference > 2 SE.\n\n" + acc_md
-                     + "\nModel rows beating the oracle by > 2 SE (`EvaluationTable.beating_oracle`): "
-                     + ("; ".join(checks["beating_oracle"]) or "none") + ".\n")
+        acc_md = (
+            markdown_table(
+                [
+                    "targets",
+                    "context",
+                    "best new model",
+                    "NP gap",
+                    "its gap",
+                    "gap closed",
+                    "log-lik diff vs NP",
+                    "verdict",
+                ],
+                [
+                    [
+                        a["view"],
+                        a["num_context"],
+                        a["best"],
+                        f"{a['np_gap']:.3f}",
+                        f"{a['best_gap']:.3f}",
+                        f"{100 * a['closed']:.0f}%",
+                        f"{a['diff']:+.3f} ± {a['diff_se']:.3f}",
+                        "pass" if a["pass"] else "FAIL",
+                    ]
+                    for a in acc
+                ],
+            )
+            if acc
+            else "(no NeuralProcess row)\n"
+        )
+        parts.append(
+            "## A. DeepMind protocol, RBF kernel\n\n"
+            f'Training: `GPCurves("rbf")`, context U{{3..49}}, extra targets U{{2..49}} (targets include '
+            f"the context), {steps} steps of {TASKS_PER_BATCH} tasks, Adam, learning rate decayed "
+            f"x{LR_DECAY:g} over the run, seed {SEED}. Evaluation: the {len(oracle[('all', 5)]['n'])} "
+            "tasks per context size "
+            f"that `evaluate(seed={SEED})` draws, {DM_TARGET} fresh targets; amortized predictive "
+            f"({NUM_SAMPLES} posterior draws for the latent models). On the targets that are context "
+            "points the GP oracle is not an upper bound: it scores the observed value as a fresh noisy "
+            "draw (sd >= 0.02), while a model that attends to the context can return it with its minimum "
+            "scale (0.01); the fresh targets are the sound comparison with the oracle.\n\n"
+            + md
+            + "\n**Target**: the best new model's paired target log-likelihood against the NeuralProcess "
+            "trained here with the same budget; gap closed = (NP gap - its gap) / NP gap; pass = at least "
+            "half closed and the difference > 2 SE.\n\n"
+            + acc_md
+            + "\nModel rows beating the oracle by > 2 SE (`EvaluationTable.beating_oracle`): "
+            + ("; ".join(checks["beating_oracle"]) or "none")
+            + ".\n"
+        )
         lp = results.get(("AttentiveNP", "dm"), {}).get("latent_path")
         if lp is not None:
-            lb = dm_tasks().sample(lp["num_tasks"], lp["num_context"], DM_TARGET,
-                                   generator=torch.Generator().manual_seed(SEED))
+            lb = dm_tasks().sample(
+                lp["num_tasks"], lp["num_context"], DM_TARGET, generator=torch.Generator().manual_seed(SEED)
+            )
             md_c, lsum = latent_section(lp, score_oracle(lb))
             summary["latent_path"] = lsum
             opts = SMOKE["latent_options"] if args.smoke else LATENT_OPTIONS
-            parts.append("## C. The latent path of the attentive model (latent AttentiveNP of part A)\n\n"
-                         f"{lp['num_tasks']} RBF tasks with {lp['num_context']} context points, {DM_TARGET} fresh "
-                         "targets plus the context; the same trained model, its task latent inferred by every method "
-                         f"(options: {json.dumps({k: v for k, v in opts.items() if v})}); `prior` draws z from "
-                         f"N(0, I). Wall time {lp['seconds']:.0f}s.\n\n" + md_c)
+            parts.append(
+                "## C. The latent path of the attentive model (latent AttentiveNP of part A)\n\n"
+                f"{lp['num_tasks']} RBF tasks with {lp['num_context']} context points, {DM_TARGET} fresh "
+                "targets plus the context; the same trained model, its task latent inferred by every method "
+                f"(options: {json.dumps({k: v for k, v in opts.items() if v})}); `prior` draws z from "
+                f"N(0, I). Wall time {lp['seconds']:.0f}s.\n\n" + md_c
+            )
         fig = out / "figures" / "np_family_bands.png"
         plot_bands(models, fig, args.smoke)
         parts.append("## D. Predictive bands\n\n![predictive bands](figures/np_family_bands.png)\n")
@@ -584,27 +803,35 @@ def render(results, models, protocols, args, steps, out: Path, run: Dict[str, An
         oracle = {k: score_oracle(b) for k, b in eval_sets("bnp", args.smoke).items()}
         md, violations, rows = bnp_section(results, oracle)
         summary["bnp"] = {"rows": rows, "beating_oracle": violations}
-        parts.insert(1 if "dm" in protocols else 0,
-                     "## B. BNP/TNP protocol: trained on RBF, tested on three kernels\n\n"
-                     "`BNPGPCurves`: x ~ U[-2, 2], length scale U[0.1, 0.6], signal scale U[0.1, 1], period "
-                     "U[0.1, 0.5] (periodic), noise sd 0.02; Nc ~ U{3..46}, Nt ~ U{3..49-Nc} disjoint from the "
-                     f"context, sizes shared within a training batch. Training on RBF curves as the papers' code, "
-                     f"{steps} steps of {TASKS_PER_BATCH} tasks (same learning rates as A); evaluation on a fixed "
-                     f"seeded set per kernel. Log-likelihoods per point (mean ± SE over tasks, higher is better); "
-                     "`target - oracle` is the paired difference (negative: below the oracle). The oracle's "
-                     "context log-likelihood is not an upper bound (a model may reproduce an observed context "
-                     "value more sharply than a fresh noisy draw).\n\n" + md
-                     + "\nTarget rows beating the oracle by > 2 SE: " + (", ".join(violations) or "none") + ".\n")
-    header = (f"# The Neural Process family on GP curves\n\nGenerated by `python benchmarks/np_gp.py"
-              f"{' --smoke' if args.smoke else ''}` on {run['started']} (device {run['device']}, {run['jobs']} worker "
-              f"processes, one torch thread each); total wall time @TOTAL@ min. 1-minute load average "
-              f"{run['load_before']:.1f} at the start, {run['load_after']:.1f} at the end of the training "
-              f"({machine_info()['cores']} cores; other work shares them: wall times are pessimistic).\n"
-              + ("\n**SMOKE RUN: tiny sizes, the numbers mean nothing.**\n" if args.smoke else "")
-              + "\nModels (same budget: "
-              f"{steps} steps x {TASKS_PER_BATCH} tasks each): "
-              + "; ".join(f"`{n}` ({s.arch}; lr {s.lr:g})" for n, s in MODELS.items()) + ". Minimum predictive "
-              "scale 0.01 for every model.\n\n")
+        parts.insert(
+            1 if "dm" in protocols else 0,
+            "## B. BNP/TNP protocol: trained on RBF, tested on three kernels\n\n"
+            "`BNPGPCurves`: x ~ U[-2, 2], length scale U[0.1, 0.6], signal scale U[0.1, 1], period "
+            "U[0.1, 0.5] (periodic), noise sd 0.02; Nc ~ U{3..46}, Nt ~ U{3..49-Nc} disjoint from the "
+            f"context, sizes shared within a training batch. Training on RBF curves as the papers' code, "
+            f"{steps} steps of {TASKS_PER_BATCH} tasks (same learning rates as A); evaluation on a fixed "
+            f"seeded set per kernel. Log-likelihoods per point (mean ± SE over tasks, higher is better); "
+            "`target - oracle` is the paired difference (negative: below the oracle). The oracle's "
+            "context log-likelihood is not an upper bound (a model may reproduce an observed context "
+            "value more sharply than a fresh noisy draw).\n\n"
+            + md
+            + "\nTarget rows beating the oracle by > 2 SE: "
+            + (", ".join(violations) or "none")
+            + ".\n",
+        )
+    header = (
+        f"# The Neural Process family on GP curves\n\nGenerated by `python benchmarks/np_gp.py"
+        f"{' --smoke' if args.smoke else ''}` on {run['started']} (device {run['device']}, {run['jobs']} worker "
+        f"processes, one torch thread each); total wall time @TOTAL@ min. 1-minute load average "
+        f"{run['load_before']:.1f} at the start, {run['load_after']:.1f} at the end of the training "
+        f"({machine_info()['cores']} cores; other work shares them: wall times are pessimistic).\n"
+        + ("\n**SMOKE RUN: tiny sizes, the numbers mean nothing.**\n" if args.smoke else "")
+        + "\nModels (same budget: "
+        f"{steps} steps x {TASKS_PER_BATCH} tasks each): "
+        + "; ".join(f"`{n}` ({s.arch}; lr {s.lr:g})" for n, s in MODELS.items())
+        + ". Minimum predictive "
+        "scale 0.01 for every model.\n\n"
+    )
     return header + "\n".join(parts), summary
 
 

@@ -55,7 +55,9 @@ def plain_posterior(model: NeuralProcess, x: torch.Tensor, y: torch.Tensor, mask
     return Normal(loc, model.min_latent_std + softplus(raw))
 
 
-def plain_log_lik(model: NeuralProcess, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def plain_log_lik(
+    model: NeuralProcess, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
     """``sum_n m_tn log N(y_tn | mu(x_tn, z_t), sigma(x_tn, z_t)^2)``, ``[T]``; ``z [T, D]``."""
     zz = z[:, None, :].expand(x.shape[0], x.shape[1], z.shape[-1])
     loc, raw = model.decoder(torch.cat([x, zz], -1)).chunk(2, -1)
@@ -111,8 +113,11 @@ LOSSES = {
 def loss_values(make_model, batch: TaskBatch, seed: int = 123) -> Dict[str, float]:
     """Every loss at the same weights and RNG state (each starts from ``pyro.set_rng_seed(seed)``)."""
     model = make_model()
-    fns = {"model.loss": lambda m, b: m.loss(b), "Trace_ELBO": _cached_elbo_loss(),
-           **{f"plain, {k}": f for k, f in LOSSES.items()}}
+    fns = {
+        "model.loss": lambda m, b: m.loss(b),
+        "Trace_ELBO": _cached_elbo_loss(),
+        **{f"plain, {k}": f for k, f in LOSSES.items()},
+    }
     out = {}
     with local_params(), torch.no_grad():
         for name, fn in fns.items():
@@ -167,6 +172,7 @@ def main(argv=None) -> Dict[str, object]:
         def run():
             learners[name].step(batches[counter[name] % len(batches)])
             counter[name] += 1
+
         return run
 
     with local_params():
@@ -176,9 +182,11 @@ def main(argv=None) -> Dict[str, object]:
     ref_name = f"plain torch, {kind} (reference)"
     ref = med[ref_name]
     ratio = med["pyro_meta NeuralProcess.loss"] / ref
-    print(f"NeuralProcess training step (loss + backward + Adam), latent_dim={args.latent_dim}, hidden={args.hidden}x2, "
-          f"{args.tasks} GP-curve tasks/batch (3-49 context, 10-50 extra targets), torch threads=1, "
-          f"{args.rounds} interleaved rounds x {args.iters} steps (median)")
+    print(
+        f"NeuralProcess training step (loss + backward + Adam), latent_dim={args.latent_dim}, hidden={args.hidden}x2, "
+        f"{args.tasks} GP-curve tasks/batch (3-49 context, 10-50 extra targets), torch threads=1, "
+        f"{args.rounds} interleaved rounds x {args.iters} steps (median)"
+    )
     print("loss values at the same weights and seed: " + ", ".join(f"{k} {v:.6f}" for k, v in values.items()))
     print(f"model.loss is the {kind} ELBO: the reference is its plain PyTorch twin")
     rows = [[n, f"{1e3 * med[n]:.2f}", f"{med[n] / ref:.3f}", f"{memory[n]:.2f}"] for n in learners]
@@ -186,9 +194,16 @@ def main(argv=None) -> Dict[str, object]:
     print(table)
     print(f"ratio pyro_meta / plain torch = {ratio:.3f} (target <= 1.25)")
     out: Dict[str, object] = {
-        "ratio": ratio, "kind": kind, "table": table, "ms": {n: 1e3 * v for n, v in med.items()},
-        "memory_mib": memory, "losses": values, "rounds_ms": {n: [1e3 * t for t in v] for n, v in times.items()},
-        "iters": args.iters, "rounds": args.rounds, "tasks": args.tasks,
+        "ratio": ratio,
+        "kind": kind,
+        "table": table,
+        "ms": {n: 1e3 * v for n, v in med.items()},
+        "memory_mib": memory,
+        "losses": values,
+        "rounds_ms": {n: [1e3 * t for t in v] for n, v in times.items()},
+        "iters": args.iters,
+        "rounds": args.rounds,
+        "tasks": args.tasks,
     }
     trace_elbo = med["Pyro Trace_ELBO (sampled KL, built once)"] / med["plain torch, sampled KL"]
     out["trace_elbo_vs_twin"] = trace_elbo

@@ -39,8 +39,14 @@ def main(argv=None) -> float:
         model.mu.copy_(tasks.weight_mean)
         model.log_s.copy_(tasks.weight_scale.log())
     batch = tasks.sample(args.tasks, (3, 10), 10, generator=torch.Generator().manual_seed(0))
-    opts = dict(method="nuts", num_samples=args.samples, num_warmup=args.warmup, num_chains=args.chains,
-                jit_compile=args.jit, seed=0)
+    opts = dict(
+        method="nuts",
+        num_samples=args.samples,
+        num_warmup=args.warmup,
+        num_chains=args.chains,
+        jit_compile=args.jit,
+        seed=0,
+    )
 
     t0 = time.perf_counter()
     joint = pyro_meta.infer(model, batch, **opts)
@@ -57,8 +63,10 @@ def main(argv=None) -> float:
 
     m_joint, m_loop = float(ess_joint.median()), float(ess_loop.median())
     rate_joint, rate_loop = m_joint / t_joint, m_loop / t_loop
-    print(f"NUTS over {args.tasks} BayesianLinear tasks (K=4 weights each), {args.chains} chains x "
-          f"{args.warmup} warmup + {args.samples} draws, jit={args.jit}, torch threads=1")
+    print(
+        f"NUTS over {args.tasks} BayesianLinear tasks (K=4 weights each), {args.chains} chains x "
+        f"{args.warmup} warmup + {args.samples} draws, jit={args.jit}, torch threads=1"
+    )
     print("ESS per task: min over coordinates, then median over tasks")
     print(f"{'run':<22}{'seconds':>10}{'median min-ESS':>16}{'ESS/s':>10}")
     print(f"{'joint (one run)':<22}{t_joint:>10.1f}{m_joint:>16.0f}{rate_joint:>10.1f}")

@@ -77,14 +77,18 @@ def main(argv=None) -> None:
         total, validation = sampling_speed(eps, args.repeats, args.seed)
         print(f"  {label}: {total:.0f} us per batch, of which TaskBatch validation {validation:.0f} us")
 
-    print(f"\n1-nearest neighbour in pixel space, meta-test alphabets, {args.episodes} episodes, seed {args.seed} "
-          "(mean +- 95% CI):")
+    print(
+        f"\n1-nearest neighbour in pixel space, meta-test alphabets, {args.episodes} episodes, seed {args.seed} "
+        "(mean +- 95% CI):"
+    )
     for way, shots in ((5, 1), (5, 5), (20, 1), (20, 5)):
         eps = OmniglotEpisodes("test", way=way, shots=shots, queries=15)
         batch = eps.sample(args.episodes, generator=torch.Generator().manual_seed(args.seed))
-        cells = [f"{metric} {kind} {mean_ci(nearest_neighbour_accuracy(batch, binarise=b, cosine=c))}"
-                 for metric, c in (("Euclidean", False), ("cosine", True))
-                 for kind, b in (("gray", False), ("binarised", True))]
+        cells = [
+            f"{metric} {kind} {mean_ci(nearest_neighbour_accuracy(batch, binarise=b, cosine=c))}"
+            for metric, c in (("Euclidean", False), ("cosine", True))
+            for kind, b in (("gray", False), ("binarised", True))
+        ]
         print(f"  {way}-way {shots}-shot (chance {100 / way:.0f}%): " + ", ".join(cells))
 
 

@@ -128,22 +128,52 @@ def accuracy_section(results: Dict[str, Dict[str, Any]], fig_rel: str) -> Tuple[
         table = EvaluationTable(res["rows"])
         metric = fam["metric"]
         if metric == "mse":
-            cols = ["model", "method", "num_context", "mse", "mse_se", "nll", "crps", "coverage_50", "coverage_90",
-                    "seconds"]
+            cols = [
+                "model",
+                "method",
+                "num_context",
+                "mse",
+                "mse_se",
+                "nll",
+                "crps",
+                "coverage_50",
+                "coverage_90",
+                "seconds",
+            ]
         else:
-            cols = ["model", "method", "num_context", "nll", "nll_se", "nll_gap", "nll_gap_se", "mse", "crps",
-                    "coverage_50", "coverage_90", "seconds", "divergences", "min_ess", "max_r_hat"]
+            cols = [
+                "model",
+                "method",
+                "num_context",
+                "nll",
+                "nll_se",
+                "nll_gap",
+                "nll_gap_se",
+                "mse",
+                "crps",
+                "coverage_50",
+                "coverage_90",
+                "seconds",
+                "divergences",
+                "min_ess",
+                "max_r_hat",
+            ]
         cols = [c for c in cols if c in table.columns]
-        train = ", ".join(f"{m} {res['training'][m][0]} steps (lr {res['training'][m][1]:g}"
-                          + (f", decayed x{res['training'][m][2]:g}" if res["training"][m][2] else "")
-                          + f") {res['train_seconds'][m]:.0f}s" for m in res["train_seconds"])
-        parts.append(f"### {fam['title']}\n\n{fam['protocol']}.\n\n"
-                     f"Training: {TASKS_NOTE}; context {fam['train_context']}, extra targets {fam['train_target']}; "
-                     f"{train}. Evaluation: {res['num_tasks']} tasks per context size, {res['num_target']} target "
-                     f"points{' (plus the context)' if 'gp' in name else ''}, {res['num_samples']} draws per chain, "
-                     f"seed {res['seed']}; family wall time {res['seconds']:.0f}s.\n\n"
-                     + table.to_markdown(cols)
-                     + f"\n![{fam['title']}]({fig_rel}/accuracy_{name}.png)\n")
+        train = ", ".join(
+            f"{m} {res['training'][m][0]} steps (lr {res['training'][m][1]:g}"
+            + (f", decayed x{res['training'][m][2]:g}" if res["training"][m][2] else "")
+            + f") {res['train_seconds'][m]:.0f}s"
+            for m in res["train_seconds"]
+        )
+        parts.append(
+            f"### {fam['title']}\n\n{fam['protocol']}.\n\n"
+            f"Training: {TASKS_NOTE}; context {fam['train_context']}, extra targets {fam['train_target']}; "
+            f"{train}. Evaluation: {res['num_tasks']} tasks per context size, {res['num_target']} target "
+            f"points{' (plus the context)' if 'gp' in name else ''}, {res['num_samples']} draws per chain, "
+            f"seed {res['seed']}; family wall time {res['seconds']:.0f}s.\n\n"
+            + table.to_markdown(cols)
+            + f"\n![{fam['title']}]({fig_rel}/accuracy_{name}.png)\n"
+        )
         for metric_name, bad in res.get("beating_oracle", {}).items():
             for r in bad:
                 checks["violations"].append(f"{name}: {r['model']} {r['method']} at {r['num_context']} ({metric_name})")
@@ -163,8 +193,17 @@ def _np_vs_gp(table) -> Optional[Dict[str, Any]]:
         o = table.select(method="oracle", num_context=r["num_context"]).rows
         if not o:
             continue
-        rows.append({"num_context": r["num_context"], "method": r["method"], "np_ll": -r["nll"], "oracle_ll": -o[0]["nll"],
-                     "gap": r["nll_gap"], "gap_se": r["nll_gap_se"], "oracle_better": r["nll_gap"] > 2 * r["nll_gap_se"]})
+        rows.append(
+            {
+                "num_context": r["num_context"],
+                "method": r["method"],
+                "np_ll": -r["nll"],
+                "oracle_ll": -o[0]["nll"],
+                "gap": r["nll_gap"],
+                "gap_se": r["nll_gap_se"],
+                "oracle_better": r["nll_gap"] > 2 * r["nll_gap_se"],
+            }
+        )
     if not rows:
         return None
     amort = [x for x in rows if x["method"] == "amortized"]
@@ -189,8 +228,10 @@ def np_family_section(work: Path, out: Path, smoke: bool, python: str) -> Tuple[
 def mcmc_speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, Any]]:
     """Run ``benchmarks/mcmc_speed.py``: its table and acceptance checks as a section, and ``{"checks": ...}``."""
     js = work / "mcmc_speed.json"
-    rc, secs, rss = run([python, str(HERE / "mcmc_speed.py"), "--json", str(js), *(["--smoke"] if smoke else [])],
-                        work / "mcmc_speed.log")
+    rc, secs, rss = run(
+        [python, str(HERE / "mcmc_speed.py"), "--json", str(js), *(["--smoke"] if smoke else [])],
+        work / "mcmc_speed.log",
+    )
     if rc != 0:
         raise RuntimeError(f"mcmc_speed.py failed:\n{_tail(work / 'mcmc_speed.log')}")
     mc = json.loads(js.read_text())
@@ -199,7 +240,9 @@ def mcmc_speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[
         f"`benchmarks/mcmc_speed.py{' --smoke' if smoke else ''}` (its docstring gives the protocol and columns): one "
         f"chain of {mc['warmup']} + {mc['samples']} iterations per arm, one thread; wall time {secs:.0f}s. "
         f"Grid: {mc['thinning']}.{' ' + mc['numpyro_skipped'] if mc['numpyro_skipped'] else ''}\n\n"
-        + mc["table"] + "\n" + markdown_table(["check", "target", "measured"], mc["checks"])
+        + mc["table"]
+        + "\n"
+        + markdown_table(["check", "target", "measured"], mc["checks"])
     )
     return text, {"checks": mc["checks"]}
 
@@ -226,8 +269,12 @@ def speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, 
         f"the level at its start. Script wall time {secs:.0f}s, process peak RSS {rss:.0f} MiB (getrusage).\n\n"
         + np_res["table"]
         + f"\n**pyro_meta / plain PyTorch = {np_res['ratio']:.3f}** (target <= 1.25)"
-        + (f"; diagnostic: Pyro's generic `Trace_ELBO` = {np_res['trace_elbo_vs_twin']:.3f} x its own plain twin "
-           "(sampled KL)." if "trace_elbo_vs_twin" in np_res else ".")
+        + (
+            f"; diagnostic: Pyro's generic `Trace_ELBO` = {np_res['trace_elbo_vs_twin']:.3f} x its own plain twin "
+            "(sampled KL)."
+            if "trace_elbo_vs_twin" in np_res
+            else "."
+        )
         + "\n"
     )
     # --- MAML family throughput
@@ -239,9 +286,11 @@ def speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, 
             raise RuntimeError(f"maml_throughput.py failed:\n{_tail(work / 'maml.log')}")
         ratios = dict(re.findall(r"ratio (ours / \w+)\s*=\s*([0-9.]+)", text))
         out["maml"] = {k: float(v) for k, v in ratios.items()}
-        parts.append("### MAML meta-iterations: batched vs per-task loop\n\n"
-                     f"`benchmarks/maml_throughput.py` (its own protocol and memory method, printed below); wall time "
-                     f"{secs:.0f}s, process peak RSS {rss:.0f} MiB (getrusage).\n\n```\n{text}\n```\n")
+        parts.append(
+            "### MAML meta-iterations: batched vs per-task loop\n\n"
+            f"`benchmarks/maml_throughput.py` (its own protocol and memory method, printed below); wall time "
+            f"{secs:.0f}s, process peak RSS {rss:.0f} MiB (getrusage).\n\n```\n{text}\n```\n"
+        )
     else:
         parts.append("### MAML meta-iterations\n\n`benchmarks/maml_throughput.py` is absent: skipped.\n")
         print("note: benchmarks/maml_throughput.py is absent; skipped")
@@ -267,8 +316,10 @@ def speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, 
         "### Joint NUTS over the tasks plate vs a loop of per-task NUTS runs\n\n"
         f"`benchmarks/nuts_joint_vs_per_task.py {' '.join(nuts_args)}` (BayesianLinear, min-ESS per second; its "
         f"output below); wall time {secs:.0f}s.\n\n```\n{text}\n```\n\n"
-        + markdown_table(["arm", "peak RSS growth MiB"], [["joint (one run)", f"{mem['joint']:.1f}"],
-                                                          ["per task (loop)", f"{mem['loop']:.1f}"]])
+        + markdown_table(
+            ["arm", "peak RSS growth MiB"],
+            [["joint (one run)", f"{mem['joint']:.1f}"], ["per task (loop)", f"{mem['loop']:.1f}"]],
+        )
         + "\nPeak memory: a fresh process per arm, same setting; `resource.getrusage(RUSAGE_SELF).ru_maxrss` after "
         "the run minus its value after imports, setup and a 4-draw warm-up run (the growth of the process's "
         "high-water mark; 0 means the arm stayed below the warm-up level).\n"
@@ -303,8 +354,18 @@ def main(argv=None) -> Path:
         groups = [[f for f in g if f in families] for g in JOB_SPLIT] if args.jobs >= 2 else [families]
         groups += [[f for f in families if not any(f in g for g in groups)]]
         groups = [g for g in groups if g]
-        cmds = [[python, str(HERE / "accuracy.py"), "--families", ",".join(g), "--out", str(work / "acc"),
-                 *(["--smoke"] if args.smoke else [])] for g in groups]
+        cmds = [
+            [
+                python,
+                str(HERE / "accuracy.py"),
+                "--families",
+                ",".join(g),
+                "--out",
+                str(work / "acc"),
+                *(["--smoke"] if args.smoke else []),
+            ]
+            for g in groups
+        ]
         logs = [work / f"accuracy_{i}.log" for i in range(len(cmds))]
         t0 = time.perf_counter()
         status = run_parallel(cmds, logs) if args.jobs >= 2 else [run(c, lg) for c, lg in zip(cmds, logs)]
@@ -341,50 +402,95 @@ def render(info, started, total, acc_seconds, speed_seconds, args, status, acc_m
     gp = checks["np_vs_gp"]
     ident = checks["identical"]
     rows = [
-        ["NeuralProcess training step / plain PyTorch step", "<= 1.25", f"{np_ratio:.3f}",
-         "pass" if np_ratio <= 1.25 else "FAIL"],
-        ["`evaluate` identical twice (same model, same seed)", "identical",
-         ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in ident.items()),
-         "pass" if all(ident.values()) else "FAIL"],
-        ["model rows beating an oracle row by > 2 SE (NLL paired gap, MSE)", "none",
-         "; ".join(checks["violations"]) or "none", "pass" if not checks["violations"] else "FAIL"],
+        [
+            "NeuralProcess training step / plain PyTorch step",
+            "<= 1.25",
+            f"{np_ratio:.3f}",
+            "pass" if np_ratio <= 1.25 else "FAIL",
+        ],
+        [
+            "`evaluate` identical twice (same model, same seed)",
+            "identical",
+            ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in ident.items()),
+            "pass" if all(ident.values()) else "FAIL",
+        ],
+        [
+            "model rows beating an oracle row by > 2 SE (NLL paired gap, MSE)",
+            "none",
+            "; ".join(checks["violations"]) or "none",
+            "pass" if not checks["violations"] else "FAIL",
+        ],
     ]
     if gp is not None:
-        rows.append(["GP oracle beats the NeuralProcess on RBF curves (mean amortized gap > 2 SE)", "yes",
-                     f"gap {gp['mean_gap']:.3f} +- {gp['mean_gap_se']:.3f} nats/point",
-                     "pass" if gp["oracle_better"] else "FAIL"])
+        rows.append(
+            [
+                "GP oracle beats the NeuralProcess on RBF curves (mean amortized gap > 2 SE)",
+                "yes",
+                f"gap {gp['mean_gap']:.3f} +- {gp['mean_gap_se']:.3f} nats/point",
+                "pass" if gp["oracle_better"] else "FAIL",
+            ]
+        )
     npf = checks.get("np_family") or {}
     for a in (npf.get("dm") or {}).get("acceptance", []):
-        rows.append([f"best NP-family model closes >= half the NeuralProcess's gap to the GP oracle (RBF, "
-                     f"{a['view']} targets, {a['num_context']} context; paired diff > 2 SE)", ">= 50%",
-                     f"{a['best']}: {100 * a['closed']:.0f}%, {a['diff']:+.3f} +- {a['diff_se']:.3f}",
-                     "pass" if a["pass"] else "FAIL"])
+        rows.append(
+            [
+                f"best NP-family model closes >= half the NeuralProcess's gap to the GP oracle (RBF, "
+                f"{a['view']} targets, {a['num_context']} context; paired diff > 2 SE)",
+                ">= 50%",
+                f"{a['best']}: {100 * a['closed']:.0f}%, {a['diff']:+.3f} +- {a['diff_se']:.3f}",
+                "pass" if a["pass"] else "FAIL",
+            ]
+        )
     if npf:
         bad = (npf.get("dm") or {}).get("beating_oracle", []) + (npf.get("bnp") or {}).get("beating_oracle", [])
-        rows.append(["NP-family target rows beating the GP oracle by > 2 SE", "none", "; ".join(bad) or "none",
-                     "pass" if not bad else "FAIL"])
+        rows.append(
+            [
+                "NP-family target rows beating the GP oracle by > 2 SE",
+                "none",
+                "; ".join(bad) or "none",
+                "pass" if not bad else "FAIL",
+            ]
+        )
     if speed.get("nuts_ratio") is not None:
-        rows.append(["joint / per-task NUTS (min-ESS per second)", "> 1", f"{speed['nuts_ratio']:.1f}",
-                     "pass" if speed["nuts_ratio"] > 1 else "FAIL"])
+        rows.append(
+            [
+                "joint / per-task NUTS (min-ESS per second)",
+                "> 1",
+                f"{speed['nuts_ratio']:.1f}",
+                "pass" if speed["nuts_ratio"] > 1 else "FAIL",
+            ]
+        )
     for k, v in speed.get("maml", {}).items():
         rows.append([f"MAML {k} (meta-iterations per second)", "see below", f"{v:.2f}", ""])
     acc_rss = ", ".join(f"{r[2]:.0f}" for r in status)
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
     gp_md = ""
     if gp is not None:
-        gp_md = ("\n### NeuralProcess vs the exact GP oracle (RBF curves)\n\n"
-                 "Mean target log-likelihood per point on the same tasks (higher is better); the gap is the paired "
-                 "NLL difference with its standard error over tasks.\n\n"
-                 + markdown_table(["context", "method", "NP log-lik", "GP oracle log-lik", "gap", "gap SE",
-                                   "oracle better (> 2 SE)"],
-                                  [[r["num_context"], r["method"], f"{r['np_ll']:.3f}", f"{r['oracle_ll']:.3f}",
-                                    f"{r['gap']:.3f}", f"{r['gap_se']:.3f}", "yes" if r["oracle_better"] else "no"]
-                                   for r in gp["rows"]]))
+        gp_md = (
+            "\n### NeuralProcess vs the exact GP oracle (RBF curves)\n\n"
+            "Mean target log-likelihood per point on the same tasks (higher is better); the gap is the paired "
+            "NLL difference with its standard error over tasks.\n\n"
+            + markdown_table(
+                ["context", "method", "NP log-lik", "GP oracle log-lik", "gap", "gap SE", "oracle better (> 2 SE)"],
+                [
+                    [
+                        r["num_context"],
+                        r["method"],
+                        f"{r['np_ll']:.3f}",
+                        f"{r['oracle_ll']:.3f}",
+                        f"{r['gap']:.3f}",
+                        f"{r['gap_se']:.3f}",
+                        "yes" if r["oracle_better"] else "no",
+                    ]
+                    for r in gp["rows"]
+                ],
+            )
+        )
     return f"""# Benchmarks
 
-Generated by `make bench` (`python benchmarks/run_all.py{' --smoke' if args.smoke else ''}`) on {started};
+Generated by `make bench` (`python benchmarks/run_all.py{" --smoke" if args.smoke else ""}`) on {started};
 every number below comes from that run on this machine: nothing is typed by hand.
-{'**SMOKE RUN: tiny sizes, the numbers mean nothing.**' if args.smoke else ''}
+{"**SMOKE RUN: tiny sizes, the numbers mean nothing.**" if args.smoke else ""}
 
 Machine and software:
 

@@ -63,8 +63,9 @@ def _entry(rank: int, fn, world_size: int, init_file: str, args) -> None:
 def _neural_process(cfg):
     from pyro_meta.models import NeuralProcess
 
-    return NeuralProcess(latent_dim=cfg.latent_dim, hidden=cfg.hidden, num_layers=cfg.num_layers,
-                         activation=cfg.activation)
+    return NeuralProcess(
+        latent_dim=cfg.latent_dim, hidden=cfg.hidden, num_layers=cfg.num_layers, activation=cfg.activation
+    )
 
 
 def _nuts_worker(rank: int, world_size: int, a: Dict[str, Any]) -> None:
@@ -73,17 +74,24 @@ def _nuts_worker(rank: int, world_size: int, a: Dict[str, Any]) -> None:
 
     model = _neural_process(a["cfg"])
     model.load_state_dict(torch.load(a["state"]))
-    batch = Sinusoid(noise_std=a["cfg"].noise_std).sample(a["tasks"], a["context"], 20,
-                                                          generator=torch.Generator().manual_seed(1))
+    batch = Sinusoid(noise_std=a["cfg"].noise_std).sample(
+        a["tasks"], a["context"], 20, generator=torch.Generator().manual_seed(1)
+    )
     dist.barrier()
     t0, c0 = time.perf_counter(), time.process_time()
     post = infer_sharded(model, batch, method="nuts", chunk_size=a["chunk"], seed=0, progress=False, **a["nuts"])
     cpu = [None] * world_size
     dist.all_gather_object(cpu, time.process_time() - c0)  # this rank's CPU seconds: how evenly the work split
     if rank == 0:
-        torch.save({"z": post.samples["z"], "seconds": time.perf_counter() - t0, "cpu": cpu,
-                    "max_r_hat": float(post.diagnostics["r_hat"].max())},
-                   os.path.join(a["out"], f"nuts_{world_size}.pt"))
+        torch.save(
+            {
+                "z": post.samples["z"],
+                "seconds": time.perf_counter() - t0,
+                "cpu": cpu,
+                "max_r_hat": float(post.diagnostics["r_hat"].max()),
+            },
+            os.path.join(a["out"], f"nuts_{world_size}.pt"),
+        )
 
 
 def sharded_nuts(args, work: str) -> Dict[str, Any]:
@@ -94,12 +102,27 @@ def sharded_nuts(args, work: str) -> Dict[str, Any]:
     cfg = DemoConfig().smoke() if args.smoke else DemoConfig()
     torch.manual_seed(0)
     model = _neural_process(cfg)
-    pyro_meta.fit(model, Sinusoid(noise_std=cfg.noise_std), num_steps=args.train_steps, tasks_per_batch=16,
-                  num_context=cfg.train_context, num_target=cfg.train_target, lr=cfg.lr, seed=0, progress=False)
+    pyro_meta.fit(
+        model,
+        Sinusoid(noise_std=cfg.noise_std),
+        num_steps=args.train_steps,
+        tasks_per_batch=16,
+        num_context=cfg.train_context,
+        num_target=cfg.train_target,
+        lr=cfg.lr,
+        seed=0,
+        progress=False,
+    )
     state = os.path.join(work, "np.pt")
     torch.save(model.state_dict(), state)
-    nuts = dict(num_warmup=args.warmup, num_samples=args.samples, num_chains=cfg.nuts_chains,
-                max_tree_depth=cfg.nuts_max_tree_depth, init="guide", jit_compile=not args.no_jit)
+    nuts = dict(
+        num_warmup=args.warmup,
+        num_samples=args.samples,
+        num_chains=cfg.nuts_chains,
+        max_tree_depth=cfg.nuts_max_tree_depth,
+        init="guide",
+        jit_compile=not args.no_jit,
+    )
     a = dict(cfg=cfg, state=state, tasks=args.tasks, context=5, chunk=args.chunk, nuts=nuts, out=work)
     walls = {}
     for world_size in (1, 2):
@@ -128,8 +151,17 @@ def _ddp_worker(rank: int, world_size: int, a: Dict[str, Any]) -> None:
     if world_size == 1:  # one process, the two ranks' batches together
         tasks, per = RankStreams(tasks, 2, seed=3), 2 * per
     dist.barrier()
-    res = pyro_meta.fit(model, tasks, num_steps=a["steps"], tasks_per_batch=per, num_context=5, num_target=10,
-                        lr=1e-2, seed=3, progress=False)
+    res = pyro_meta.fit(
+        model,
+        tasks,
+        num_steps=a["steps"],
+        tasks_per_batch=per,
+        num_context=5,
+        num_target=10,
+        lr=1e-2,
+        seed=3,
+        progress=False,
+    )
     if rank == 0:
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         torch.save({"params": flat, "seconds": res.seconds}, os.path.join(a["out"], f"ddp_{world_size}.pt"))
@@ -161,28 +193,46 @@ def report(args, nuts: Dict[str, Any], ddp: Dict[str, Any], load_before: str, lo
     t1, t2 = nuts["one"]["seconds"], nuts["two"]["seconds"]
     d1, d2 = ddp["one"]["seconds"], ddp["two"]["seconds"]
     tasks_per_step = 2 * args.per_rank
-    lines = ["SMOKE RUN (numbers meaningless)\n" if args.smoke else "",
-             f"{os.cpu_count()} cores, load average before {load_before}, after {load_after} (1/5/15 min); "
-             "one torch thread per process.\n",
-             f"Sharded NUTS: {args.tasks} tasks of the demo's NeuralProcess ({args.train_steps} training steps), "
-             f"chunks of {args.chunk} tasks, {nuts['nuts']['num_chains']} chains x ({args.warmup} warmup + "
-             f"{args.samples} draws), tree depth {nuts['nuts']['max_tree_depth']}"
-             f"{'' if args.no_jit else ', JIT'}.\n",
-             markdown_table(
-                 ["processes", "NUTS wall s", "tasks / s", "start-up + wall s", "CPU s per rank", "max R-hat"],
-                 [[w, f"{r['seconds']:.1f}", f"{args.tasks / r['seconds']:.3f}", f"{nuts['walls'][w]:.1f}",
-                   " + ".join(f"{c:.1f}" for c in r["cpu"]), f"{r['max_r_hat']:.3f}"]
-                  for w, r in ((1, nuts["one"]), (2, nuts["two"]))]),
-             f"\nequal draws (1 vs 2 processes): {'yes' if nuts['equal'] else 'NO'}; "
-             f"wall-time ratio 2/1: {t2 / t1:.3f} (target <= 0.65)\n",
-             f"\nData-parallel MAML training: {args.ddp_steps} steps, {tasks_per_step} tasks per step "
-             f"({args.per_rank} per rank with 2 processes).\n",
-             markdown_table(
-                 ["processes", "s / step", "tasks / s"],
-                 [[w, f"{r['seconds'] / args.ddp_steps * 1e3:.2f} ms", f"{tasks_per_step * args.ddp_steps / r['seconds']:.0f}"]
-                  for w, r in ((1, ddp["one"]), (2, ddp["two"]))]),
-             f"\nparameters 1 vs 2 processes: relative difference {ddp['rel']:.2e} (<= 1e-5: "
-             f"{'yes' if ddp['rel'] <= 1e-5 else 'NO'}); wall-time ratio 2/1: {d2 / d1:.3f}\n"]
+    lines = [
+        "SMOKE RUN (numbers meaningless)\n" if args.smoke else "",
+        f"{os.cpu_count()} cores, load average before {load_before}, after {load_after} (1/5/15 min); "
+        "one torch thread per process.\n",
+        f"Sharded NUTS: {args.tasks} tasks of the demo's NeuralProcess ({args.train_steps} training steps), "
+        f"chunks of {args.chunk} tasks, {nuts['nuts']['num_chains']} chains x ({args.warmup} warmup + "
+        f"{args.samples} draws), tree depth {nuts['nuts']['max_tree_depth']}"
+        f"{'' if args.no_jit else ', JIT'}.\n",
+        markdown_table(
+            ["processes", "NUTS wall s", "tasks / s", "start-up + wall s", "CPU s per rank", "max R-hat"],
+            [
+                [
+                    w,
+                    f"{r['seconds']:.1f}",
+                    f"{args.tasks / r['seconds']:.3f}",
+                    f"{nuts['walls'][w]:.1f}",
+                    " + ".join(f"{c:.1f}" for c in r["cpu"]),
+                    f"{r['max_r_hat']:.3f}",
+                ]
+                for w, r in ((1, nuts["one"]), (2, nuts["two"]))
+            ],
+        ),
+        f"\nequal draws (1 vs 2 processes): {'yes' if nuts['equal'] else 'NO'}; "
+        f"wall-time ratio 2/1: {t2 / t1:.3f} (target <= 0.65)\n",
+        f"\nData-parallel MAML training: {args.ddp_steps} steps, {tasks_per_step} tasks per step "
+        f"({args.per_rank} per rank with 2 processes).\n",
+        markdown_table(
+            ["processes", "s / step", "tasks / s"],
+            [
+                [
+                    w,
+                    f"{r['seconds'] / args.ddp_steps * 1e3:.2f} ms",
+                    f"{tasks_per_step * args.ddp_steps / r['seconds']:.0f}",
+                ]
+                for w, r in ((1, ddp["one"]), (2, ddp["two"]))
+            ],
+        ),
+        f"\nparameters 1 vs 2 processes: relative difference {ddp['rel']:.2e} (<= 1e-5: "
+        f"{'yes' if ddp['rel'] <= 1e-5 else 'NO'}); wall-time ratio 2/1: {d2 / d1:.3f}\n",
+    ]
     return "".join(lines)
 
 

@@ -16,6 +16,18 @@ from .protonet import ProtoNet
 from .transformer_np import TransformerNP
 
 __all__ = [
-    "ABML", "AttentiveNP", "BMAML", "BayesianLastLayer", "BayesianLinear", "ConditionalNP", "MAML", "MetaSGD", "MixturePLATIPUS",
-    "NeuralProcess", "NeuralProcessClassifier", "PLATIPUS", "ProtoNet", "TransformerNP",
+    "ABML",
+    "AttentiveNP",
+    "BMAML",
+    "BayesianLastLayer",
+    "BayesianLinear",
+    "ConditionalNP",
+    "MAML",
+    "MetaSGD",
+    "MixturePLATIPUS",
+    "NeuralProcess",
+    "NeuralProcessClassifier",
+    "PLATIPUS",
+    "ProtoNet",
+    "TransformerNP",
 ]

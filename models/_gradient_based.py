@@ -166,8 +166,11 @@ class GradientBasedModel(MetaModel):
             self.backbone = FeatureExtractor("mlp", x_dim=x_dim, hidden=hidden, activation=mlp_act)
         if self.backbone is not None:
             self.net = FunctionalMLP((self.backbone.feature_dim, out))
-        self.in_features = self.backbone.in_features if self.backbone is not None else (
-            self.net.in_features if net == "mlp" else math.prod(self.net.image_shape))
+        self.in_features = (
+            self.backbone.in_features
+            if self.backbone is not None
+            else (self.net.in_features if net == "mlp" else math.prod(self.net.image_shape))
+        )
         self.out_features = out
         self.num_params = self.net.num_params
         if self.owns_theta:
@@ -226,13 +229,17 @@ class GradientBasedModel(MetaModel):
         return encode_sets(self.backbone, batch)
 
     @staticmethod
-    def observed_inputs(batch: TaskBatch, xc: torch.Tensor, xt: torch.Tensor
-                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def observed_inputs(
+        batch: TaskBatch, xc: torch.Tensor, xt: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`TaskBatch.observed` with the encoded inputs ``xc``, ``xt``: ``(x, y, mask)`` of every observed point."""
         if batch.target_y is None or batch.num_points("target") == 0:
             return xc, batch.context_y, batch.context_mask
-        return (torch.cat([xc, xt], 1), torch.cat([batch.context_y, batch.target_y], 1),
-                torch.cat([batch.context_mask, batch.target_mask], 1))
+        return (
+            torch.cat([xc, xt], 1),
+            torch.cat([batch.context_y, batch.target_y], 1),
+            torch.cat([batch.context_mask, batch.target_mask], 1),
+        )
 
     def outputs(self, x: torch.Tensor, phi: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``f_phi(x)``: encoded inputs ``x [T, N, D]``, weights ``phi [..., T, P]`` -> ``[..., T, N, O]``.
@@ -260,19 +267,25 @@ class GradientBasedModel(MetaModel):
         with task_plate(batch):
             phi = pyro.sample("phi", self.prior()).squeeze(-2)  # [..., T, P]
             for split in SPLITS:
-                observe(batch, lambda x, s=split: self.likelihood_dist(self.outputs(inputs[s], phi, batch.mask(s))),
-                        splits=(split,))
+                observe(
+                    batch,
+                    lambda x, s=split: self.likelihood_dist(self.outputs(inputs[s], phi, batch.mask(s))),
+                    splits=(split,),
+                )
 
     def check(self, batch: TaskBatch) -> TaskBatch:
         """``TypeError``/``ValueError`` unless ``batch`` suits this model's inputs and likelihood."""
         check_batch(batch)
         name = type(self).__name__
         if self.likelihood == "normal" and batch.is_classification:
-            raise ValueError(f"{name} is a regression model (likelihood='normal'): batch has class labels; build it "
-                             "with likelihood='categorical' (and num_classes) or 'bernoulli' for labels")
+            raise ValueError(
+                f"{name} is a regression model (likelihood='normal'): batch has class labels; build it "
+                "with likelihood='categorical' (and num_classes) or 'bernoulli' for labels"
+            )
         if self.likelihood != "normal" and not batch.is_classification:
-            raise ValueError(f"{name}(likelihood={self.likelihood!r}) takes class labels (long [T, N]); the batch has "
-                             "real-valued y")
+            raise ValueError(
+                f"{name}(likelihood={self.likelihood!r}) takes class labels (long [T, N]); the batch has real-valued y"
+            )
         y_dim = batch.y_dim if self.likelihood == "normal" else self.out_features
         if batch.x_dim != self.in_features or y_dim != self.out_features:
             raise ValueError(
@@ -285,8 +298,10 @@ class GradientBasedModel(MetaModel):
             for split in SPLITS:
                 y = batch.y(split)
                 if y is not None and batch.num_points(split) and bool((y[batch.mask(split)] >= K).any()):
-                    raise ValueError(f"batch {split}_y has labels >= {K}, but {name} has K = {K} classes "
-                                     f"(likelihood={self.likelihood!r}, num_classes={self.num_classes})")
+                    raise ValueError(
+                        f"batch {split}_y has labels >= {K}, but {name} has K = {K} classes "
+                        f"(likelihood={self.likelihood!r}, num_classes={self.num_classes})"
+                    )
         return batch
 
     # ------------------------------------------------------------------ losses on flat weights
@@ -322,8 +337,14 @@ class GradientBasedModel(MetaModel):
             nll = F.binary_cross_entropy_with_logits(logit, y.to(logit.dtype).expand_as(logit), reduction="none")
         return (nll * mask.to(nll.dtype)).sum(-1)
 
-    def neg_log_lik(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, phi: torch.Tensor,
-                    noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def neg_log_lik(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        phi: torch.Tensor,
+        noise: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``-log p(y | f_phi(x))`` summed over a task's real points, ``[..., T]`` (``noise``: normal only)."""
         if self.likelihood == "normal":
             return self.gaussian_nll(self.sse(x, y, mask, phi), self.count(mask, y.shape[-1]), noise)
@@ -354,7 +375,9 @@ class GradientBasedModel(MetaModel):
             return self.noise_std.detach() ** 2
         return torch.ones((), dtype=self.log_sigma.dtype, device=self.log_sigma.device)
 
-    def gaussian_nll(self, sse: torch.Tensor, count: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def gaussian_nll(
+        self, sse: torch.Tensor, count: torch.Tensor, noise: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """``-log N(y | f, noise^2)`` summed over a task's points, from its ``sse`` and ``count = n_t Dy``.
 
         ``noise`` defaults to :attr:`noise_std` (pass a detached one to keep it out of a gradient).
@@ -369,8 +392,14 @@ class GradientBasedModel(MetaModel):
             raise ValueError(f"batch: {type(self).__name__}'s meta-objective needs observed target points (target_y)")
         return self.encode_batch(batch)
 
-    def with_noise_fit(self, loss: torch.Tensor, batch: TaskBatch, xt: torch.Tensor,
-                       train_draws: Callable[[], torch.Tensor], test_draws: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def with_noise_fit(
+        self,
+        loss: torch.Tensor,
+        batch: TaskBatch,
+        xt: torch.Tensor,
+        train_draws: Callable[[], torch.Tensor],
+        test_draws: Callable[[], torch.Tensor],
+    ) -> torch.Tensor:
         """``loss`` plus :meth:`predictive_noise_loss` when the noise is learned (else ``loss`` itself).
 
         The noise is fitted under the test-time guide: ``train_draws()`` ``[S, T, P]`` when
@@ -381,8 +410,9 @@ class GradientBasedModel(MetaModel):
         draws = train_draws() if self.eval_inner_steps == self.inner_steps else test_draws()
         return loss + self.predictive_noise_loss(draws, batch, xt)
 
-    def predictive_noise_loss(self, weights: torch.Tensor, batch: TaskBatch,
-                              x: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def predictive_noise_loss(
+        self, weights: torch.Tensor, batch: TaskBatch, x: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Fit ``noise_std`` by maximum likelihood of the target set under the test-time predictive.
 
         ``weights [S, T, P]``: detached draws (or particles) of the guide's test-time adaptation
@@ -430,5 +460,7 @@ class GradientBasedModel(MetaModel):
         return kl_diag_normal(mu, log_scale, self.theta, self.log_sigma)
 
     def extra_repr(self) -> str:
-        return (f"num_params={self.num_params}, inner_steps={self.inner_steps}, eval_inner_steps={self.eval_inner_steps}, "
-                f"likelihood={self.likelihood!r}, adapt={self.adapt_mode!r}")
+        return (
+            f"num_params={self.num_params}, inner_steps={self.inner_steps}, eval_inner_steps={self.eval_inner_steps}, "
+            f"likelihood={self.likelihood!r}, adapt={self.adapt_mode!r}"
+        )

@@ -64,8 +64,17 @@ class NPFamilyModel(MetaModel):
     * ``features(state, x [T, N, Dx]) -> h [T, N, F]`` -- the representation of each input given the context.
     """
 
-    def _setup(self, x_dim: int, y_dim: int, latent: bool, latent_dim: int, objective: Optional[str],
-               min_std: float, min_latent_std: float, activation: str) -> None:
+    def _setup(
+        self,
+        x_dim: int,
+        y_dim: int,
+        latent: bool,
+        latent_dim: int,
+        objective: Optional[str],
+        min_std: float,
+        min_latent_std: float,
+        activation: str,
+    ) -> None:
         _positive_int("x_dim", x_dim)
         _positive_int("y_dim", y_dim)
         _positive_int("latent_dim", latent_dim)
@@ -87,15 +96,29 @@ class NPFamilyModel(MetaModel):
         self.min_std, self.min_latent_std = float(min_std), float(min_latent_std)
         self.activation = activation
 
-    def _build_head(self, feature_dim: int, widths: Sequence[int], latent_widths: Sequence[int],
-                    num_self_attention: int = 0, num_heads: int = 4) -> None:
+    def _build_head(
+        self,
+        feature_dim: int,
+        widths: Sequence[int],
+        latent_widths: Sequence[int],
+        num_self_attention: int = 0,
+        num_heads: int = 4,
+    ) -> None:
         """Decoder ``[h, z] -> (mu, raw sigma)`` and, for the latent form, the guide's set encoder."""
         self.feature_dim = feature_dim
         self.decoder = module_mlp([feature_dim + self.latent_dim] + list(widths) + [2 * self.y_dim], self.activation)
         self.latent_encoder = (
-            SetEncoder(self.x_dim + self.y_dim, list(latent_widths), 2 * self.latent_dim, pooling="mean",
-                       num_self_attention=num_self_attention, num_heads=num_heads, activation=self.activation)
-            if self.latent else None
+            SetEncoder(
+                self.x_dim + self.y_dim,
+                list(latent_widths),
+                2 * self.latent_dim,
+                pooling="mean",
+                num_self_attention=num_self_attention,
+                num_heads=num_heads,
+                activation=self.activation,
+            )
+            if self.latent
+            else None
         )
 
     # ------------------------------------------------------------------ to implement

@@ -96,9 +96,19 @@ class ABML(GradientBasedModel):
         first_order: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, prior_scale=prior_scale,
-                         learn_prior_scale=learn_prior_scale, noise_std=noise_std, learn_noise=learn_noise,
-                         inner_steps=inner_steps, eval_inner_steps=eval_inner_steps, first_order=first_order, **kwargs)
+        super().__init__(
+            x_dim=x_dim,
+            y_dim=y_dim,
+            hidden=hidden,
+            prior_scale=prior_scale,
+            learn_prior_scale=learn_prior_scale,
+            noise_std=noise_std,
+            learn_noise=learn_noise,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            first_order=first_order,
+            **kwargs,
+        )
         for name, value in (("num_inner_samples", num_inner_samples), ("num_samples", num_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -113,8 +123,9 @@ class ABML(GradientBasedModel):
         eps = torch.randn((num,) + tuple(mu.shape), dtype=mu.dtype, device=mu.device)
         return mu + log_scale.exp() * eps
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None,
-              detach: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    def adapt(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None, detach: bool = False
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``K`` inner SVI steps on the context ELBO from the prior: ``(mu_K [T, P], log s_K [T, P])``.
 
         ``x`` are the adapted network's inputs (:meth:`encode`); ``detach=True`` runs on detached
@@ -148,8 +159,9 @@ class ABML(GradientBasedModel):
     def guide(self, batch: TaskBatch) -> None:
         """``q(phi_t | context_t) = N(mu_K, diag(s_K^2))`` after ``K`` inner SVI steps from ``(theta, sigma)``."""
         self.check(batch)
-        mu, log_scale = self.adapt(self.encode(batch.context_x, batch.context_mask), batch.context_y,
-                                   batch.context_mask)
+        mu, log_scale = self.adapt(
+            self.encode(batch.context_x, batch.context_mask), batch.context_y, batch.context_mask
+        )
         with task_plate(batch):
             pyro.sample("phi", dist.Normal(mu.unsqueeze(-2), log_scale.exp().unsqueeze(-2)).to_event(1))
 
@@ -163,8 +175,9 @@ class ABML(GradientBasedModel):
         elbo_loss = ((nll + self.kl_weight * self.kl_to_prior(mu, log_scale)) / count).mean()
 
         def test_draws() -> torch.Tensor:
-            mu_e, log_s_e = self.adapt(xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps,
-                                       detach=True)
+            mu_e, log_s_e = self.adapt(
+                xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps, detach=True
+            )
             return self._draw(mu_e.detach(), log_s_e.detach(), 4)
 
         return self.with_noise_fit(elbo_loss, batch, xt, phi.detach, test_draws)

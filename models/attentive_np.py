@@ -57,10 +57,21 @@ class AttentiveNP(NPFamilyModel):
         Nonlinearity of every MLP.
     """
 
-    def __init__(self, x_dim: int = 1, y_dim: int = 1, hidden: Union[int, Sequence[int]] = 64, num_layers: int = 2,
-                 num_heads: int = 4, num_self_attention: int = 2, latent: bool = True, latent_dim: int = 16,
-                 objective: Optional[str] = None, min_std: float = 0.01, min_latent_std: float = 1e-3,
-                 activation: str = "relu") -> None:
+    def __init__(
+        self,
+        x_dim: int = 1,
+        y_dim: int = 1,
+        hidden: Union[int, Sequence[int]] = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_self_attention: int = 2,
+        latent: bool = True,
+        latent_dim: int = 16,
+        objective: Optional[str] = None,
+        min_std: float = 0.01,
+        min_latent_std: float = 1e-3,
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         self._setup(x_dim, y_dim, latent, latent_dim, objective, min_std, min_latent_std, activation)
         widths = _widths(hidden, num_layers)
@@ -72,7 +83,8 @@ class AttentiveNP(NPFamilyModel):
         self.num_heads, self.num_self_attention = num_heads, num_self_attention
         self.value_encoder = module_mlp([x_dim + y_dim] + widths, activation)
         self.self_attention = nn.ModuleList(
-            AttentionBlock(H, num_heads, activation=activation) for _ in range(num_self_attention))
+            AttentionBlock(H, num_heads, activation=activation) for _ in range(num_self_attention)
+        )
         self.query_encoder = module_mlp([x_dim, H, H], activation)
         self.cross_attention = MultiHeadAttention(H, H, H, num_heads)
         self._build_head(x_dim + H, widths, widths, num_self_attention=num_self_attention, num_heads=num_heads)

@@ -108,8 +108,9 @@ class BayesianLastLayer(MetaModel):
         for name, value in (("y_dim", y_dim), ("num_particles", num_particles), ("guide_hidden", guide_hidden)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 2):
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+        ):
             raise ValueError(f"num_classes must be an int >= 2 or None (each batch's way), got {num_classes!r}")
         if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or kl_weight < 0:
             raise ValueError(f"kl_weight must be a non-negative number, got {kl_weight!r}")
@@ -117,8 +118,14 @@ class BayesianLastLayer(MetaModel):
         for name, value in (("noise_std", noise_std), ("prior_scale", prior_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        self.features = FeatureExtractor(backbone, image_shape=image_shape if backbone == "conv4" else None,
-                                         x_dim=x_dim, channels=channels, hidden=hidden, feature_dim=feature_dim)
+        self.features = FeatureExtractor(
+            backbone,
+            image_shape=image_shape if backbone == "conv4" else None,
+            x_dim=x_dim,
+            channels=channels,
+            hidden=hidden,
+            feature_dim=feature_dim,
+        )
         F = self.features.feature_dim
         self.feature_dim = F
         self.num_classes = num_classes if likelihood == "categorical" else (2 if likelihood == "bernoulli" else None)
@@ -135,9 +142,13 @@ class BayesianLastLayer(MetaModel):
         self.encoder = None
         if likelihood != "normal":
             in_dim = F if likelihood == "categorical" else 2 * F + 1
-            self.encoder = ClassGaussianEncoder(in_dim, F + 1, hidden=guide_hidden,
-                                                prototype_init=likelihood == "categorical",
-                                                init_scale=0.1 * float(prior_scale))
+            self.encoder = ClassGaussianEncoder(
+                in_dim,
+                F + 1,
+                hidden=guide_hidden,
+                prototype_init=likelihood == "categorical",
+                init_scale=0.1 * float(prior_scale),
+            )
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -152,8 +163,10 @@ class BayesianLastLayer(MetaModel):
             want = "real-valued y [T, N, Dy]" if self.likelihood == "normal" else "long class labels [T, N]"
             raise ValueError(f"{name}(likelihood={self.likelihood!r}) takes {want}")
         if batch.x_dim != self.features.in_features:
-            raise ValueError(f"batch has Dx={batch.x_dim} but {name} was built for inputs of size "
-                             f"{self.features.in_features} (x_dim / image_shape)")
+            raise ValueError(
+                f"batch has Dx={batch.x_dim} but {name} was built for inputs of size "
+                f"{self.features.in_features} (x_dim / image_shape)"
+            )
         if self.likelihood == "normal":
             if batch.y_dim != self.y_dim:
                 raise ValueError(f"batch has Dy={batch.y_dim} but {name} was built for y_dim={self.y_dim}")
@@ -197,8 +210,9 @@ class BayesianLastLayer(MetaModel):
             for split in SPLITS:
                 observe(batch, lambda x, s=split: self.likelihood_dist(self.outputs(a[s], w)), splits=(split,))
 
-    def posterior_params(self, batch: TaskBatch, a_context: Optional[torch.Tensor] = None
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def posterior_params(
+        self, batch: TaskBatch, a_context: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The guide's ``(loc [T, R, F+1], scale)`` given the context; for "normal" the scale is a Cholesky
         factor ``[T, R, F+1, F+1]`` of the exact conditional posterior, else a diagonal scale ``[T, R, F+1]``."""
         R = self.check(batch)

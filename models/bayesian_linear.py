@@ -143,7 +143,7 @@ class BayesianLinear(MetaModel):
         """Closed-form predictive at ``target_x``: ``(mean [T, Nt, 1], sd [T, Nt, 1])``."""
         mean, cov = self.exact_posterior(batch)
         phi = self.features(batch.target_x)
-        m = (phi @ mean[..., None])
+        m = phi @ mean[..., None]
         var = torch.einsum("tnk,tkl,tnl->tn", phi, cov, phi)[..., None] + self.noise_std**2
         return m, var.sqrt()
 

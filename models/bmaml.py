@@ -82,9 +82,17 @@ class BMAML(GradientBasedModel):
         first_order: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, prior_scale=prior_scale,
-                         learn_prior_scale=learn_prior_scale, inner_steps=inner_steps,
-                         eval_inner_steps=eval_inner_steps, first_order=first_order, **kwargs)
+        super().__init__(
+            x_dim=x_dim,
+            y_dim=y_dim,
+            hidden=hidden,
+            prior_scale=prior_scale,
+            learn_prior_scale=learn_prior_scale,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            first_order=first_order,
+            **kwargs,
+        )
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
         self.num_particles = num_particles
@@ -111,8 +119,16 @@ class BMAML(GradientBasedModel):
 
         return log_prob
 
-    def move(self, particles: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: int,
-             create_graph: Optional[bool] = None, leader: bool = False) -> torch.Tensor:
+    def move(
+        self,
+        particles: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        steps: int,
+        create_graph: Optional[bool] = None,
+        leader: bool = False,
+    ) -> torch.Tensor:
         """``steps`` SVGD steps of ``particles [T, M, P]`` towards ``p(phi_t | x_t, y_t)``."""
         lr = self.log_svgd_lr.exp()
         if leader:
@@ -124,8 +140,14 @@ class BMAML(GradientBasedModel):
         step = base / (1 + base / self.sigma**2)  # [T, 1, P]
         return svgd(particles, self.log_posterior(x, y, mask), steps, step, create_graph=create_graph)
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None,
-              create_graph: Optional[bool] = None) -> torch.Tensor:
+    def adapt(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        steps: Optional[int] = None,
+        create_graph: Optional[bool] = None,
+    ) -> torch.Tensor:
         """Particles ``[T, M, P]`` after ``K`` SVGD steps on the context from ``Theta_0``."""
         steps = self.num_steps if steps is None else steps
         start = self.particles.expand(x.shape[0], self.num_particles, self.num_params)
@@ -137,11 +159,18 @@ class BMAML(GradientBasedModel):
         """``q(phi_t | context_t)``: a uniformly drawn one of the task's ``M`` SVGD particles."""
         self.check(batch)
         T = batch.num_tasks
-        particles = self.adapt(self.encode(batch.context_x, batch.context_mask), batch.context_y, batch.context_mask,
-                               create_graph=None if self.training else False)
+        particles = self.adapt(
+            self.encode(batch.context_x, batch.context_mask),
+            batch.context_y,
+            batch.context_mask,
+            create_graph=None if self.training else False,
+        )
         with task_plate(batch):
-            k = pyro.sample("particle", dist.Categorical(logits=particles.new_zeros(self.num_particles)),
-                            infer={"is_auxiliary": True})  # [..., T, 1]
+            k = pyro.sample(
+                "particle",
+                dist.Categorical(logits=particles.new_zeros(self.num_particles)),
+                infer={"is_auxiliary": True},
+            )  # [..., T, 1]
             phi = particles[torch.arange(T, device=k.device).unsqueeze(-1), k]  # [..., T, 1, P]
             pyro.sample("phi", dist.Delta(phi, event_dim=1))
 
@@ -157,7 +186,8 @@ class BMAML(GradientBasedModel):
         @torch.no_grad()
         def test_draws() -> torch.Tensor:
             start = self.particles.detach().expand_as(chaser)
-            return self.move(start, xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps,
-                             create_graph=False).transpose(0, 1)
+            return self.move(
+                start, xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps, create_graph=False
+            ).transpose(0, 1)
 
         return self.with_noise_fit(chase, batch, xt, lambda: chaser.detach().transpose(0, 1), test_draws)

@@ -40,8 +40,15 @@ class ConditionalNP(NPFamilyModel):
         Nonlinearity of every network.
     """
 
-    def __init__(self, x_dim: int = 1, y_dim: int = 1, hidden: Union[int, Sequence[int]] = 64, num_layers: int = 2,
-                 min_std: float = 0.01, activation: str = "silu") -> None:
+    def __init__(
+        self,
+        x_dim: int = 1,
+        y_dim: int = 1,
+        hidden: Union[int, Sequence[int]] = 64,
+        num_layers: int = 2,
+        min_std: float = 0.01,
+        activation: str = "silu",
+    ) -> None:
         super().__init__()
         self._setup(x_dim, y_dim, False, 1, None, min_std, 0.0, activation)
         widths = _widths(hidden, num_layers)

@@ -63,16 +63,24 @@ class MAML(GradientBasedModel):
         first_order: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, inner_steps=inner_steps,
-                         eval_inner_steps=eval_inner_steps, first_order=first_order, **kwargs)
+        super().__init__(
+            x_dim=x_dim,
+            y_dim=y_dim,
+            hidden=hidden,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            first_order=first_order,
+            **kwargs,
+        )
         self._register_positive("log_inner_lr", inner_lr, "inner_lr", learn_inner_lr)
 
     @property
     def inner_lr(self) -> torch.Tensor:
         return self.log_inner_lr.exp()
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None,
-              detach: bool = False) -> torch.Tensor:
+    def adapt(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, steps: Optional[int] = None, detach: bool = False
+    ) -> torch.Tensor:
         """``K`` steps ``phi <- phi - alpha grad L_t(phi)`` from ``theta``: ``x [T, N, Dx]`` -> ``phi_K [T, P]``.
 
         ``x`` are the adapted network's inputs (:meth:`encode`: the shared features when ``adapt="head"``);
@@ -81,7 +89,9 @@ class MAML(GradientBasedModel):
         steps = self.num_steps if steps is None else steps
         theta = self.theta.detach() if detach else self.theta
         phi0 = theta.expand(x.shape[0], theta.shape[-1])
-        return inner_loop(lambda p: self.task_loss(x, y, mask, p), phi0, steps, self.inner_lr, first_order=self.first_order)
+        return inner_loop(
+            lambda p: self.task_loss(x, y, mask, p), phi0, steps, self.inner_lr, first_order=self.first_order
+        )
 
     def guide(self, batch: TaskBatch) -> None:
         """``q(phi_t | context_t) = delta(phi_t^K)``, ``phi_t^K`` = ``K`` steps on the context from ``theta``."""
@@ -100,5 +110,12 @@ class MAML(GradientBasedModel):
         xc, xt = self.training_inputs(batch)
         phi = self.adapt(xc, batch.context_y, batch.context_mask)
         loss = self.task_loss(xt, batch.target_y, batch.target_mask, phi).mean()
-        return self.with_noise_fit(loss, batch, xt, lambda: phi.unsqueeze(0), lambda: self.adapt(
-            xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps, detach=True).unsqueeze(0))
+        return self.with_noise_fit(
+            loss,
+            batch,
+            xt,
+            lambda: phi.unsqueeze(0),
+            lambda: self.adapt(
+                xc.detach(), batch.context_y, batch.context_mask, self.eval_inner_steps, detach=True
+            ).unsqueeze(0),
+        )

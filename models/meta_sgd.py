@@ -28,11 +28,26 @@ class MetaSGD(MAML):
         Every other option of :class:`~pyro_meta.models.MAML` and its base (``likelihood``, ``net``, ``adapt``...).
     """
 
-    def __init__(self, x_dim: int = 1, y_dim: int = 1, hidden: Sequence[int] = (40, 40), inner_lr: float = 0.01,
-                 inner_steps: int = 1, eval_inner_steps: Optional[int] = None, **kwargs) -> None:
+    def __init__(
+        self,
+        x_dim: int = 1,
+        y_dim: int = 1,
+        hidden: Sequence[int] = (40, 40),
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        eval_inner_steps: Optional[int] = None,
+        **kwargs,
+    ) -> None:
         if "learn_inner_lr" in kwargs:
             raise TypeError("MetaSGD always meta-learns its inner step sizes: drop learn_inner_lr")
-        super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, inner_lr=inner_lr, inner_steps=inner_steps,
-                         eval_inner_steps=eval_inner_steps, **kwargs)
+        super().__init__(
+            x_dim=x_dim,
+            y_dim=y_dim,
+            hidden=hidden,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            **kwargs,
+        )
         del self.log_inner_lr  # MAML's scalar buffer -> one learned step size per weight
         self._register_positive("log_inner_lr", inner_lr, "inner_lr", True, shape=(self.num_params,))

@@ -90,11 +90,22 @@ class MixturePLATIPUS(GradientBasedModel):
         learn_weights: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, prior_scale=prior_scale, learn_prior_scale=False,
-                         inner_steps=inner_steps, eval_inner_steps=eval_inner_steps, first_order=first_order, **kwargs)
+        super().__init__(
+            x_dim=x_dim,
+            y_dim=y_dim,
+            hidden=hidden,
+            prior_scale=prior_scale,
+            learn_prior_scale=False,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            first_order=first_order,
+            **kwargs,
+        )
         if self.likelihood != "normal" or self.adapt_mode != "all":
-            raise ValueError("MixturePLATIPUS supports likelihood='normal' and adapt='all' only (its mixture "
-                             "responsibilities use the Gaussian likelihood of the whole network)")
+            raise ValueError(
+                "MixturePLATIPUS supports likelihood='normal' and adapt='all' only (its mixture "
+                "responsibilities use the Gaussian likelihood of the whole network)"
+            )
         K = check_int("num_components", num_components)
         self.responsibility = check_one_of("responsibility", responsibility, ("prior", "adapted"))
         self.num_components = K
@@ -118,11 +129,24 @@ class MixturePLATIPUS(GradientBasedModel):
         return dist.MixtureSameFamily(dist.Categorical(logits=self.mixture_logits), components)
 
     # ------------------------------------------------------------------ the amortized mixture
-    def _adapt(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-               steps: int, create_graph: Optional[bool]) -> torch.Tensor:
+    def _adapt(
+        self,
+        theta: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        steps: int,
+        create_graph: Optional[bool],
+    ) -> torch.Tensor:
         """``steps`` gradient steps on the context MSE from ``theta [..., T, P]``."""
-        return inner_loop(lambda p: self.mse(x, y, mask, p), theta, steps, self.log_inner_lr.exp(),
-                          first_order=self.first_order, create_graph=create_graph)
+        return inner_loop(
+            lambda p: self.mse(x, y, mask, p),
+            theta,
+            steps,
+            self.log_inner_lr.exp(),
+            first_order=self.first_order,
+            create_graph=create_graph,
+        )
 
     def components(self, batch: TaskBatch, create_graph: bool = True):
         """Per task and component: shifted means ``m [K, T, P]`` and log responsibilities ``log r [K, T]``."""
@@ -146,8 +170,9 @@ class MixturePLATIPUS(GradientBasedModel):
         means, log_r = self.components(batch, create_graph=train)
         x, y, m = batch.context_x, batch.context_y, batch.context_mask
         with task_plate(batch):
-            c = pyro.sample("component", dist.Categorical(logits=log_r.T.unsqueeze(-2)),
-                            infer={"is_auxiliary": True})  # [..., T, 1]
+            c = pyro.sample(
+                "component", dist.Categorical(logits=log_r.T.unsqueeze(-2)), infer={"is_auxiliary": True}
+            )  # [..., T, 1]
             onehot = nn.functional.one_hot(c.squeeze(-1), self.num_components).to(means.dtype)  # [..., T, K]
             loc = torch.einsum("...tk,ktp->...tp", onehot, means).unsqueeze(-2)  # [..., T, 1, P]
             scale = (onehot @ self.log_sigma_k.exp()).unsqueeze(-2)
@@ -168,4 +193,3 @@ class MixturePLATIPUS(GradientBasedModel):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_components={self.num_components}"
-

@@ -157,7 +157,9 @@ class NeuralProcess(MetaModel):
         The Normal guide only (its closed form); :meth:`posterior` serves every guide family.
         """
         if self.guide_family != "normal":
-            raise ValueError(f"encode is the Normal guide's; this model has guide={self.guide_family!r}: use posterior()")
+            raise ValueError(
+                f"encode is the Normal guide's; this model has guide={self.guide_family!r}: use posterior()"
+            )
         h = masked_mean(self.latent_encoder(torch.cat([x, y], -1)), mask)
         loc, raw = self.latent_head(h).chunk(2, -1)
         return dist.Normal(loc, self.min_latent_std + softplus(raw)).to_event(1)

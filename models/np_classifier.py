@@ -94,15 +94,26 @@ class NeuralProcessClassifier(MetaModel):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        for name, value in (("latent_dim", latent_dim), ("decoder_hidden", decoder_hidden),
-                            ("guide_hidden", guide_hidden), ("num_particles", num_particles)):
+        for name, value in (
+            ("latent_dim", latent_dim),
+            ("decoder_hidden", decoder_hidden),
+            ("guide_hidden", guide_hidden),
+            ("num_particles", num_particles),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 2):
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+        ):
             raise ValueError(f"num_classes must be an int >= 2 or None (each batch's way), got {num_classes!r}")
-        self.features = FeatureExtractor(backbone, image_shape=image_shape if backbone == "conv4" else None,
-                                         x_dim=x_dim, channels=channels, hidden=hidden, feature_dim=feature_dim)
+        self.features = FeatureExtractor(
+            backbone,
+            image_shape=image_shape if backbone == "conv4" else None,
+            x_dim=x_dim,
+            channels=channels,
+            hidden=hidden,
+            feature_dim=feature_dim,
+        )
         F = self.features.feature_dim
         self.feature_dim, self.latent_dim = F, latent_dim
         self.num_classes, self.objective, self.num_particles = num_classes, objective, num_particles
@@ -118,7 +129,7 @@ class NeuralProcessClassifier(MetaModel):
             self.decoder_skip.bias.zero_()
             if self.deterministic_path:
                 self.decoder_skip.weight[:, latent_dim:] = 0.0
-                self.decoder_skip.weight[:F, latent_dim:latent_dim + F] = 2 * torch.eye(F)
+                self.decoder_skip.weight[:F, latent_dim : latent_dim + F] = 2 * torch.eye(F)
                 self.decoder_skip.weight[F, latent_dim + F] = -1.0
 
     # ------------------------------------------------------------------ pieces
@@ -128,8 +139,10 @@ class NeuralProcessClassifier(MetaModel):
         if not batch.is_classification:
             raise ValueError(f"{type(self).__name__} classifies: batch y must be long class labels [T, N]")
         if batch.x_dim != self.features.in_features:
-            raise ValueError(f"batch has Dx={batch.x_dim} but {type(self).__name__} was built for inputs of size "
-                             f"{self.features.in_features} (x_dim / image_shape)")
+            raise ValueError(
+                f"batch has Dx={batch.x_dim} but {type(self).__name__} was built for inputs of size "
+                f"{self.features.in_features} (x_dim / image_shape)"
+            )
         K = infer_num_classes(self.num_classes, batch)
         for split in SPLITS:
             y = batch.y(split)
@@ -159,8 +172,9 @@ class NeuralProcessClassifier(MetaModel):
         w = self.weights(z, r)  # [..., T, K, F+1]
         return h @ w[..., :-1].transpose(-1, -2) + w[..., -1].unsqueeze(-2)
 
-    def posterior_params(self, batch: TaskBatch, h_context: Optional[torch.Tensor] = None, K: Optional[int] = None
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def posterior_params(
+        self, batch: TaskBatch, h_context: Optional[torch.Tensor] = None, K: Optional[int] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(loc, scale)`` of ``q(z_t | context_t)``, each ``[T, K, D]``."""
         K = self.check(batch) if K is None else K
         if h_context is None:
@@ -212,5 +226,7 @@ class NeuralProcessClassifier(MetaModel):
         return (kl.sum((-1, -2)) - log_lik).mean()
 
     def extra_repr(self) -> str:
-        return (f"feature_dim={self.feature_dim}, latent_dim={self.latent_dim}, num_classes={self.num_classes}, "
-                f"objective={self.objective!r}")
+        return (
+            f"feature_dim={self.feature_dim}, latent_dim={self.latent_dim}, num_classes={self.num_classes}, "
+            f"objective={self.objective!r}"
+        )

@@ -80,8 +80,17 @@ class PLATIPUS(GradientBasedModel):
         first_order: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(x_dim=x_dim, y_dim=y_dim, hidden=hidden, prior_scale=prior_scale, learn_prior_scale=True,
-                         inner_steps=inner_steps, eval_inner_steps=eval_inner_steps, first_order=first_order, **kwargs)
+        super().__init__(
+            x_dim=x_dim,
+            y_dim=y_dim,
+            hidden=hidden,
+            prior_scale=prior_scale,
+            learn_prior_scale=True,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            first_order=first_order,
+            **kwargs,
+        )
         if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or kl_weight < 0:
             raise ValueError(f"kl_weight must be a non-negative number, got {kl_weight!r}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -92,19 +101,33 @@ class PLATIPUS(GradientBasedModel):
         self._register_positive("log_gamma_q", shift_lr, "shift_lr", True)
         self._register_positive("log_inner_lr", inner_lr, "inner_lr", learn_inner_lr)
 
-    def shifted_mean(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, log_gamma: torch.Tensor,
-                     create_graph: bool = True) -> torch.Tensor:
+    def shifted_mean(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, log_gamma: torch.Tensor, create_graph: bool = True
+    ) -> torch.Tensor:
         """``mu_theta - gamma grad_mu L(x, y; mu_theta)`` per task: ``[T, P]`` (``x``: the network's inputs, :meth:`encode`)."""
         T, P = x.shape[0], self.num_params
         g = self.task_grad(lambda p: self.task_loss(x, y, mask, p), self.theta.expand(T, P), create_graph)
         return self.theta - log_gamma.exp() * g
 
-    def adapt_from(self, theta_t: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                   steps: Optional[int] = None, create_graph: Optional[bool] = None) -> torch.Tensor:
+    def adapt_from(
+        self,
+        theta_t: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        steps: Optional[int] = None,
+        create_graph: Optional[bool] = None,
+    ) -> torch.Tensor:
         """``K`` steps ``phi <- phi - alpha grad L(ctx, phi)`` from ``theta_t [..., T, P]``: ``phi [..., T, P]``."""
         steps = self.num_steps if steps is None else steps
-        return inner_loop(lambda p: self.task_loss(x, y, mask, p), theta_t, steps, self.log_inner_lr.exp(),
-                          first_order=self.first_order, create_graph=create_graph)
+        return inner_loop(
+            lambda p: self.task_loss(x, y, mask, p),
+            theta_t,
+            steps,
+            self.log_inner_lr.exp(),
+            first_order=self.first_order,
+            create_graph=create_graph,
+        )
 
     def guide(self, batch: TaskBatch) -> None:
         """``theta_t ~ N(mu_theta - gamma_p grad L(ctx, mu_theta), sigma_theta^2)``; ``phi_t = delta(K steps from theta_t)``."""
@@ -113,13 +136,15 @@ class PLATIPUS(GradientBasedModel):
         train = self.training
         mean = self.shifted_mean(x, y, m, self.log_gamma_p, create_graph=train)
         with task_plate(batch):
-            theta_t = pyro.sample("theta_task", dist.Normal(mean.unsqueeze(-2), self.sigma).to_event(1),
-                                  infer={"is_auxiliary": True})
+            theta_t = pyro.sample(
+                "theta_task", dist.Normal(mean.unsqueeze(-2), self.sigma).to_event(1), infer={"is_auxiliary": True}
+            )
             phi = self.adapt_from(theta_t.squeeze(-2), x, y, m, create_graph=None if train else False)
             pyro.sample("phi", dist.Delta(phi.unsqueeze(-2), event_dim=1))
 
-    def _posterior_prior(self, batch: TaskBatch, xc: Optional[torch.Tensor] = None, xt: Optional[torch.Tensor] = None
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _posterior_prior(
+        self, batch: TaskBatch, xc: Optional[torch.Tensor] = None, xt: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         if xc is None or xt is None:
             xc, xt = self.encode_batch(batch)
         m_p = self.shifted_mean(xc, batch.context_y, batch.context_mask, self.log_gamma_p)
@@ -149,5 +174,7 @@ class PLATIPUS(GradientBasedModel):
             return self.theta.detach().expand(1, batch.num_tasks, -1)
         x, y, m = xc, batch.context_y, batch.context_mask
         mean = self.shifted_mean(x, y, m, self.log_gamma_p, create_graph=False).detach()
-        theta_t = mean + self.sigma.detach() * torch.randn((num,) + tuple(mean.shape), dtype=mean.dtype, device=mean.device)
+        theta_t = mean + self.sigma.detach() * torch.randn(
+            (num,) + tuple(mean.shape), dtype=mean.dtype, device=mean.device
+        )
         return self.adapt_from(theta_t, x, y, m, steps=self.eval_inner_steps, create_graph=False).detach()

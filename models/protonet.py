@@ -81,13 +81,20 @@ class ProtoNet(MetaModel):
         prior_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 2):
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+        ):
             raise ValueError(f"num_classes must be an int >= 2 or None (each batch's way), got {num_classes!r}")
         if isinstance(prior_scale, bool) or not isinstance(prior_scale, (int, float)) or not prior_scale > 0:
             raise ValueError(f"prior_scale must be a positive number, got {prior_scale!r}")
-        self.features = FeatureExtractor(backbone, image_shape=image_shape if backbone == "conv4" else None,
-                                         x_dim=x_dim, channels=channels, hidden=hidden, feature_dim=feature_dim)
+        self.features = FeatureExtractor(
+            backbone,
+            image_shape=image_shape if backbone == "conv4" else None,
+            x_dim=x_dim,
+            channels=channels,
+            hidden=hidden,
+            feature_dim=feature_dim,
+        )
         F = self.features.feature_dim
         self.feature_dim = F
         self.num_classes = num_classes
@@ -101,8 +108,10 @@ class ProtoNet(MetaModel):
         if not batch.is_classification:
             raise ValueError(f"{type(self).__name__} classifies: batch y must be long class labels [T, N]")
         if batch.x_dim != self.features.in_features:
-            raise ValueError(f"batch has Dx={batch.x_dim} but {type(self).__name__} was built for inputs of size "
-                             f"{self.features.in_features} (x_dim / image_shape)")
+            raise ValueError(
+                f"batch has Dx={batch.x_dim} but {type(self).__name__} was built for inputs of size "
+                f"{self.features.in_features} (x_dim / image_shape)"
+            )
         K = infer_num_classes(self.num_classes, batch)
         for split in SPLITS:
             y = batch.y(split)
@@ -128,8 +137,9 @@ class ProtoNet(MetaModel):
         """``c_tk ~ N(m, diag(s^2))`` ([T, 1, K, F]); ``y ~ Categorical(softmax(-||h(x) - c_k||^2))`` ([T, N])."""
         K = self.check(batch)
         h = dict(zip(SPLITS, self.encode_batch(batch)))
-        prior = dist.Normal(self.prior_loc.expand(K, self.feature_dim),
-                            self.prior_log_scale.exp().expand(K, self.feature_dim)).to_event(2)
+        prior = dist.Normal(
+            self.prior_loc.expand(K, self.feature_dim), self.prior_log_scale.exp().expand(K, self.feature_dim)
+        ).to_event(2)
         with task_plate(batch):
             c = pyro.sample("prototypes", prior).squeeze(-3)  # [..., T, K, F]
             for split in SPLITS:

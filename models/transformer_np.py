@@ -58,10 +58,23 @@ class TransformerNP(NPFamilyModel):
         Pre-norm transformer layers (TNP-D: post-norm, torch's default).
     """
 
-    def __init__(self, x_dim: int = 1, y_dim: int = 1, dim: int = 64, num_layers: int = 6, num_heads: int = 4,
-                 dim_feedforward: int = 128, embed_depth: int = 4, latent: bool = False, latent_dim: int = 16,
-                 objective: Optional[str] = None, min_std: float = 0.01, min_latent_std: float = 1e-3,
-                 activation: str = "relu", norm_first: bool = False) -> None:
+    def __init__(
+        self,
+        x_dim: int = 1,
+        y_dim: int = 1,
+        dim: int = 64,
+        num_layers: int = 6,
+        num_heads: int = 4,
+        dim_feedforward: int = 128,
+        embed_depth: int = 4,
+        latent: bool = False,
+        latent_dim: int = 16,
+        objective: Optional[str] = None,
+        min_std: float = 0.01,
+        min_latent_std: float = 1e-3,
+        activation: str = "relu",
+        norm_first: bool = False,
+    ) -> None:
         super().__init__()
         self._setup(x_dim, y_dim, latent, latent_dim, objective, min_std, min_latent_std, activation)
         for name, value in (("dim", dim), ("dim_feedforward", dim_feedforward), ("num_heads", num_heads)):
@@ -72,8 +85,9 @@ class TransformerNP(NPFamilyModel):
             raise ValueError(f"dim ({dim}) must be a multiple of num_heads ({num_heads})")
         self.dim = dim
         self.embedder = module_mlp([x_dim + y_dim] + [dim] * embed_depth, activation)
-        self.encoder = ContextTargetTransformer(dim, num_layers, num_heads, hidden=dim_feedforward,
-                                                activation=activation, norm_first=norm_first)
+        self.encoder = ContextTargetTransformer(
+            dim, num_layers, num_heads, hidden=dim_feedforward, activation=activation, norm_first=norm_first
+        )
         self._build_head(dim, [dim_feedforward], [dim, dim], num_self_attention=1, num_heads=num_heads)
 
     def encode_context(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:

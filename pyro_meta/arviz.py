@@ -59,6 +59,7 @@ with warnings.catch_warnings():
 
 __all__ = ["merge_inference_data", "pointwise_log_likelihood", "to_inference_data"]
 
+
 def _arviz_major() -> int:
     return int(str(az.__version__).split(".")[0])
 
@@ -108,7 +109,7 @@ def rhat_ess(samples: torch.Tensor) -> Dict[str, torch.Tensor]:
 def _split_chains(a: np.ndarray) -> np.ndarray:
     """``[K, C, S]`` -> ``[K, 2C, S // 2]``: first halves, then last halves (ArviZ's order)."""
     half = a.shape[2] // 2
-    return np.concatenate([a[:, :, :half], a[:, :, a.shape[2] - half:]], axis=1)
+    return np.concatenate([a[:, :, :half], a[:, :, a.shape[2] - half :]], axis=1)
 
 
 def _z_scale(a: np.ndarray) -> np.ndarray:
@@ -169,8 +170,11 @@ def _ess(a: np.ndarray) -> np.ndarray:
     replace = (k >= 1) & (k < num[:, None]) & (psum > prev)
     rho = np.where(replace[..., None], (prev / 2.0)[..., None], rho)
     head = np.where(k < num[:, None], rho.sum(-1), 0.0).sum(1)
-    tail_term = np.take_along_axis(rho[:, :, 0], np.minimum(num, max(npairs - 1, 0))[:, None], 1)[:, 0] if npairs \
+    tail_term = (
+        np.take_along_axis(rho[:, :, 0], np.minimum(num, max(npairs - 1, 0))[:, None], 1)[:, 0]
+        if npairs
         else np.ones(K)
+    )
     tau = -1.0 + 2.0 * head + tail_term
     tau = np.maximum(tau, 1.0 / np.log10(total))
     ess = total / tau
@@ -179,8 +183,9 @@ def _ess(a: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- log-likelihood
-def _log_lik_draws(posterior: Posterior, batch: TaskBatch, values: Mapping[str, torch.Tensor],
-                   site: str) -> Optional[torch.Tensor]:
+def _log_lik_draws(
+    posterior: Posterior, batch: TaskBatch, values: Mapping[str, torch.Tensor], site: str
+) -> Optional[torch.Tensor]:
     """``log p(y_tn | z_n)`` of the observed ``site`` per draw, ``[N, T, n]`` (padded points 0).
 
     The inferred model (``posterior.fn``: global latents at their point estimate) traced on
@@ -195,8 +200,9 @@ def _log_lik_draws(posterior: Posterior, batch: TaskBatch, values: Mapping[str, 
     fn = posterior.fn or model.model
     out = None
     with torch.no_grad():  # in chunks of tasks and draws sized to the memory budget
-        plan, chunks = trace_chunks(fn, batch, num, model, data=values, sites=posterior.sites, log_prob=True,
-                                    kind=f"log_lik_{site}")
+        plan, chunks = trace_chunks(
+            fn, batch, num, model, data=values, sites=posterior.sites, log_prob=True, kind=f"log_lik_{site}"
+        )
         for draws, tasks, trace in chunks:
             if site not in trace.nodes and not posterior.has_latents:
                 return None  # a conditional model need not score its context (it conditions on it as input)
@@ -424,8 +430,14 @@ def to_inference_data(
 
 
 #: the groups ``az.from_dict`` builds (0.2x keyword groups)
-_STANDARD_GROUPS = ("posterior", "posterior_predictive", "observed_data", "constant_data", "log_likelihood",
-                    "sample_stats")
+_STANDARD_GROUPS = (
+    "posterior",
+    "posterior_predictive",
+    "observed_data",
+    "constant_data",
+    "log_likelihood",
+    "sample_stats",
+)
 
 
 def _build_datatree(groups, coords, attrs):  # pragma: no cover - ArviZ >= 1 needs Python >= 3.12; untested here
@@ -491,8 +503,10 @@ def _join_tasks(datasets: List[Any], offsets: List[int], group: str) -> Any:
         dim = "task" if "task" in dims else next((d for d in dims if d.endswith("_obs")), None)
         if dim is None:
             if not all(a.equals(arrays[0]) for a in arrays[1:]):
-                raise ValueError(f"merge_inference_data: {group}.{name} has no task dim and differs between parts "
-                                 "(sampled global latents couple the tasks and cannot be merged)")
+                raise ValueError(
+                    f"merge_inference_data: {group}.{name} has no task dim and differs between parts "
+                    "(sampled global latents couple the tasks and cannot be merged)"
+                )
             out[name] = arrays[0]
             continue
         if name.endswith("_obs_task"):

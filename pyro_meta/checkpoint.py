@@ -94,8 +94,10 @@ def _check_storable(obj: Any, where: str) -> None:
         for i, v in enumerate(obj):
             _check_storable(v, f"{where}[{i}]")
     elif not isinstance(obj, _LEAVES):
-        raise TypeError(f"{where} is a {type(obj).__name__}; a checkpoint stores only tensors, numbers, strings, "
-                        "None and lists/tuples/dicts of them")
+        raise TypeError(
+            f"{where} is a {type(obj).__name__}; a checkpoint stores only tensors, numbers, strings, "
+            "None and lists/tuples/dicts of them"
+        )
 
 
 def _check_json(obj: Any, where: str) -> Any:
@@ -113,8 +115,10 @@ def _check_json(obj: Any, where: str) -> Any:
         raise ValueError(f"{where} is {obj}; JSON metadata must be finite")
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
-    raise TypeError(f"{where} is a {type(obj).__name__}; metadata must be JSON-able (str, number, bool, None, "
-                    "lists and dicts of them)")
+    raise TypeError(
+        f"{where} is a {type(obj).__name__}; metadata must be JSON-able (str, number, bool, None, "
+        "lists and dicts of them)"
+    )
 
 
 def _nonfinite(state: Dict[str, Any], optimizer_state: Optional[Dict[str, Any]]) -> Optional[str]:
@@ -123,7 +127,7 @@ def _nonfinite(state: Dict[str, Any], optimizer_state: Optional[Dict[str, Any]])
         if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
             return f"model weight {k!r}"
     for pid, slots in ((optimizer_state or {}).get("state") or {}).items():
-        for k, v in (slots.items() if isinstance(slots, dict) else ()):
+        for k, v in slots.items() if isinstance(slots, dict) else ():
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 return f"optimizer state {k!r} of parameter {pid}"
     return None
@@ -321,8 +325,12 @@ def save_checkpoint(
         "model_class": _qualified(type(model)),
         "optimizer_class": None if optimizer is None else _qualified(type(optimizer)),
         "step": extra.get("step"),
-        "versions": {"pyro_meta": __version__, "torch": torch.__version__, "pyro": pyro.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "pyro_meta": __version__,
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "python": platform.python_version(),
+        },
         "meta": _check_json(meta or {}, "meta"),
     }
     header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
@@ -378,17 +386,17 @@ def _read(path: PathLike):
     version, h, p = _FIXED.unpack_from(data, _START)
     if len(data) != _HEADER_AT + h + p:
         raise _damaged(path, f"its size is {len(data)} bytes but its header says {_HEADER_AT + h + p} (truncated?)")
-    if hashlib.sha256(memoryview(data)[_START:]).digest() != data[len(MAGIC): _START]:
+    if hashlib.sha256(memoryview(data)[_START:]).digest() != data[len(MAGIC) : _START]:
         raise _damaged(path, "SHA-256 checksum mismatch (the file changed after it was written)")
     if version != FORMAT_VERSION:
         raise _damaged(path, f"format version {version}; this pyro_meta reads version {FORMAT_VERSION}")
     try:
-        header = json.loads(data[_HEADER_AT: _HEADER_AT + h].decode("utf-8"))
+        header = json.loads(data[_HEADER_AT : _HEADER_AT + h].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise _damaged(path, "its metadata is not valid JSON") from None
     if not isinstance(header, dict) or header.get("format") != "pyro_meta.checkpoint":
         raise _damaged(path, "its metadata does not describe a pyro_meta checkpoint")
-    return path, header, memoryview(data)[_HEADER_AT + h:]
+    return path, header, memoryview(data)[_HEADER_AT + h :]
 
 
 def read_checkpoint_meta(path: PathLike) -> Dict[str, Any]:
@@ -404,12 +412,17 @@ def _payload(path: str, header: Dict[str, Any], raw, map_location: Any) -> Dict[
     try:
         payload = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
-        raise _damaged(path, "its payload holds objects other than tensors, numbers and strings; pyro_meta "
-                             "refuses to unpickle them") from None
+        raise _damaged(
+            path,
+            "its payload holds objects other than tensors, numbers and strings; pyro_meta refuses to unpickle them",
+        ) from None
     except Exception as e:  # noqa: BLE001 - any failure of a verified payload is one clear error
         raise _damaged(path, f"its payload cannot be read ({type(e).__name__})") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict) or not isinstance(
-            payload.get("extra"), dict):
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("model"), dict)
+        or not isinstance(payload.get("extra"), dict)
+    ):
         raise _damaged(path, "its payload is not {'model': ..., 'extra': ...}")
     bad = _nonfinite(payload["model"], payload.get("optimizer"))
     if bad is not None:
@@ -429,22 +442,28 @@ def _apply(path: str, header, payload, model, optimizer) -> None:
         if "optimizer" not in payload:
             raise CheckpointError(f"{path!r} holds no optimizer state; load it with optimizer=None")
         if saved_opt != _qualified(type(optimizer)):
-            raise CheckpointError(f"{path!r} holds the state of optimizer {_name(saved_opt)}, which does not fit "
-                                  f"the given {_name(_qualified(type(optimizer)))}")
+            raise CheckpointError(
+                f"{path!r} holds the state of optimizer {_name(saved_opt)}, which does not fit "
+                f"the given {_name(_qualified(type(optimizer)))}"
+            )
     backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, ValueError) as e:
         model.load_state_dict(backup)
-        raise CheckpointError(f"the weights in {path!r} (saved from {_name(header.get('model_class'))}) do not fit "
-                              f"the given {type(model).__name__}: {e}") from None
+        raise CheckpointError(
+            f"the weights in {path!r} (saved from {_name(header.get('model_class'))}) do not fit "
+            f"the given {type(model).__name__}: {e}"
+        ) from None
     if optimizer is not None:
         try:
             optimizer.load_state_dict(payload["optimizer"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
             model.load_state_dict(backup)
-            raise CheckpointError(f"the optimizer state in {path!r} ({_name(saved_opt)}) does not fit the given "
-                                  f"{type(optimizer).__name__} and its parameters: {e}") from None
+            raise CheckpointError(
+                f"the optimizer state in {path!r} ({_name(saved_opt)}) does not fit the given "
+                f"{type(optimizer).__name__} and its parameters: {e}"
+            ) from None
 
 
 def load_checkpoint(
@@ -498,15 +517,20 @@ def rebuild_model(path: PathLike, allow: Sequence[str] = ("pyro_meta",), map_loc
         raise _damaged(path, "no model class is recorded")
     packages = [a.rstrip(".") for a in allow]
     if not any(module == p or module.startswith(p + ".") for p in packages):
-        raise CheckpointError(f"{path!r} records the model class {module}.{qualname}, outside the allowed packages "
-                              f"{packages}; pass allow=[..., {module.split('.')[0]!r}] if you trust it")
+        raise CheckpointError(
+            f"{path!r} records the model class {module}.{qualname}, outside the allowed packages "
+            f"{packages}; pass allow=[..., {module.split('.')[0]!r}] if you trust it"
+        )
     args = (header.get("meta") or {}).get("model_args")
     if not isinstance(args, dict):
-        raise CheckpointError(f"{path!r} records no constructor arguments (meta['model_args']); build the "
-                              f"{qualname} yourself and call load_checkpoint(path, model)")
+        raise CheckpointError(
+            f"{path!r} records no constructor arguments (meta['model_args']); build the "
+            f"{qualname} yourself and call load_checkpoint(path, model)"
+        )
     if "<locals>" in qualname:
-        raise CheckpointError(f"{path!r}: the model class {qualname} was defined inside a function; it cannot be "
-                              "imported")
+        raise CheckpointError(
+            f"{path!r}: the model class {qualname} was defined inside a function; it cannot be imported"
+        )
     try:
         cls: Any = importlib.import_module(module)
         for part in qualname.split("."):

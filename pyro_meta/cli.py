@@ -66,12 +66,21 @@ def _positive(text: str) -> int:
 
 def _common(p: argparse.ArgumentParser, seed_help: str, allow: bool = True) -> None:
     p.add_argument("--seed", type=_seed, default=None, help=seed_help)
-    p.add_argument("--threads", type=_threads, default=1,
-                   help=f"torch threads, 1 to {_max_threads()} (default: 1, as fast as more for small models)")
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default=1,
+        help=f"torch threads, 1 to {_max_threads()} (default: 1, as fast as more for small models)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     if allow:
-        p.add_argument("--allow-module", action="append", default=[], metavar="PKG",
-                       help="trust the package PKG: model classes may be imported from it (repeatable)")
+        p.add_argument(
+            "--allow-module",
+            action="append",
+            default=[],
+            metavar="PKG",
+            help="trust the package PKG: model classes may be imported from it (repeatable)",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,22 +93,32 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    train = sub.add_parser("train", help="meta-train a model from a TOML config; writes a checkpoint",
-                           description="Meta-trains the model of a TOML configuration (see README, 'Command line') "
-                                       "and writes OUT/checkpoint.ckpt, resumable after a kill with --resume.")
+    train = sub.add_parser(
+        "train",
+        help="meta-train a model from a TOML config; writes a checkpoint",
+        description="Meta-trains the model of a TOML configuration (see README, 'Command line') "
+        "and writes OUT/checkpoint.ckpt, resumable after a kill with --resume.",
+    )
     src = train.add_mutually_exclusive_group()
     src.add_argument("--config", help="the TOML configuration file")
     src.add_argument("--preset", help="a shipped configuration by name (see --list-presets)")
     train.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
     train.add_argument("--out", default="pyro_meta_train", help="output folder (default: ./pyro_meta_train)")
     train.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
-    train.add_argument("--steps", type=_positive, default=None,
-                       help="train this many steps in all, overriding train.num_steps (e.g. a quick trial of a preset)")
+    train.add_argument(
+        "--steps",
+        type=_positive,
+        default=None,
+        help="train this many steps in all, overriding train.num_steps (e.g. a quick trial of a preset)",
+    )
     _common(train, "seed of training (default: the config's train.seed, else 0)")
 
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint's model (methods, context sizes from the config)",
-                        description="Rebuilds the model from a checkpoint alone and evaluates it as its recorded "
-                                    "configuration (or --config / --preset) says; writes results.csv and results.md.")
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint's model (methods, context sizes from the config)",
+        description="Rebuilds the model from a checkpoint alone and evaluates it as its recorded "
+        "configuration (or --config / --preset) says; writes results.csv and results.md.",
+    )
     ev.add_argument("--checkpoint", required=True, help="a checkpoint written by pyro-meta train")
     src = ev.add_mutually_exclusive_group()
     src.add_argument("--config", help="evaluate as this TOML configuration says (default: the recorded one)")
@@ -107,9 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
     _common(ev, "seed of the tasks and inference (default: the config's evaluate.seed, else 0)")
 
-    pr = sub.add_parser("predict", help="predict the target points of a CSV file with a checkpoint's model",
-                        description="Rows with an empty y are predicted, the others of the same task are its "
-                                    "context; writes mean and 5%%/95%% quantiles (labels: class probabilities).")
+    pr = sub.add_parser(
+        "predict",
+        help="predict the target points of a CSV file with a checkpoint's model",
+        description="Rows with an empty y are predicted, the others of the same task are its "
+        "context; writes mean and 5%%/95%% quantiles (labels: class probabilities).",
+    )
     pr.add_argument("--checkpoint", required=True, help="a checkpoint written by pyro-meta train")
     pr.add_argument("--data", required=True, help="CSV file: task id, x and y columns as the checkpoint's [data]")
     pr.add_argument("--out", default=None, help="output CSV (default: ./<data name>_predictions.csv)")
@@ -132,9 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--task", choices=["sinusoid", "omniglot"], default="sinusoid", help="the demo's task family")
     demo.add_argument("--out", default="pyro_meta_demo", help="output folder (default: ./pyro_meta_demo)")
-    demo.add_argument("--steps", type=_positive, default=None,
-                      help=f"meta-training steps (sinusoid default: {DemoConfig.num_steps}, "
-                           f"smoke: {DemoConfig().smoke().num_steps}; omniglot: every model's steps)")
+    demo.add_argument(
+        "--steps",
+        type=_positive,
+        default=None,
+        help=f"meta-training steps (sinusoid default: {DemoConfig.num_steps}, "
+        f"smoke: {DemoConfig().smoke().num_steps}; omniglot: every model's steps)",
+    )
     demo.add_argument("--smoke", action="store_true", help="tiny sizes: runs in well under a minute")
     _common(demo, "seed of training, tasks and inference (default: 0)", allow=False)
     return parser
@@ -174,16 +200,26 @@ def _run(args) -> int:
             raise ConfigError("--config: give a configuration file (--config X.toml) or a preset (--preset NAME)")
         if args.steps is not None:
             config.setdefault("train", {})["num_steps"] = args.steps
-        res = commands.train(config, args.out, resume=args.resume, seed=args.seed, progress=progress,
-                             allow=args.allow_module)
+        res = commands.train(
+            config, args.out, resume=args.resume, seed=args.seed, progress=progress, allow=args.allow_module
+        )
         return 1 if res["fit"].interrupted else 0
     if args.command == "evaluate":
-        commands.evaluate(args.checkpoint, _config(args), out=args.out, seed=args.seed, progress=progress,
-                          allow=args.allow_module)
+        commands.evaluate(
+            args.checkpoint, _config(args), out=args.out, seed=args.seed, progress=progress, allow=args.allow_module
+        )
         return 0
     if args.command == "predict":
-        commands.predict(args.checkpoint, args.data, out=args.out, method=args.method, num_samples=args.num_samples,
-                         seed=args.seed, allow=args.allow_module, progress=progress)
+        commands.predict(
+            args.checkpoint,
+            args.data,
+            out=args.out,
+            method=args.method,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            allow=args.allow_module,
+            progress=progress,
+        )
         return 0
     commands.ensure_out_dir(args.out)
     if args.task == "omniglot":
@@ -229,8 +265,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # noqa: BLE001 - a runtime failure: one line, the traceback on request
         if args.traceback:
             raise
-        print(f"pyro-meta {args.command}: failed: {type(e).__name__}: {_one_line(e)} (--traceback shows where)",
-              file=sys.stderr)
+        print(
+            f"pyro-meta {args.command}: failed: {type(e).__name__}: {_one_line(e)} (--traceback shows where)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         warnings.formatwarning = shown

@@ -65,8 +65,10 @@ class SBCResult:
         return self.min_pvalue >= alpha / self.num_coordinates
 
     def __repr__(self) -> str:
-        return (f"SBCResult(method={self.method!r}, replicates={next(iter(self.ranks.values())).shape[0]}, "
-                f"coordinates={self.num_coordinates}, min p={self.min_pvalue:.3g}, passed={self.passed()})")
+        return (
+            f"SBCResult(method={self.method!r}, replicates={next(iter(self.ranks.values())).shape[0]}, "
+            f"coordinates={self.num_coordinates}, min p={self.min_pvalue:.3g}, passed={self.passed()})"
+        )
 
 
 def _simulate(model: MetaModel, batch: TaskBatch) -> "tuple[Dict[str, torch.Tensor], TaskBatch]":
@@ -143,8 +145,9 @@ def sbc(
         batch = tasks.sample(n, num_context, 1, generator=generator)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
         truth, sim = _simulate(model, batch)
-        post = infer(model, sim, method=method, num_samples=num_samples, seed=int(seed) + done,
-                     **dict(method_options or {}))
+        post = infer(
+            model, sim, method=method, num_samples=num_samples, seed=int(seed) + done, **dict(method_options or {})
+        )
         name = post.method
         for site, z in truth.items():
             draws = post.samples[site].flatten(0, 1)  # [C*S, T, *event]

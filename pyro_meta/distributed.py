@@ -153,7 +153,7 @@ class _RankSource:
             return self.source.next()
         B, T = self.source.tasks_per_batch, self.source.tasks.num_tasks
         idx = torch.randperm(T, generator=self.generator)[: B * self.size].sort().values
-        return self.source.tasks.select(idx[self.rank * B:(self.rank + 1) * B])
+        return self.source.tasks.select(idx[self.rank * B : (self.rank + 1) * B])
 
 
 class DataParallel:
@@ -168,7 +168,9 @@ class DataParallel:
         self._params: Optional[List[torch.nn.Parameter]] = None
 
     @classmethod
-    def resolve(cls, distributed: Optional[bool], seed: Optional[int]) -> Tuple[Optional["DataParallel"], Optional[int]]:
+    def resolve(
+        cls, distributed: Optional[bool], seed: Optional[int]
+    ) -> Tuple[Optional["DataParallel"], Optional[int]]:
         """``(DataParallel or None, seed)`` for ``fit(distributed=, seed=)``.
 
         ``None``: data-parallel when a process group is initialised; ``True``: required (``ValueError``
@@ -224,8 +226,10 @@ class DataParallel:
         if self._params is None:
             self._params = params
         elif len(params) != len(self._params) or any(a is not b for a, b in zip(params, self._params)):
-            raise ValueError("distributed fit: parameters were created after training started (a lazily created "
-                             "parameter); create them before training, e.g. by running the model once")
+            raise ValueError(
+                "distributed fit: parameters were created after training started (a lazily created "
+                "parameter); create them before training, e.g. by running the model once"
+            )
         buckets: Dict[Tuple[torch.device, torch.dtype], List[torch.nn.Parameter]] = defaultdict(list)
         for p in params:
             if p.grad is not None and p.grad.is_sparse:
@@ -233,13 +237,15 @@ class DataParallel:
             buckets[(p.device, p.dtype)].append(p)
         for (device, dtype), ps in buckets.items():
             flags = torch.tensor([float(p.grad is not None) for p in ps], dtype=dtype, device=device)
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps] + [flags])
+            flat = torch.cat(
+                [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps] + [flags]
+            )
             dist.all_reduce(flat)
             flat /= self.size
-            offset, seen = 0, flat[-len(ps):]
+            offset, seen = 0, flat[-len(ps) :]
             for p, any_grad in zip(ps, seen.tolist()):
                 n = p.numel()
-                p.grad = flat[offset:offset + n].view_as(p).clone() if any_grad > 0 else None
+                p.grad = flat[offset : offset + n].view_as(p).clone() if any_grad > 0 else None
                 offset += n
 
     def any(self, flag: bool) -> bool:
@@ -262,8 +268,10 @@ class DataParallel:
         size = state.get("world_size")
         if size != self.size or "rank_states" not in state:
             what = f"a run of {size} processes" if size else "a single-process run"
-            raise ValueError(f"resume: the checkpoint was written by {what}; resume it with that many processes "
-                             f"(this run has {self.size})")
+            raise ValueError(
+                f"resume: the checkpoint was written by {what}; resume it with that many processes "
+                f"(this run has {self.size})"
+            )
         mine = state["rank_states"][self.rank]
         source.generator.set_state(mine["generator"])
         torch.set_rng_state(mine["torch_rng"])
@@ -295,4 +303,3 @@ def gather_to_main(obj: Any) -> Optional[List[Any]]:
     out: Optional[List[Any]] = [None] * size if rank == 0 else None
     dist.gather_object(obj, out, dst=0, group=_cpu_group())
     return out
-

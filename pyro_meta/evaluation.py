@@ -56,9 +56,28 @@ __all__ = ["EvaluationTable", "evaluate"]
 
 #: column order of the tables (columns a table lacks are left out)
 COLUMNS = (
-    "model", "method", "num_context", "num_tasks", "nll", "nll_se", "nll_gap", "nll_gap_se", "mse", "mse_se",
-    "crps", "coverage_50", "coverage_90", "accuracy", "accuracy_se", "ece", "brier", "seconds", "divergences", "min_ess",
-    "min_ess_tail", "max_r_hat",
+    "model",
+    "method",
+    "num_context",
+    "num_tasks",
+    "nll",
+    "nll_se",
+    "nll_gap",
+    "nll_gap_se",
+    "mse",
+    "mse_se",
+    "crps",
+    "coverage_50",
+    "coverage_90",
+    "accuracy",
+    "accuracy_se",
+    "ece",
+    "brier",
+    "seconds",
+    "divergences",
+    "min_ess",
+    "min_ess_tail",
+    "max_r_hat",
 )
 ORACLE = "oracle"
 
@@ -128,7 +147,10 @@ class EvaluationTable:
     def to_markdown(self, columns: Optional[Sequence[str]] = None, digits: int = 3) -> str:
         """A GitHub markdown table; floats with ``digits`` significant decimals, missing values empty."""
         cols = list(columns) if columns is not None else self.columns
-        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if c in ("model", "method") else "---:" for c in cols) + "|"]
+        lines = [
+            "| " + " | ".join(cols) + " |",
+            "|" + "|".join("---" if c in ("model", "method") else "---:" for c in cols) + "|",
+        ]
         for r in self.rows:
             lines.append("| " + " | ".join(_fmt(r.get(c), digits) for c in cols) + " |")
         return "\n".join(lines) + "\n"
@@ -162,7 +184,7 @@ def _fmt(v: Any, digits: int) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 10 ** -digits):
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 10**-digits):
             return f"{v:.{digits}g}"
         return f"{v:.{digits}f}"
     return str(v)
@@ -185,7 +207,13 @@ def _regression_scores(lp: torch.Tensor, mean: torch.Tensor, draws: torch.Tensor
     nll = _ratio_se(-(lp.double() * m).sum(-1), counts)
     sq = ((mean.double() - y.double()) ** 2).mean(-1) * m
     err = _ratio_se(sq.sum(-1), counts)
-    return {"nll": nll["mean"], "nll_se": nll["se"], "mse": err["mean"], "mse_se": err["se"], **_draw_scores(draws, y, m)}
+    return {
+        "nll": nll["mean"],
+        "nll_se": nll["se"],
+        "mse": err["mean"],
+        "mse_se": err["se"],
+        **_draw_scores(draws, y, m),
+    }
 
 
 #: bytes the draw metrics (CRPS: float64 copies, a sort; coverage: quantiles) allocate per draw and point
@@ -209,8 +237,11 @@ def _draw_scores(draws: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> Dict[
         if k == 0:
             continue
         d, yy, mm = draws[:, tasks], y[tasks], m[tasks]
-        part = {"crps": metrics.crps(d, yy, mm), "coverage_50": metrics.coverage(d, yy, mm, 0.5),
-                "coverage_90": metrics.coverage(d, yy, mm, 0.9)}
+        part = {
+            "crps": metrics.crps(d, yy, mm),
+            "coverage_50": metrics.coverage(d, yy, mm, 0.5),
+            "coverage_90": metrics.coverage(d, yy, mm, 0.9),
+        }
         if step >= T:
             return part
         for name in names:
@@ -231,15 +262,25 @@ def _classification_scores(log_probs: torch.Tensor, batch: TaskBatch, ece_bins: 
     hits = (probs.argmax(-1) == y) & m
     acc = _ratio_se(hits.sum(-1).double(), m.sum(-1))
     ece, _ = metrics.expected_calibration_error(probs, y, m, bins=ece_bins)
-    return {"nll": nll["mean"], "nll_se": nll["se"], "accuracy": metrics.accuracy(probs, y, m),
-            "accuracy_se": acc["se"], "ece": ece, "brier": metrics.brier_score(probs, y, m)}
+    return {
+        "nll": nll["mean"],
+        "nll_se": nll["se"],
+        "accuracy": metrics.accuracy(probs, y, m),
+        "accuracy_se": acc["se"],
+        "ece": ece,
+        "brier": metrics.brier_score(probs, y, m),
+    }
 
 
-def _oracle_class_log_probs(log_prob: Callable[[torch.Tensor], torch.Tensor], batch: TaskBatch,
-                            num_classes: int) -> torch.Tensor:
+def _oracle_class_log_probs(
+    log_prob: Callable[[torch.Tensor], torch.Tensor], batch: TaskBatch, num_classes: int
+) -> torch.Tensor:
     """An oracle's ``[T, Nt, K]`` from its pointwise ``log_prob(labels [T, Nt]) -> [T, Nt]``, one class at a time."""
     shape = batch.target_mask.shape
-    return torch.stack([log_prob(torch.full(shape, c, dtype=torch.long, device=batch.target_mask.device)) for c in range(num_classes)], -1)
+    return torch.stack(
+        [log_prob(torch.full(shape, c, dtype=torch.long, device=batch.target_mask.device)) for c in range(num_classes)],
+        -1,
+    )
 
 
 def _num_classes(model: Any, batch: TaskBatch) -> int:
@@ -253,8 +294,15 @@ def _per_task_nll(lp: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     return -(lp.double() * batch.target_mask).sum(-1)
 
 
-def _score_method(model: MetaModel, batch: TaskBatch, method: str, num_samples: int, seed: int,
-                  options: Mapping[str, Any], ece_bins: int = 10) -> tuple:
+def _score_method(
+    model: MetaModel,
+    batch: TaskBatch,
+    method: str,
+    num_samples: int,
+    seed: int,
+    options: Mapping[str, Any],
+    ece_bins: int = 10,
+) -> tuple:
     options = dict(options)
     num_samples = options.pop("num_samples", num_samples)
     t0 = time.perf_counter()
@@ -276,9 +324,13 @@ def _score_oracle(oracle: Any, batch: TaskBatch, num_samples: int, seed: int, ec
     t0 = time.perf_counter()
     lp = oracle.log_prob(batch)
     if batch.is_classification:
-        row = _classification_scores(_oracle_class_log_probs(
-            lambda y: oracle.log_prob(batch.replace(target_y=y)), batch, _num_classes(oracle, batch)), batch,
-            ece_bins)
+        row = _classification_scores(
+            _oracle_class_log_probs(
+                lambda y: oracle.log_prob(batch.replace(target_y=y)), batch, _num_classes(oracle, batch)
+            ),
+            batch,
+            ece_bins,
+        )
     else:
         mean, _ = oracle.predict(batch)
         draws = oracle.sample(batch, num_samples, generator=torch.Generator().manual_seed(seed))
@@ -296,7 +348,9 @@ def _check_models(model: Any) -> Dict[str, MetaModel]:
     elif isinstance(model, (list, tuple)):
         items = [(type(m).__name__, m) for m in model]
     else:
-        raise TypeError(f"model must be a pyro_meta.MetaModel, a list of them or a dict name -> model, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a pyro_meta.MetaModel, a list of them or a dict name -> model, got {type(model).__name__}"
+        )
     out: Dict[str, MetaModel] = {}
     for name, m in items:
         if not isinstance(m, MetaModel):
@@ -311,9 +365,15 @@ def _check_models(model: Any) -> Dict[str, MetaModel]:
 
 
 def _check_sizes(num_context: Union[int, Sequence[int]]) -> List[int]:
-    sizes = [num_context] if isinstance(num_context, numbers.Integral) and not isinstance(num_context, bool) else num_context
-    if not isinstance(sizes, (list, tuple)) or not sizes or any(
-        isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in sizes
+    sizes = (
+        [num_context]
+        if isinstance(num_context, numbers.Integral) and not isinstance(num_context, bool)
+        else num_context
+    )
+    if (
+        not isinstance(sizes, (list, tuple))
+        or not sizes
+        or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in sizes)
     ):
         raise ValueError(f"num_context must be a positive int or a non-empty list of them, got {num_context!r}")
     return [int(k) for k in sizes]
@@ -401,8 +461,9 @@ def evaluate(
     if isinstance(methods, str):
         methods = [methods]
     if not isinstance(methods, (list, tuple)):
-        raise TypeError(f"methods must be a method name or a list of them {list(available_methods())}, got "
-                        f"{type(methods).__name__}")
+        raise TypeError(
+            f"methods must be a method name or a list of them {list(available_methods())}, got {type(methods).__name__}"
+        )
     methods = list(methods)
     bad = [m for m in methods if not isinstance(m, str) or m not in available_methods()]
     if bad:
@@ -410,7 +471,9 @@ def evaluate(
     if models and not methods:
         raise ValueError("methods is empty: name at least one inference method")
     if method_options is not None and not isinstance(method_options, Mapping):
-        raise TypeError(f"method_options must be a dict method -> dict of infer options, got {type(method_options).__name__}")
+        raise TypeError(
+            f"method_options must be a dict method -> dict of infer options, got {type(method_options).__name__}"
+        )
     options = dict(method_options or {})
     stray = sorted(set(options).difference(available_methods()))
     if stray:
@@ -430,7 +493,9 @@ def evaluate(
     if fixed:
         if tasks.target_y is None:
             raise ValueError("tasks: a fixed TaskBatch to evaluate on needs target_y (observed points)")
-        num_tasks = tasks.num_tasks if num_tasks is None else min(_positive_int("num_tasks", num_tasks), tasks.num_tasks)
+        num_tasks = (
+            tasks.num_tasks if num_tasks is None else min(_positive_int("num_tasks", num_tasks), tasks.num_tasks)
+        )
     else:
         num_tasks = 100 if num_tasks is None else _positive_int("num_tasks", num_tasks)
         if num_target is None:
@@ -471,8 +536,9 @@ def evaluate(
             for name, m in models.items():
                 model_batch = batch if device is None else move_batch(m, batch, device, "evaluate")
                 for method in methods:
-                    row, task_nll, post = _score_method(m, model_batch, method, num_samples, int(seed),
-                                                        options.get(method, {}), ece_bins)
+                    row, task_nll, post = _score_method(
+                        m, model_batch, method, num_samples, int(seed), options.get(method, {}), ece_bins
+                    )
                     if ref is not None:
                         gap = _ratio_se(task_nll.to(ref.device) - ref, batch.target_mask.sum(-1).to(ref.device))
                         row["nll_gap"], row["nll_gap_se"] = gap["mean"], gap["se"]

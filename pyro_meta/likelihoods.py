@@ -22,8 +22,14 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 
-__all__ = ["LIKELIHOODS", "BernoulliLabels", "check_likelihood", "label_log_probs", "likelihood_from_outputs",
-           "num_outputs"]
+__all__ = [
+    "LIKELIHOODS",
+    "BernoulliLabels",
+    "check_likelihood",
+    "label_log_probs",
+    "likelihood_from_outputs",
+    "num_outputs",
+]
 
 LIKELIHOODS = ("normal", "categorical", "bernoulli")
 
@@ -66,8 +72,9 @@ def num_outputs(likelihood: str, y_dim: int = 1, num_classes: Optional[int] = No
     return num_classes
 
 
-def likelihood_from_outputs(likelihood: str, out: torch.Tensor, noise: Optional[torch.Tensor] = None
-                            ) -> dist.Distribution:
+def likelihood_from_outputs(
+    likelihood: str, out: torch.Tensor, noise: Optional[torch.Tensor] = None
+) -> dist.Distribution:
     """``p(y | f(x))`` from outputs ``out [..., T, N, O]``: batch shape ``[..., T, N]``.
 
     ``"normal"``: ``Normal(out, noise).to_event(1)`` (event ``[Dy]``); ``"categorical"``:
@@ -104,7 +111,9 @@ def label_log_probs(fn: object) -> torch.Tensor:
             base = base.base_dist
         else:
             break
-    if isinstance(base, torch.distributions.Categorical) and not isinstance(base, torch.distributions.OneHotCategorical):
+    if isinstance(base, torch.distributions.Categorical) and not isinstance(
+        base, torch.distributions.OneHotCategorical
+    ):
         out = base.logits
     elif isinstance(base, torch.distributions.Bernoulli):
         out = torch.stack([F.logsigmoid(-base.logits), F.logsigmoid(base.logits)], -1)

@@ -98,8 +98,9 @@ def measure_allocations(fn: Callable[[], Any]) -> Tuple[Any, int]:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                      if isinstance(t, torch.Tensor)}
+            inputs = {
+                t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+            }
             seen = set()
             for t in tree_flatten(out)[0]:
                 if isinstance(t, torch.Tensor):
@@ -142,8 +143,10 @@ class ChunkPlan:
                 yield d, t
 
     def __repr__(self) -> str:
-        return (f"ChunkPlan({self.draws} of {self.num_draws} draws x {self.tasks} of {self.num_tasks} tasks, "
-                f"~{self.cost / 2**20:.0f} MiB per chunk)")
+        return (
+            f"ChunkPlan({self.draws} of {self.num_draws} draws x {self.tasks} of {self.num_tasks} tasks, "
+            f"~{self.cost / 2**20:.0f} MiB per chunk)"
+        )
 
 
 #: ``model -> {key: (bytes per task, bytes per draw and task)}``

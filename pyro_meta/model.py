@@ -43,6 +43,7 @@ __all__ = [
     "task_plate",
 ]
 
+
 def _register_mixture_support() -> None:
     """torch has no bijection for ``MixtureSameFamily``'s support (the components' support, wrapped):
     register it, so that a mixture prior is usable by NUTS/HMC, SVI and AutoGuides (Pyro calls

@@ -173,8 +173,9 @@ def plot_predictive(
     grid = torch.linspace(lo, hi, num_grid)
     x = grid.numpy()
     cols = len(named)
-    fig, axes = plt.subplots(len(rows), cols, squeeze=False, sharex=True, sharey="row",
-                             figsize=figsize or (4.0 * cols, 2.8 * len(rows)))
+    fig, axes = plt.subplots(
+        len(rows), cols, squeeze=False, sharex=True, sharey="row", figsize=figsize or (4.0 * cols, 2.8 * len(rows))
+    )
     for j, (label, post) in enumerate(named.items()):
         full = post.batch
         post = post.select(rows)  # predict the plotted tasks only (a dense grid over every task is slow)
@@ -186,11 +187,17 @@ def plot_predictive(
         mean = (f_all.mean(0) if is_mean else pred.mean)[..., 0].cpu().numpy()
         lo90, hi90 = (v[..., 0].cpu().numpy() for v in pred.interval(0.9))
         lo50, hi50 = (v[..., 0].cpu().numpy() for v in pred.interval(0.5))
-        fns = f_all[evenly_spaced(f_all.shape[0], num_functions), ..., 0].cpu().numpy() if num_functions else None  # [N, T, G]
+        fns = (
+            f_all[evenly_spaced(f_all.shape[0], num_functions), ..., 0].cpu().numpy() if num_functions else None
+        )  # [N, T, G]
         # the true function is defined over every task of the batch (a user's callable sees [T, G, 1])
         truth = _true_values(true_function, full, grid.expand(full.num_tasks, num_grid)[..., None])
         truth = None if truth is None else truth[rows][..., 0].cpu().numpy()
-        cx, cy, cm = batch.context_x[..., 0].cpu().numpy(), batch.context_y[..., 0].cpu().numpy(), batch.context_mask.cpu().numpy()
+        cx, cy, cm = (
+            batch.context_x[..., 0].cpu().numpy(),
+            batch.context_y[..., 0].cpu().numpy(),
+            batch.context_mask.cpu().numpy(),
+        )
         color = f"C{j % 10}"
         for i, (t, task) in enumerate(zip(range(len(rows)), rows)):
             ax = axes[i, j]
@@ -261,8 +268,14 @@ def plot_prior_functions(
     ref = next((p for p in model.parameters() if p.is_floating_point()), torch.zeros(()))  # the model's device/dtype
     grid = torch.linspace(lo, hi, num_grid)
     zeros = ref.new_zeros(1, 1, 1)
-    batch = TaskBatch(zeros, zeros.clone(), grid.to(ref)[None, :, None], None,
-                      context_mask=torch.zeros(1, 1, dtype=torch.bool, device=ref.device), allow_empty_context=True)
+    batch = TaskBatch(
+        zeros,
+        zeros.clone(),
+        grid.to(ref)[None, :, None],
+        None,
+        context_mask=torch.zeros(1, 1, dtype=torch.bool, device=ref.device),
+        allow_empty_context=True,
+    )
     post = infer(model, batch, method="prior", num_samples=max(num_functions, num_band_samples), seed=seed)
     fns = post.function_draws(batch, num_functions)[0][:, 0, :, 0].cpu().numpy()  # [N, G]
     lo90, hi90 = (v[0, :, 0].cpu().numpy() for v in post.predict().interval(0.9))
@@ -318,8 +331,10 @@ def plot_posterior_pairs(
     first = next(iter(named.values()))
     site = next(iter(first.samples)) if site is None else site
     if (
-        not isinstance(dims, (tuple, list)) or len(dims) != 2
-        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in dims) or dims[0] == dims[1]
+        not isinstance(dims, (tuple, list))
+        or len(dims) != 2
+        or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in dims)
+        or dims[0] == dims[1]
     ):
         raise ValueError(f"dims must be two distinct ints, got {dims!r}")
     points = {}
@@ -381,7 +396,7 @@ def plot_sbc(result: Any, max_coordinates: int = 8, figsize: Optional[Tuple[floa
         ax.axhline(R / B, color="k", lw=0.8)
         ax.set_title(f"{label}: p = {p:.2g}", fontsize=9)
         ax.set_xticks([])
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"SBC ranks, method={result.method} ({R} replicates, {result.num_rank_draws} draws)", fontsize=10)
     fig.tight_layout()

@@ -111,13 +111,16 @@ def plot_episode(
     if class_names is not None and "classes" in batch.info:
         names = [str(class_names[int(c)]) for c in batch.info["classes"][task].tolist()]
         if "rotations" in batch.info:
-            names = [n + (f" ({90 * r} deg)" if r else "") for n, r in zip(names, batch.info["rotations"][task].tolist())]
+            names = [
+                n + (f" ({90 * r} deg)" if r else "") for n, r in zip(names, batch.info["rotations"][task].tolist())
+            ]
 
     ncols = min(queries_per_row, max(len(shown), 1))
     nrows = max(math.ceil(len(shown) / ncols), 1)
     per_query = 2 if tp is not None else 1
-    fig = plt.figure(figsize=(1.1 * shots + 1.6 + 1.3 * ncols, 1.1 * max(way, nrows * per_query * 0.9) + 0.6),
-                     layout="constrained")
+    fig = plt.figure(
+        figsize=(1.1 * shots + 1.6 + 1.3 * ncols, 1.1 * max(way, nrows * per_query * 0.9) + 0.6), layout="constrained"
+    )
     left, right = fig.subfigures(1, 2, width_ratios=[shots + 1.5, 1.2 * ncols])
     left.suptitle("support (context)")
     axes = np.atleast_2d(left.subplots(way, shots, squeeze=False))
@@ -131,8 +134,9 @@ def plot_episode(
                 ax.imshow(images[k], cmap="gray_r", vmin=0.0, vmax=1.0)
             else:
                 ax.axis("off")
-        axes[c, 0].set_ylabel(f"{c}" + (f": {names[c]}" if names else ""), rotation=0, ha="right", va="center",
-                              fontsize=8)
+        axes[c, 0].set_ylabel(
+            f"{c}" + (f": {names[c]}" if names else ""), rotation=0, ha="right", va="center", fontsize=8
+        )
     right.suptitle("queries (target)" + (": true -> predicted" if tp is not None else ""))
     grid = right.add_gridspec(nrows * per_query, ncols, height_ratios=[1.0, 0.6] * nrows if tp is not None else None)
     for i, q in enumerate(shown):
@@ -256,8 +260,17 @@ def plot_reliability(
         ax.bar(centers[filled], acc[filled], width=width[filled], color="tab:blue", edgecolor="white", label="accuracy")
         lo = np.minimum(acc, np.nan_to_num(conf))[filled]
         hi = np.maximum(acc, np.nan_to_num(conf))[filled]
-        ax.bar(centers[filled], hi - lo, bottom=lo, width=width[filled], color="tab:red", alpha=0.25, hatch="//",
-               edgecolor="tab:red", label="gap")
+        ax.bar(
+            centers[filled],
+            hi - lo,
+            bottom=lo,
+            width=width[filled],
+            color="tab:red",
+            alpha=0.25,
+            hatch="//",
+            edgecolor="tab:red",
+            label="gap",
+        )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_title((f"{label}: " if label else "") + f"ECE {_ece_of(b):.3f}", fontsize=10)

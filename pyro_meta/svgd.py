@@ -88,12 +88,16 @@ def svgd_direction(particles: torch.Tensor, score: torch.Tensor, bandwidth: Band
     return (drive + repulse) / M
 
 
-def _score(log_prob: Callable[[torch.Tensor], torch.Tensor], particles: torch.Tensor, create_graph: bool) -> torch.Tensor:
+def _score(
+    log_prob: Callable[[torch.Tensor], torch.Tensor], particles: torch.Tensor, create_graph: bool
+) -> torch.Tensor:
     with torch.enable_grad():
         x = particles if particles.requires_grad else particles.detach().requires_grad_(True)
         lp = log_prob(x)
         if lp.shape != x.shape[:-1]:
-            raise ValueError(f"log_prob must map particles {tuple(x.shape)} to {tuple(x.shape[:-1])}, got {tuple(lp.shape)}")
+            raise ValueError(
+                f"log_prob must map particles {tuple(x.shape)} to {tuple(x.shape[:-1])}, got {tuple(lp.shape)}"
+            )
         (g,) = torch.autograd.grad(lp.sum(), x, create_graph=create_graph)
     return g
 

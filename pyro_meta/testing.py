@@ -32,7 +32,9 @@ from .model import MetaModel, discover_sites, task_latent_sites
 __all__ = ["MetaModelContract", "assert_close", "toy_episodes"]
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 0.0, rtol: float = 0.0, what: str = "value") -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, atol: float = 0.0, rtol: float = 0.0, what: str = "value"
+) -> None:
     """Assert ``|actual - expected| <= atol + rtol |expected|`` elementwise; the message shows the worst error."""
     actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
     if actual.shape != expected.shape:
@@ -49,8 +51,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 0.0
         )
 
 
-def toy_episodes(way: int = 3, num_classes: int = 6, per_class: int = 10, dim: int = 4,
-                 image_shape: Any = None, shots: Any = 1, queries: Any = 2, seed: int = 0) -> Episodes:
+def toy_episodes(
+    way: int = 3,
+    num_classes: int = 6,
+    per_class: int = 10,
+    dim: int = 4,
+    image_shape: Any = None,
+    shots: Any = 1,
+    queries: Any = 2,
+    seed: int = 0,
+) -> Episodes:
     """Small synthetic N-way episodes for fast classification tests: Gaussian clusters of vectors or images.
 
     ``num_classes`` classes of ``per_class`` examples: class ``c`` is a random centre ``mu_c ~ N(0, I)``
@@ -114,9 +124,17 @@ class MetaModelContract:
         return self.make_tasks().sample(self.num_tasks, self.num_context, self.num_target, generator=g)
 
     def _fit(self, model: MetaModel, steps: int = 2, seed: int = 0):
-        return fit(model, self.make_tasks(), num_steps=steps, tasks_per_batch=self.num_tasks,
-                   num_context=self.num_context, num_target=self.num_target, seed=seed, progress=False,
-                   **self.fit_options)
+        return fit(
+            model,
+            self.make_tasks(),
+            num_steps=steps,
+            tasks_per_batch=self.num_tasks,
+            num_context=self.num_context,
+            num_target=self.num_target,
+            seed=seed,
+            progress=False,
+            **self.fit_options,
+        )
 
     # ------------------------------------------------------------ tests
     def test_is_meta_model(self):
@@ -145,7 +163,9 @@ class MetaModelContract:
             assert tuple(tr.nodes[name]["value"].shape) == (T, 1) + tuple(info.event_shape), name
         gtr = pyro.poutine.trace(model.guide).get_trace(batch)
         for name, info in sites.items():
-            assert tuple(gtr.nodes[name]["value"].shape[-len(info.event_shape) - 2:]) == (T, 1) + tuple(info.event_shape)
+            assert tuple(gtr.nodes[name]["value"].shape[-len(info.event_shape) - 2 :]) == (T, 1) + tuple(
+                info.event_shape
+            )
         ytr = pyro.poutine.trace(model.model).get_trace(batch.without_target_y())
         y = ytr.nodes["y_target"]["value"]
         expected = tuple(batch.target_x.shape[:2]) + ((batch.y_dim,) if not batch.is_classification else ())

@@ -48,8 +48,10 @@ def check_number(
         if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:  # a 0-d tensor or numpy scalar
             value = value.item()
         else:
-            raise TypeError(f"{name} must be a number{_bounds(minimum, maximum, strict_min, strict_max)}, "
-                            f"got {type(value).__name__}")
+            raise TypeError(
+                f"{name} must be a number{_bounds(minimum, maximum, strict_min, strict_max)}, "
+                f"got {type(value).__name__}"
+            )
     v = float(value)
     bad = math.isnan(v) or (finite and math.isinf(v))
     if minimum is not None:
@@ -57,8 +59,10 @@ def check_number(
     if maximum is not None:
         bad = bad or (v >= maximum if strict_max else v > maximum)
     if bad:
-        raise ValueError(f"{name} must be a {'finite ' if finite else ''}number"
-                         f"{_bounds(minimum, maximum, strict_min, strict_max)}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a {'finite ' if finite else ''}number"
+            f"{_bounds(minimum, maximum, strict_min, strict_max)}, got {value!r}"
+        )
     return v
 
 

@@ -55,7 +55,9 @@ def read_sources(src: Path) -> dict:
                     continue
                 parts = info.filename.split("/")
                 if len(parts) != 4 or not FILE_NAME.match(parts[3]):
-                    raise SystemExit(f"{name}: unexpected member {info.filename!r} (expected set/alphabet/character/NNNN_DD.png)")
+                    raise SystemExit(
+                        f"{name}: unexpected member {info.filename!r} (expected set/alphabet/character/NNNN_DD.png)"
+                    )
                 key, data = tuple(parts[1:]), z.read(info)
                 if key in files and files[key] != data:
                     raise SystemExit(f"{name}: {'/'.join(key)} differs from the copy in another zip")
@@ -112,7 +114,9 @@ def npz_bytes(arrays: dict) -> bytes:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src_dir", type=Path, help="folder holding the two images_background_small zips")
-    parser.add_argument("out_file", type=Path, help="output .npz, e.g. pyro_meta/data/assets/omniglot/omniglot_small.npz")
+    parser.add_argument(
+        "out_file", type=Path, help="output .npz, e.g. pyro_meta/data/assets/omniglot/omniglot_small.npz"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 unless both checksums match the recorded ones")
     args = parser.parse_args(argv)
 
@@ -130,8 +134,10 @@ def main(argv=None) -> int:
     n, C, G = len(arrays["images"]), len(arrays["class_names"]), len(arrays["group_names"])
     print(f"{args.out_file}: {len(data)} bytes, {n} images, {C} characters, {G} alphabets")
     ok = True
-    for what, got, want in (("file", file_sha, omniglot.OMNIGLOT_SHA256),
-                            ("content", content_sha, omniglot.OMNIGLOT_CONTENT_SHA256)):
+    for what, got, want in (
+        ("file", file_sha, omniglot.OMNIGLOT_SHA256),
+        ("content", content_sha, omniglot.OMNIGLOT_CONTENT_SHA256),
+    ):
         same = got == want
         ok &= same
         print(f"  {what} sha256 {got}  {'matches' if same else 'DIFFERS from'} the recorded {want}")

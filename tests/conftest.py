@@ -13,10 +13,15 @@ torch.set_num_threads(1)
 
 # Hypothesis profiles of the fuzz suite (tests/fuzz): "ci" is seeded (derandomized) and small, for every
 # `make test`; "fuzz" (`make fuzz`) explores 1,000 random examples per test. HYPOTHESIS_PROFILE picks one.
-_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-          HealthCheck.function_scoped_fixture]
-settings.register_profile("ci", max_examples=30, derandomize=True, deadline=None, database=None,
-                          suppress_health_check=_QUIET)
+_QUIET = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.filter_too_much,
+    HealthCheck.function_scoped_fixture,
+]
+settings.register_profile(
+    "ci", max_examples=30, derandomize=True, deadline=None, database=None, suppress_health_check=_QUIET
+)
 settings.register_profile("fuzz", max_examples=1000, deadline=None, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

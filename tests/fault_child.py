@@ -112,14 +112,29 @@ def fresh(folder: str) -> None:
     print("ready", flush=True)
     first = train(path, checkpoint_every=1)  # the process's first fit: lazy imports happen in it
     second = train(os.path.join(folder, "d.ckpt"), num_steps=5)
-    print(json.dumps({"first_interrupted": first.interrupted, "first_steps": first.num_steps,
-                      "step": pyro_meta.load_checkpoint(path)["step"], "second_steps": second.num_steps,
-                      "second_interrupted": second.interrupted, "temps": temps(folder)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "first_interrupted": first.interrupted,
+                "first_steps": first.num_steps,
+                "step": pyro_meta.load_checkpoint(path)["step"],
+                "second_steps": second.num_steps,
+                "second_interrupted": second.interrupted,
+                "temps": temps(folder),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "fresh":
         fresh(sys.argv[2])
     else:
-        rounds(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
-               int(sys.argv[5]) if len(sys.argv) > 5 else int(sys.argv[3]))
+        rounds(
+            sys.argv[1],
+            sys.argv[2],
+            int(sys.argv[3]),
+            int(sys.argv[4]),
+            int(sys.argv[5]) if len(sys.argv) > 5 else int(sys.argv[3]),
+        )

@@ -70,8 +70,9 @@ def nuts_post(trained):
     model, batch = trained
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # short chains: mixing warnings are expected
-        return pyro_meta.infer(model, batch, method="nuts", num_samples=40, num_warmup=30, num_chains=2,
-                               max_tree_depth=4, seed=0)
+        return pyro_meta.infer(
+            model, batch, method="nuts", num_samples=40, num_warmup=30, num_chains=2, max_tree_depth=4, seed=0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,12 @@ def test_mcmc_groups_dims_and_coords(nuts_post, nuts_idata):
     T, Nc, Nt = batch.num_tasks, batch.num_points("context"), batch.num_points("target")
     C, S = 2, 40
     assert set(idata.groups()) == {
-        "posterior", "posterior_predictive", "observed_data", "constant_data", "log_likelihood", "sample_stats",
+        "posterior",
+        "posterior_predictive",
+        "observed_data",
+        "constant_data",
+        "log_likelihood",
+        "sample_stats",
         "target_log_likelihood",
     }
     w = idata.posterior["w"]
@@ -109,8 +115,14 @@ def test_mcmc_groups_dims_and_coords(nuts_post, nuts_idata):
     assert idata.observed_data["y_context"].shape == (T, Nc, 1)
     assert idata.observed_data["y_target"].dims == ("task", "target_point", "y_dim")
     assert set(idata.constant_data.data_vars) == {
-        "context_x", "target_x", "context_mask", "target_mask",
-        "context_obs_task", "context_obs_point", "target_obs_task", "target_obs_point",
+        "context_x",
+        "target_x",
+        "context_mask",
+        "target_mask",
+        "context_obs_task",
+        "context_obs_point",
+        "target_obs_task",
+        "target_obs_point",
     }
     assert idata.constant_data["context_x"].dims == ("task", "context_point", "x_dim")
     assert idata.constant_data["target_mask"].dtype == bool
@@ -224,14 +236,25 @@ def test_sample_stats_keep_chain_order(nuts_post, nuts_idata):
     with torch.no_grad():
         prior = dist.Normal(model.mu, model.s).log_prob(w).sum((-1, -2))
     lik = (_hand_log_lik(model, batch.context_x, batch.context_y, w) * batch.context_mask).sum((-1, -2))
-    assert_close(torch.as_tensor(nuts_idata.sample_stats["lp"].values), prior + lik, atol=1e-3, rtol=1e-5,
-                 what="sample_stats.lp vs log joint of the draws")
+    assert_close(
+        torch.as_tensor(nuts_idata.sample_stats["lp"].values),
+        prior + lik,
+        atol=1e-3,
+        rtol=1e-5,
+        what="sample_stats.lp vs log joint of the draws",
+    )
     # and with stats that name their chain
     C, S = nuts_post.num_chains, nuts_post.num_samples
     tagged = torch.arange(C)[:, None] * 1000.0 + torch.arange(S)[None, :]
-    stats = {"lp": tagged, "step_size": tagged + 0.5, "acceptance_rate": tagged / 1e4,
-             "diverging": (torch.arange(C)[:, None] == 1).expand(C, S)}
-    idata = to_inference_data(dataclasses.replace(nuts_post, sample_stats=stats), predictive=False, log_likelihood=False)
+    stats = {
+        "lp": tagged,
+        "step_size": tagged + 0.5,
+        "acceptance_rate": tagged / 1e4,
+        "diverging": (torch.arange(C)[:, None] == 1).expand(C, S),
+    }
+    idata = to_inference_data(
+        dataclasses.replace(nuts_post, sample_stats=stats), predictive=False, log_likelihood=False
+    )
     for c in range(C):
         np.testing.assert_array_equal(idata.sample_stats["lp"].sel(chain=c).values, tagged[c].numpy())
         assert bool(idata.sample_stats["diverging"].sel(chain=c).all()) == (c == 1)
@@ -290,7 +313,9 @@ def test_class_labels_have_no_y_dim():
     x = torch.randn(2, 4, 1, generator=g)
     y = torch.randint(0, 3, (2, 4), generator=g)
     mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
-    batch = TaskBatch(x, y, torch.randn(2, 3, 1, generator=g), None, mask, torch.tensor([[True] * 3, [True, False, False]]))
+    batch = TaskBatch(
+        x, y, torch.randn(2, 3, 1, generator=g), None, mask, torch.tensor([[True] * 3, [True, False, False]])
+    )
     post = pyro_meta.infer(TinyClassifier(), batch, method="prior", num_samples=7, seed=0)
     idata = to_inference_data(post)
     assert idata.observed_data["y_context"].dims == ("task", "context_point")
@@ -300,7 +325,9 @@ def test_class_labels_have_no_y_dim():
     assert np.isnan(idata.observed_data["y_context"].values[0, 3])
     # log p(y | w) by hand: log_softmax(w * x)[y]
     w = post.samples["w"]  # [1, 7, 2, 3]
-    ref = torch.log_softmax(w[:, :, :, None, :] * x, -1).gather(-1, y[None, None, ..., None].expand(1, 7, 2, 4, 1))[..., 0]
+    ref = torch.log_softmax(w[:, :, :, None, :] * x, -1).gather(-1, y[None, None, ..., None].expand(1, 7, 2, 4, 1))[
+        ..., 0
+    ]
     assert_close(torch.as_tensor(idata.log_likelihood["y_context"].values), ref[:, :, mask], atol=1e-5, what="labels")
 
 
@@ -318,8 +345,11 @@ def test_bad_input_raises(amortized_post):
 def test_per_task_r_hat_and_ess_equal_arviz_on_the_exported_idata(nuts_post, nuts_idata):
     """The printed per-task diagnostics are ArviZ's (rank-normalised R-hat, bulk and tail ESS), unclamped."""
     d = nuts_post.diagnostics
-    for key, stat in (("r_hat", az.rhat(nuts_idata)), ("ess_bulk", az.ess(nuts_idata, method="bulk")),
-                      ("ess_tail", az.ess(nuts_idata, method="tail"))):
+    for key, stat in (
+        ("r_hat", az.rhat(nuts_idata)),
+        ("ess_bulk", az.ess(nuts_idata, method="bulk")),
+        ("ess_tail", az.ess(nuts_idata, method="tail")),
+    ):
         ref = stat["w"].values  # [task, w_dim_0]
         worst = ref.max(-1) if key == "r_hat" else ref.min(-1)
         np.testing.assert_allclose(d[key].numpy(), worst, rtol=1e-9, err_msg=key)
@@ -347,8 +377,11 @@ def test_vectorized_rhat_ess_equal_arviz_coordinate_by_coordinate(case):
     ds = az.convert_to_dataset({"x": x})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ArviZ warns about one chain
-        refs = {"r_hat": az.rhat(ds)["x"].values, "ess_bulk": az.ess(ds, method="bulk")["x"].values,
-                "ess_tail": az.ess(ds, method="tail")["x"].values}
+        refs = {
+            "r_hat": az.rhat(ds)["x"].values,
+            "ess_bulk": az.ess(ds, method="bulk")["x"].values,
+            "ess_tail": az.ess(ds, method="tail")["x"].values,
+        }
     for key, ref in refs.items():
         np.testing.assert_allclose(got[key].numpy(), ref, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=key)
 

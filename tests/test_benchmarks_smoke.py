@@ -22,9 +22,16 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     for family in run_all.FAMILY_ORDER:
         assert (tmp_path / "figures" / f"accuracy_{family}.png").stat().st_size > 1000, family
         assert f"figures/accuracy_{family}.png" in text
-    for heading in ("## Checks against stated targets", "### Sinusoid (MAML protocol", "### GP curves, RBF kernel",
-                    "### Line or sine", "### NeuralProcess vs the exact GP oracle", "### NeuralProcess training step",
-                    "### Joint NUTS", "### Exact per-task posteriors"):
+    for heading in (
+        "## Checks against stated targets",
+        "### Sinusoid (MAML protocol",
+        "### GP curves, RBF kernel",
+        "### Line or sine",
+        "### NeuralProcess vs the exact GP oracle",
+        "### NeuralProcess training step",
+        "### Joint NUTS",
+        "### Exact per-task posteriors",
+    ):
         assert heading in text, heading
     # every family table has a header row and rows with numbers; the oracle rows are present
     assert len(re.findall(r"^\| model \| method \| num_context \|", text, flags=re.M)) == len(run_all.FAMILY_ORDER)
@@ -35,11 +42,22 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     assert re.search(r"^\| NeuralProcess \| amortized \| 5 \| -?[0-9]+\.[0-9]{3} \|", text, flags=re.M)
     # the Neural Process family (benchmarks/np_gp.py): its fragment, figure, tables and checks
     assert (tmp_path / "np_family.md").exists() and (tmp_path / "figures" / "np_family_bands.png").stat().st_size > 1000
-    for heading in ("## The Neural Process family on GP curves", "### A. DeepMind protocol", "### B. BNP/TNP protocol",
-                    "### C. The latent path", "figures/np_family_bands.png"):
+    for heading in (
+        "## The Neural Process family on GP curves",
+        "### A. DeepMind protocol",
+        "### B. BNP/TNP protocol",
+        "### C. The latent path",
+        "figures/np_family_bands.png",
+    ):
         assert heading in text, heading
-    for name in ("NeuralProcess", "ConditionalNP", "AttentiveNP", "AttentiveNP (conditional)", "TransformerNP",
-                 "GPOracle"):
+    for name in (
+        "NeuralProcess",
+        "ConditionalNP",
+        "AttentiveNP",
+        "AttentiveNP (conditional)",
+        "TransformerNP",
+        "GPOracle",
+    ):
         assert re.search(rf"^\| {re.escape(name)} \| 10 \| -?[0-9.]+ \|", text, flags=re.M), name  # part A
         assert re.search(rf"^\| {re.escape(name)} \| -?[0-9.]+ ± [0-9.]+ \| -?[0-9.]+ ± ", text, flags=re.M), name
     for method in ("amortized", "importance", "nuts", "prior"):  # part C
@@ -116,12 +134,22 @@ def test_np_gp_scoring_matches_evaluate(monkeypatch):
 
     torch.manual_seed(0)
     model = ConditionalNP(hidden=8)
-    table = pyro_meta.evaluate({"m": model}, GPCurves("rbf"), num_tasks=7, num_context=4, num_target=6, seed=0,
-                               oracle=GPOracle(), num_samples=30)
+    table = pyro_meta.evaluate(
+        {"m": model},
+        GPCurves("rbf"),
+        num_tasks=7,
+        num_context=4,
+        num_target=6,
+        seed=0,
+        oracle=GPOracle(),
+        num_samples=30,
+    )
     batch = GPCurves("rbf").sample(7, 4, 6, generator=torch.Generator().manual_seed(0))  # evaluate's tasks
     ref = np_gp.score_oracle(batch)
-    rows = [np_gp.make_row("GPOracle", "oracle", ref),
-            np_gp.make_row("m", "amortized", np_gp.score_model(model, batch, num_samples=30, chunk=3), ref)]
+    rows = [
+        np_gp.make_row("GPOracle", "oracle", ref),
+        np_gp.make_row("m", "amortized", np_gp.score_model(model, batch, num_samples=30, chunk=3), ref),
+    ]
     # the log densities are exact (a conditional model's draws share one predictive); the model's MSE uses the mean
     # of its draws, which differ between chunked and whole-batch runs, so only the oracle's MSE is compared
     keys = {"GPOracle": ("nll", "nll_se", "mse"), "m": ("nll", "nll_se", "nll_gap", "nll_gap_se")}

@@ -42,8 +42,19 @@ def trained(seed=0, width=3):
 
 def write_raw(path, payload, header=None, version=1):
     """An independent writer of the documented format: magic, SHA-256, <IQQ, JSON header, torch.save payload."""
-    header = {"format": "pyro_meta.checkpoint", "format_version": 1, "model_class": None, "optimizer_class": None,
-              "step": None, "versions": {}, "meta": {}} if header is None else header
+    header = (
+        {
+            "format": "pyro_meta.checkpoint",
+            "format_version": 1,
+            "model_class": None,
+            "optimizer_class": None,
+            "step": None,
+            "versions": {},
+            "meta": {},
+        }
+        if header is None
+        else header
+    )
     buf = io.BytesIO()
     torch.save(payload, buf)
     h = json.dumps(header).encode()
@@ -62,8 +73,13 @@ def test_round_trip_model_optimizer_extra_and_meta(tmp_path):
     path = tmp_path / "c.ckpt"
     losses = [0.1, 1 / 3, 2.5e-8]
     g = torch.Generator().manual_seed(3)
-    save_checkpoint(path, model, opt, extra={"step": 7, "losses": losses, "generator": g.get_state()},
-                    meta={"model_args": {"in_features": 3, "out_features": 2}, "config": {"lr": 0.1, "sizes": (1, 2)}})
+    save_checkpoint(
+        path,
+        model,
+        opt,
+        extra={"step": 7, "losses": losses, "generator": g.get_state()},
+        meta={"model_args": {"in_features": 3, "out_features": 2}, "config": {"lr": 0.1, "sizes": (1, 2)}},
+    )
     fresh, fresh_opt = trained(seed=1)
     state = load_checkpoint(path, fresh, fresh_opt)
     for k, v in model.state_dict().items():
@@ -89,8 +105,8 @@ def test_documented_format_is_what_is_written(tmp_path):
     assert data[:16] == b"PYRO-META-CKPT\n\x00" and hashlib.sha256(data[48:]).digest() == data[16:48]
     version, h, p = struct.unpack_from("<IQQ", data, 48)
     assert version == 1 and len(data) == 68 + h + p
-    header = json.loads(data[68: 68 + h])
-    payload = torch.load(io.BytesIO(data[68 + h:]), weights_only=True)
+    header = json.loads(data[68 : 68 + h])
+    payload = torch.load(io.BytesIO(data[68 + h :]), weights_only=True)
     assert header["step"] == 1 and torch.equal(payload["model"]["weight"], model.weight)
     write_raw(b, payload, header)  # the independent writer's file loads too
     assert load_checkpoint(b)["step"] == 1
@@ -115,7 +131,7 @@ def _flip_each(path, positions, rng, check):
             f.flush()
             check(path)
             f.seek(pos)
-            f.write(data[pos: pos + 1])
+            f.write(data[pos : pos + 1])
             f.flush()
     assert path.read_bytes() == data
 
@@ -307,9 +323,15 @@ def test_rebuild_model_from_recorded_class_and_args(tmp_path):
 
 def test_rebuild_refuses_before_importing(tmp_path):
     path = tmp_path / "crafted.ckpt"
-    header = {"format": "pyro_meta.checkpoint", "format_version": 1, "step": None, "versions": {},
-              "model_class": {"module": "antigravity", "qualname": "Thing"}, "optimizer_class": None,
-              "meta": {"model_args": {}}}
+    header = {
+        "format": "pyro_meta.checkpoint",
+        "format_version": 1,
+        "step": None,
+        "versions": {},
+        "model_class": {"module": "antigravity", "qualname": "Thing"},
+        "optimizer_class": None,
+        "meta": {"model_args": {}},
+    }
     write_raw(path, {"model": {}, "extra": {}}, header)
     sys.modules.pop("antigravity", None)
     with pytest.raises(CheckpointError, match="outside the allowed packages"):
@@ -432,8 +454,14 @@ def test_sigint_at_random_times_never_damages_the_checkpoint(tmp_path):
         folder = tmp_path / f"run{run}"
         folder.mkdir()
         path = folder / "c.ckpt"
-        proc = subprocess.Popen([sys.executable, str(script), str(path), "10"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path), "10"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
         try:
             assert proc.stdout.readline().strip() == "ready"
             for k in range(11):

@@ -19,13 +19,19 @@ from pyro_meta.model import observe, task_plate
 from pyro_meta.models import MAML, BayesianLinear, NeuralProcess
 from pyro_meta.testing import assert_close
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
-                          reason="no CUDA device on this machine (benchmarks/gpu_check.py runs these tests on a GPU)")
+CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device on this machine (benchmarks/gpu_check.py runs these tests on a GPU)",
+)
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 DTYPES = [torch.float32, torch.float64]
 OPTIONS = {
-    "amortized": {}, "prior": {}, "svi": dict(num_steps=60), "importance": dict(num_proposals=1000),
-    "nuts": dict(num_warmup=50, num_chains=1, full_mass=True), "hmc": dict(num_warmup=50, num_chains=1),
+    "amortized": {},
+    "prior": {},
+    "svi": dict(num_steps=60),
+    "importance": dict(num_proposals=1000),
+    "nuts": dict(num_warmup=50, num_chains=1, full_mass=True),
+    "hmc": dict(num_warmup=50, num_chains=1),
 }
 #: MCMC runs here are short (50 + 100 iterations, ~2900 gradients: ~10 s each on an idle core, a minute on a busy one)
 METHODS = [pytest.param(m, marks=pytest.mark.slow) if m in ("nuts", "hmc") else m for m in OPTIONS]
@@ -61,17 +67,33 @@ def test_fit_moves_the_model_and_equals_the_cpu_run(device, dtype):
     for where in (device, None):
         torch.manual_seed(0)
         model = MAML(hidden=(16, 16)).to(dtype)
-        res = pyro_meta.fit(model, tasks, num_steps=15, tasks_per_batch=4, num_context=5, num_target=5, lr=1e-2,
-                            seed=0, progress=False, device=where)
+        res = pyro_meta.fit(
+            model,
+            tasks,
+            num_steps=15,
+            tasks_per_batch=4,
+            num_context=5,
+            num_target=5,
+            lr=1e-2,
+            seed=0,
+            progress=False,
+            device=where,
+        )
         runs.append((model, res))
     (model, res), (ref, ref_res) = runs
     assert all(_on(p, device, dtype) for p in model.parameters())
     got = torch.cat([p.detach().cpu().reshape(-1) for p in model.parameters()])
     want = torch.cat([p.detach().reshape(-1) for p in ref.parameters()])
-    assert_close(got, want, rtol=1e-4 if device == "cuda" else 0.0, atol=1e-6 if device == "cuda" else 0.0,
-                 what=f"parameters after fit on {device}")
-    assert_close(torch.tensor(res.losses), torch.tensor(ref_res.losses), rtol=1e-4 if device == "cuda" else 0.0,
-                 what="losses")
+    assert_close(
+        got,
+        want,
+        rtol=1e-4 if device == "cuda" else 0.0,
+        atol=1e-6 if device == "cuda" else 0.0,
+        what=f"parameters after fit on {device}",
+    )
+    assert_close(
+        torch.tensor(res.losses), torch.tensor(ref_res.losses), rtol=1e-4 if device == "cuda" else 0.0, what="losses"
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -80,8 +102,9 @@ def test_fit_moves_the_model_and_equals_the_cpu_run(device, dtype):
 def test_every_method_infers_on_the_device(device, dtype, method):
     model, batch = _linear(device, dtype)
     mcmc = method in ("nuts", "hmc")
-    post = pyro_meta.infer(model, batch, method=method, num_samples=100 if mcmc else 200, seed=0, device=device,
-                           **OPTIONS[method])
+    post = pyro_meta.infer(
+        model, batch, method=method, num_samples=100 if mcmc else 200, seed=0, device=device, **OPTIONS[method]
+    )
     assert _on(post.samples["w"], device, dtype) and post.batch.device.type == device
     if method == "prior":
         mean, sd = model.mu.detach().expand(4, -1), model.s.detach().expand(4, -1)
@@ -161,9 +184,21 @@ def test_evaluate_on_the_device_scores_like_the_cpu_run(device, dtype):
         model = NeuralProcess(latent_dim=2, hidden=16).to(dtype)
         if where is not None:
             model.to(where)
-        tables.append(pyro_meta.evaluate(model, tasks, methods=["amortized", "importance"], num_tasks=4,
-                                         num_context=3, num_target=10, num_samples=200, oracle=oracle, seed=0,
-                                         method_options={"importance": {"num_proposals": 400}}, device=where))
+        tables.append(
+            pyro_meta.evaluate(
+                model,
+                tasks,
+                methods=["amortized", "importance"],
+                num_tasks=4,
+                num_context=3,
+                num_target=10,
+                num_samples=200,
+                oracle=oracle,
+                seed=0,
+                method_options={"importance": {"num_proposals": 400}},
+                device=where,
+            )
+        )
     got, ref = tables
     for a, b in zip(got.rows, ref.rows):
         for key in ("nll", "mse", "crps", "coverage_90", "nll_gap"):
@@ -200,8 +235,12 @@ def test_evaluate_classification_on_the_device(device):
     x = 4 * torch.rand(6, 12, 1, generator=g) - 2
     y = torch.randint(0, 3, (6, 12), generator=g)
     tasks = TaskBatch(x[:, :4], y[:, :4], x[:, 4:], y[:, 4:])
-    rows = [pyro_meta.evaluate(_Classifier().to(where or "cpu"), tasks, num_context=4, num_samples=100, seed=0,
-                               device=where).rows[0] for where in (device, None)]
+    rows = [
+        pyro_meta.evaluate(
+            _Classifier().to(where or "cpu"), tasks, num_context=4, num_samples=100, seed=0, device=where
+        ).rows[0]
+        for where in (device, None)
+    ]
     for key in ("nll", "accuracy", "brier", "ece"):
         assert rows[0][key] == pytest.approx(rows[1][key], rel=1e-5 if device == "cpu" else 0.1), key
 
@@ -219,8 +258,9 @@ def test_arviz_export_of_a_device_posterior(device, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_taskbatch_from_tasks_and_to_keep_masks_and_labels(device):
-    batch = TaskBatch.from_tasks([([0.0, 1.0], [2, 0]), ([1.0], [1])], target=[([2.0], [1]), ([3.0, 4.0], [0, 2])],
-                                 device=device)
+    batch = TaskBatch.from_tasks(
+        [([0.0, 1.0], [2, 0]), ([1.0], [1])], target=[([2.0], [1]), ([3.0, 4.0], [0, 2])], device=device
+    )
     for t in (batch.context_x, batch.context_y, batch.target_mask):
         assert t.device.type == device
     assert batch.context_y.dtype == torch.long and batch.context_mask.dtype == torch.bool

@@ -41,8 +41,15 @@ def test_exact_posterior_passes_and_an_overconfident_one_fails(linear):
     exact = sbc(linear, LinearTasks(), method=ExactLinear(), num_replicates=400, num_context=3, seed=0)
     assert exact.passed(), exact.pvalues
     assert exact.ranks["w"].shape == (400, 4) and int(exact.ranks["w"].max()) <= 99
-    over = sbc(linear, LinearTasks(), method=ExactLinear(), num_replicates=400, num_context=3, seed=0,
-               method_options={"shrink": 0.5})
+    over = sbc(
+        linear,
+        LinearTasks(),
+        method=ExactLinear(),
+        num_replicates=400,
+        num_context=3,
+        seed=0,
+        method_options={"shrink": 0.5},
+    )
     assert not over.passed() and over.min_pvalue < 1e-6
     from pyro_meta.plot import plot_sbc
 
@@ -52,8 +59,16 @@ def test_exact_posterior_passes_and_an_overconfident_one_fails(linear):
 
 @pytest.mark.slow
 def test_nuts_passes_sbc(linear):
-    result = sbc(linear, LinearTasks(), method="nuts", num_replicates=100, num_context=3, seed=1,
-                 num_samples=200, method_options={"num_warmup": 150, "num_chains": 2})
+    result = sbc(
+        linear,
+        LinearTasks(),
+        method="nuts",
+        num_replicates=100,
+        num_context=3,
+        seed=1,
+        num_samples=200,
+        method_options={"num_warmup": 150, "num_chains": 2},
+    )
     assert result.passed(), result.pvalues
 
 

@@ -45,8 +45,16 @@ def train_worker(rank: int, world_size: int, out: str) -> None:
         if step == 60 and rank == 0:
             shutil.copy(ckpt, at60)
 
-    res = pyro_meta.fit(model, tasks, num_steps=STEPS, tasks_per_batch=PER_RANK, checkpoint=ckpt, checkpoint_every=30,
-                        callback=keep_step_60, **FIT)
+    res = pyro_meta.fit(
+        model,
+        tasks,
+        num_steps=STEPS,
+        tasks_per_batch=PER_RANK,
+        checkpoint=ckpt,
+        checkpoint_every=30,
+        callback=keep_step_60,
+        **FIT,
+    )
     torch.save({"params": _flat(model), "losses": res.losses}, os.path.join(out, f"stream_{rank}.pt"))
 
     # resume: a fresh model continues the step-60 checkpoint to step 100
@@ -65,8 +73,11 @@ def train_worker(rank: int, world_size: int, out: str) -> None:
 def two_ranks(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ddp"))
     run_workers(train_worker, 2, out)
-    return {f"{name}_{r}": torch.load(os.path.join(out, f"{name}_{r}.pt"))
-            for name in ("stream", "resumed", "fixed") for r in (0, 1)} | {"dir": out}
+    return {
+        f"{name}_{r}": torch.load(os.path.join(out, f"{name}_{r}.pt"))
+        for name in ("stream", "resumed", "fixed")
+        for r in (0, 1)
+    } | {"dir": out}
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
@@ -76,8 +87,9 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> bool:
 @pytest.mark.slow
 def test_two_ranks_equal_one_process_with_the_combined_batch(two_ranks):
     model = _maml()
-    ref = pyro_meta.fit(model, RankStreams(Sinusoid(noise_std=0.1), 2, seed=3), num_steps=STEPS,
-                        tasks_per_batch=2 * PER_RANK, **FIT)
+    ref = pyro_meta.fit(
+        model, RankStreams(Sinusoid(noise_std=0.1), 2, seed=3), num_steps=STEPS, tasks_per_batch=2 * PER_RANK, **FIT
+    )
     got = two_ranks["stream_0"]
     assert torch.equal(got["params"], two_ranks["stream_1"]["params"])  # the ranks never drift apart
     assert _close(got["params"], _flat(model)), float((got["params"] - _flat(model)).norm() / _flat(model).norm())
@@ -178,6 +190,15 @@ def test_cli_train_under_a_process_group_is_data_parallel(tmp_path):
     got = _flat(pyro_meta.rebuild_model(str(out / "checkpoint.ckpt")))
     pyro.set_rng_seed(3)  # as the command builds its model
     model = MAML(hidden=(20, 20), inner_steps=1)
-    pyro_meta.fit(model, RankStreams(Sinusoid(noise_std=0.1), 2, seed=3), num_steps=20, tasks_per_batch=8,
-                  num_context=5, num_target=10, lr=0.01, seed=3, progress=False)
+    pyro_meta.fit(
+        model,
+        RankStreams(Sinusoid(noise_std=0.1), 2, seed=3),
+        num_steps=20,
+        tasks_per_batch=8,
+        num_context=5,
+        num_target=10,
+        lr=0.01,
+        seed=3,
+        progress=False,
+    )
     assert _close(got, _flat(model)), float((got - _flat(model)).norm() / _flat(model).norm())

@@ -19,8 +19,11 @@ from pyro_meta.models import BayesianLinear, NeuralProcess
 from pyro_meta.oracles import SinusoidOracle
 from pyro_meta.testing import assert_close
 
-FAST = {"svi": {"num_steps": 20}, "importance": {"num_proposals": 300},
-        "nuts": {"num_warmup": 20, "num_chains": 1, "jit_compile": True, "max_tree_depth": 4}}
+FAST = {
+    "svi": {"num_steps": 20},
+    "importance": {"num_proposals": 300},
+    "nuts": {"num_warmup": 20, "num_chains": 1, "jit_compile": True, "max_tree_depth": 4},
+}
 
 
 class ExactLinearOracle:
@@ -61,8 +64,16 @@ def _strip(table):
 
 def test_same_model_and_seed_give_identical_numbers(linear):
     tasks, model = linear
-    kw = dict(methods=["amortized", "svi", "importance", "nuts"], num_tasks=5, num_context=[2, 4], num_target=8,
-              num_samples=40, method_options=FAST, oracle=ExactLinearOracle(model), seed=3)
+    kw = dict(
+        methods=["amortized", "svi", "importance", "nuts"],
+        num_tasks=5,
+        num_context=[2, 4],
+        num_target=8,
+        num_samples=40,
+        method_options=FAST,
+        oracle=ExactLinearOracle(model),
+        seed=3,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short chains warn about their ESS
         a, b = evaluate(model, tasks, **kw), evaluate(model, tasks, **kw)
@@ -78,9 +89,18 @@ def test_columns_match_an_independent_computation(linear):
     """Oracle row vs closed-form Gaussian scores; a model row vs infer + metrics by hand."""
     tasks, model = linear
     T, Nc, Nt, S, seed = 8, 3, 20, 1000, 7
-    table = evaluate(model, tasks, methods=["amortized", "importance"], num_tasks=T, num_context=Nc, num_target=Nt,
-                     num_samples=S, oracle=ExactLinearOracle(model), seed=seed,
-                     method_options={"importance": {"num_proposals": 500}})
+    table = evaluate(
+        model,
+        tasks,
+        methods=["amortized", "importance"],
+        num_tasks=T,
+        num_context=Nc,
+        num_target=Nt,
+        num_samples=S,
+        oracle=ExactLinearOracle(model),
+        seed=seed,
+        method_options={"importance": {"num_proposals": 500}},
+    )
     batch = tasks.sample(T, Nc, Nt, generator=torch.Generator().manual_seed(seed))
     mean, sd = model.exact_predictive(batch)
     y = batch.target_y
@@ -107,13 +127,21 @@ def test_columns_match_an_independent_computation(linear):
     pred = post.predict()
     lp_a = pred.log_prob(y).double()
     row = table.select(method="amortized").rows[0]
-    assert_close(torch.tensor(row["nll"]), torch.tensor(-metrics.log_likelihood(lp_a, batch.target_mask)),
-                 atol=1e-9, what="amortized nll")
+    assert_close(
+        torch.tensor(row["nll"]),
+        torch.tensor(-metrics.log_likelihood(lp_a, batch.target_mask)),
+        atol=1e-9,
+        what="amortized nll",
+    )
     assert_close(torch.tensor(row["nll_gap"]), torch.tensor(row["nll"] - o["nll"]), atol=1e-9, what="nll_gap")
     gap_se = (-lp_a.mean(-1) - per_task).std() / math.sqrt(T)
     assert_close(torch.tensor(row["nll_gap_se"]), gap_se, atol=1e-6, what="paired nll_gap_se")
-    assert_close(torch.tensor(row["mse"]), torch.tensor(metrics.mse(pred.mean, y, batch.target_mask)), atol=1e-6,
-                 what="amortized mse")
+    assert_close(
+        torch.tensor(row["mse"]),
+        torch.tensor(metrics.mse(pred.mean, y, batch.target_mask)),
+        atol=1e-6,
+        what="amortized mse",
+    )
     assert row["crps"] == metrics.crps(pred.samples, y, batch.target_mask)
     assert row["coverage_90"] == metrics.coverage(pred.samples, y, batch.target_mask, 0.9)
     assert row["seconds"] > 0 and "divergences" not in row
@@ -129,9 +157,18 @@ def test_nuts_row_matches_the_exact_predictive(linear):
     tasks, model = linear
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = evaluate(model, tasks, methods=["nuts"], num_tasks=8, num_context=3, num_target=20, num_samples=300,
-                         oracle=ExactLinearOracle(model), seed=11,
-                         method_options={"nuts": {"num_warmup": 100, "num_chains": 2, "jit_compile": True}})
+        table = evaluate(
+            model,
+            tasks,
+            methods=["nuts"],
+            num_tasks=8,
+            num_context=3,
+            num_target=20,
+            num_samples=300,
+            oracle=ExactLinearOracle(model),
+            seed=11,
+            method_options={"nuts": {"num_warmup": 100, "num_chains": 2, "jit_compile": True}},
+        )
     o, nuts = table.rows
     print(table.to_markdown())
     assert abs(nuts["nll_gap"]) < 3 * nuts["nll_gap_se"] + 0.02, nuts
@@ -173,8 +210,9 @@ class _Classifier(MetaModel):
 
 def test_classification_rows_score_the_predictive_class_probabilities():
     tasks, model, seed, T = _LabelTasks(), _Classifier(), 5, 12
-    table = evaluate(model, tasks, methods="amortized", num_tasks=T, num_context=4, num_target=15, num_samples=300,
-                     seed=seed)
+    table = evaluate(
+        model, tasks, methods="amortized", num_tasks=T, num_context=4, num_target=15, num_samples=300, seed=seed
+    )
     row = table.rows[0]
     assert {"accuracy", "ece", "brier", "nll"} <= set(row) and "mse" not in row and "crps" not in row
     batch = tasks.sample(T, 4, 15, generator=torch.Generator().manual_seed(seed))
@@ -182,10 +220,15 @@ def test_classification_rows_score_the_predictive_class_probabilities():
     b = post.samples["b"].reshape(-1, T, 1, 3)
     probs = torch.softmax(b + batch.target_x * model.w.detach(), -1).mean(0)  # [T, Nt, 3]
     m = batch.target_mask
-    assert_close(torch.tensor(row["accuracy"]), torch.tensor(metrics.accuracy(probs, batch.target_y, m)), atol=1e-9,
-                 what="accuracy")
-    assert_close(torch.tensor(row["brier"]), torch.tensor(metrics.brier_score(probs, batch.target_y, m)), atol=1e-5,
-                 what="brier")
+    assert_close(
+        torch.tensor(row["accuracy"]),
+        torch.tensor(metrics.accuracy(probs, batch.target_y, m)),
+        atol=1e-9,
+        what="accuracy",
+    )
+    assert_close(
+        torch.tensor(row["brier"]), torch.tensor(metrics.brier_score(probs, batch.target_y, m)), atol=1e-5, what="brier"
+    )
     ece, _ = metrics.expected_calibration_error(probs, batch.target_y, m)
     assert_close(torch.tensor(row["ece"]), torch.tensor(ece), atol=1e-5, what="ece")
     nll = -torch.gather(probs, -1, batch.target_y[..., None]).log().mean()
@@ -220,12 +263,30 @@ def test_bad_inputs_raise():
 
 def test_method_options_can_set_num_samples_per_method(linear):
     tasks, model = linear
-    table = evaluate(model, tasks, methods=["amortized", "importance"], num_tasks=3, num_context=2, num_target=4,
-                     num_samples=10, method_options={"importance": {"num_samples": 30, "num_proposals": 100}})
-    post = pyro_meta.infer(model, tasks.sample(3, 2, 4, generator=torch.Generator().manual_seed(0)),
-                           method="importance", num_samples=30, num_proposals=100, seed=0)
-    assert_close(torch.tensor(table.rows[1]["crps"]), torch.tensor(metrics.crps(
-        post.predict().samples, post.batch.target_y, post.batch.target_mask)), atol=1e-9, what="crps with 30 draws")
+    table = evaluate(
+        model,
+        tasks,
+        methods=["amortized", "importance"],
+        num_tasks=3,
+        num_context=2,
+        num_target=4,
+        num_samples=10,
+        method_options={"importance": {"num_samples": 30, "num_proposals": 100}},
+    )
+    post = pyro_meta.infer(
+        model,
+        tasks.sample(3, 2, 4, generator=torch.Generator().manual_seed(0)),
+        method="importance",
+        num_samples=30,
+        num_proposals=100,
+        seed=0,
+    )
+    assert_close(
+        torch.tensor(table.rows[1]["crps"]),
+        torch.tensor(metrics.crps(post.predict().samples, post.batch.target_y, post.batch.target_mask)),
+        atol=1e-9,
+        what="crps with 30 draws",
+    )
 
 
 def test_table_exports_and_names(tmp_path, linear):
@@ -249,10 +310,26 @@ def test_table_exports_and_names(tmp_path, linear):
 def test_beating_oracle_flags_a_row_better_than_the_oracle_beyond_its_error():
     rows = [
         {"model": "O", "method": "oracle", "num_context": 5, "nll": 1.0, "nll_se": 0.1, "mse": 1.0, "mse_se": 0.1},
-        {"model": "A", "method": "nuts", "num_context": 5, "nll": 0.95, "nll_gap": -0.05, "nll_gap_se": 0.03,
-         "mse": 0.9, "mse_se": 0.1},
-        {"model": "B", "method": "nuts", "num_context": 5, "nll": 0.8, "nll_gap": -0.2, "nll_gap_se": 0.03,
-         "mse": 0.5, "mse_se": 0.1},
+        {
+            "model": "A",
+            "method": "nuts",
+            "num_context": 5,
+            "nll": 0.95,
+            "nll_gap": -0.05,
+            "nll_gap_se": 0.03,
+            "mse": 0.9,
+            "mse_se": 0.1,
+        },
+        {
+            "model": "B",
+            "method": "nuts",
+            "num_context": 5,
+            "nll": 0.8,
+            "nll_gap": -0.2,
+            "nll_gap_se": 0.03,
+            "mse": 0.5,
+            "mse_se": 0.1,
+        },
     ]
     table = EvaluationTable(rows)
     assert table.beating_oracle("nll").column("model") == ["B"]
@@ -266,13 +343,30 @@ def test_no_trained_model_beats_the_sinusoid_oracle():
     """Issue 5: a small meta-trained NeuralProcess does not beat the Bayes-optimal predictive beyond noise."""
     tasks = Sinusoid(noise_std=0.3)
     model = NeuralProcess(latent_dim=8, hidden=32)
-    pyro_meta.fit(model, tasks, num_steps=400, tasks_per_batch=16, num_context=(2, 10), num_target=10, lr=3e-3,
-                  progress=False, seed=0)
+    pyro_meta.fit(
+        model,
+        tasks,
+        num_steps=400,
+        tasks_per_batch=16,
+        num_context=(2, 10),
+        num_target=10,
+        lr=3e-3,
+        progress=False,
+        seed=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = evaluate(model, tasks, methods=["amortized", "importance"], num_tasks=50, num_context=[2, 5],
-                         num_target=20, oracle=SinusoidOracle(tasks), num_samples=100,
-                         method_options={"importance": {"num_proposals": 1000}})
+        table = evaluate(
+            model,
+            tasks,
+            methods=["amortized", "importance"],
+            num_tasks=50,
+            num_context=[2, 5],
+            num_target=20,
+            oracle=SinusoidOracle(tasks),
+            num_samples=100,
+            method_options={"importance": {"num_proposals": 1000}},
+        )
     print(table.to_markdown())
     assert len(table.select(method="oracle")) == 2
     assert len(table.beating_oracle("nll")) == 0, table.beating_oracle("nll").to_markdown()
@@ -299,9 +393,19 @@ def test_callback_gets_each_runs_row_and_posterior(linear):
     """``callback(row, posterior)``: once per model x method x size, with the table's row and that run's posterior."""
     tasks, model = linear
     seen = []
-    table = evaluate(model, tasks, methods=["amortized", "importance"], num_tasks=3, num_context=[2, 4], num_target=5,
-                     seed=1, method_options=FAST, oracle=ExactLinearOracle(model), num_samples=50,
-                     callback=lambda row, post: seen.append((row, post)))
+    table = evaluate(
+        model,
+        tasks,
+        methods=["amortized", "importance"],
+        num_tasks=3,
+        num_context=[2, 4],
+        num_target=5,
+        seed=1,
+        method_options=FAST,
+        oracle=ExactLinearOracle(model),
+        num_samples=50,
+        callback=lambda row, post: seen.append((row, post)),
+    )
     model_rows = [r for r in table.rows if r["method"] != "oracle"]
     assert [row for row, _ in seen] == model_rows and len(seen) == 4
     for row, post in seen:
@@ -330,7 +434,9 @@ def test_a_user_registered_method_runs_through_infer_evaluate_and_to_arviz(linea
         def run(self, problem, num_samples, shrink):
             mean, cov = problem.model.exact_posterior(problem.batch)  # [T, K], [T, K, K]
             eps = torch.randn(num_samples, *mean.shape)
-            return InferenceResult(samples={"w": (mean + shrink * (torch.linalg.cholesky(cov) @ eps[..., None])[..., 0])[None]})
+            return InferenceResult(
+                samples={"w": (mean + shrink * (torch.linalg.cholesky(cov) @ eps[..., None])[..., 0])[None]}
+            )
 
     register_method(ExactDraws)
     assert "exact_draws" in available_methods()
@@ -342,12 +448,30 @@ def test_a_user_registered_method_runs_through_infer_evaluate_and_to_arviz(linea
     assert_close(post.samples["w"].mean((0, 1)), mean, atol=0.15, what="posterior mean of the registered method")
     idata = post.to_arviz()
     assert idata.posterior["w"].dims[:3] == ("chain", "draw", "task") and "log_likelihood" in idata.groups()
-    table = evaluate(model, tasks, methods=["exact_draws"], num_tasks=6, num_context=3, num_target=20,
-                     num_samples=300, oracle=ExactLinearOracle(model), seed=2)
+    table = evaluate(
+        model,
+        tasks,
+        methods=["exact_draws"],
+        num_tasks=6,
+        num_context=3,
+        num_target=20,
+        num_samples=300,
+        oracle=ExactLinearOracle(model),
+        seed=2,
+    )
     exact = table.rows[-1]
     assert exact["method"] == "exact_draws"
     assert abs(exact["nll_gap"]) < 3 * exact["nll_gap_se"] + 0.02, exact  # exact draws: the closed form's NLL
-    overconfident = evaluate(model, tasks, methods=["exact_draws"], num_tasks=6, num_context=3, num_target=20,
-                             num_samples=300, oracle=ExactLinearOracle(model), seed=2,
-                             method_options={"exact_draws": {"shrink": 0.0}})
+    overconfident = evaluate(
+        model,
+        tasks,
+        methods=["exact_draws"],
+        num_tasks=6,
+        num_context=3,
+        num_target=20,
+        num_samples=300,
+        oracle=ExactLinearOracle(model),
+        seed=2,
+        method_options={"exact_draws": {"shrink": 0.0}},
+    )
     assert overconfident.rows[-1]["nll"] > exact["nll"]  # the option reaches the method

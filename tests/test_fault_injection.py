@@ -22,8 +22,14 @@ SIGINT_ROUNDS = int(os.environ.get("PYRO_META_SIGINT_ROUNDS", "10"))
 
 
 def _rounds(mode: str, folder: Path, rounds: int, seed: int, resumes: int, timeout: float) -> list:
-    proc = subprocess.run([sys.executable, str(CHILD), mode, str(folder), str(rounds), str(seed), str(resumes)],
-                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(CHILD), mode, str(folder), str(rounds), str(seed), str(resumes)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(reports) == rounds, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -62,8 +68,14 @@ def test_random_sigints_all_return_a_fit_result_and_a_loadable_checkpoint(tmp_pa
 @pytest.mark.parametrize("delay", [0.05, 0.6, 1.5])
 def test_sigint_during_the_first_fit_of_a_process(tmp_path, delay):
     """On main a Ctrl-C in torch's lazy import of Adam (sympy) broke every later fit of the process."""
-    proc = subprocess.Popen([sys.executable, str(CHILD), "fresh", str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), "fresh", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(delay)

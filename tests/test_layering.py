@@ -72,21 +72,26 @@ def _edges(path: pathlib.Path, targets):
 
 def test_the_import_parser_sees_every_spelling():
     """The checker must be able to fail: each spelling of a zoo import is found, lazy ones too."""
-    src = "\n".join([
-        "import pyro_meta.models",
-        "from pyro_meta.models import MAML",
-        "from ..models import NeuralProcess",
-        "from .. import models",
-        "import models",
-        "def f():",
-        "    from ..models import ABML",
-    ])
+    src = "\n".join(
+        [
+            "import pyro_meta.models",
+            "from pyro_meta.models import MAML",
+            "from ..models import NeuralProcess",
+            "from .. import models",
+            "import models",
+            "def f():",
+            "    from ..models import ABML",
+        ]
+    )
     found = imports(src, "pyro_meta.data.tasks")
     edges = [(line, top) for name, line, top in found if _hits(name, ("pyro_meta.models", "models"))]
     assert sorted({line for line, _ in edges}) == [1, 2, 3, 4, 5, 7]
     assert all(top for line, top in edges if line < 7) and not any(top for line, top in edges if line == 7)
-    assert not [n for n, _, _ in imports("from .model import MetaModel\nimport modelsx", "pyro_meta.x")
-                if _hits(n, ("pyro_meta.models", "models"))]
+    assert not [
+        n
+        for n, _, _ in imports("from .model import MetaModel\nimport modelsx", "pyro_meta.x")
+        if _hits(n, ("pyro_meta.models", "models"))
+    ]
 
 
 def test_library_never_imports_the_zoo_nor_the_app_layer():
@@ -115,16 +120,18 @@ def test_the_app_layer_imports_the_zoo_lazily():
 def test_python_m_pyro_meta_help_loads_no_zoo_module():
     """A fresh interpreter: importing the library and the app layer, and ``python -m pyro_meta --help``
     (run as ``runpy`` does for ``-m``), load no ``pyro_meta.models`` module."""
-    code = "\n".join([
-        "import runpy, sys",
-        "import pyro_meta, pyro_meta.apps, pyro_meta.apps.commands, pyro_meta.apps.build, pyro_meta.apps.demo",
-        "sys.argv = ['pyro-meta', '--help']",
-        "try:",
-        "    runpy.run_module('pyro_meta', run_name='__main__', alter_sys=True)",
-        "except SystemExit as e:",
-        "    assert e.code == 0, e.code",
-        "print('ZOO', sorted(m for m in sys.modules if m == 'pyro_meta.models' or m.startswith('pyro_meta.models.')))",
-    ])
+    code = "\n".join(
+        [
+            "import runpy, sys",
+            "import pyro_meta, pyro_meta.apps, pyro_meta.apps.commands, pyro_meta.apps.build, pyro_meta.apps.demo",
+            "sys.argv = ['pyro-meta', '--help']",
+            "try:",
+            "    runpy.run_module('pyro_meta', run_name='__main__', alter_sys=True)",
+            "except SystemExit as e:",
+            "    assert e.code == 0, e.code",
+            "print('ZOO', sorted(m for m in sys.modules if m == 'pyro_meta.models' or m.startswith('pyro_meta.models.')))",
+        ]
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert all(c in res.stdout for c in ("train", "evaluate", "predict", "demo", "--version")), res.stdout

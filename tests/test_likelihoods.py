@@ -27,12 +27,14 @@ def test_bernoulli_labels_scores_long_and_bool_labels_and_samples_long():
 
 def test_label_log_probs_of_each_family():
     logits = torch.randn(4, 5, 3)
-    assert_close(label_log_probs(dist.Categorical(logits=logits)), torch.log_softmax(logits, -1), atol=1e-6,
-                 what="categorical")
+    assert_close(
+        label_log_probs(dist.Categorical(logits=logits)), torch.log_softmax(logits, -1), atol=1e-6, what="categorical"
+    )
     b = torch.randn(4, 5)
     p = torch.sigmoid(b)
-    assert_close(label_log_probs(BernoulliLabels(logits=b)).exp(), torch.stack([1 - p, p], -1), atol=1e-6,
-                 what="bernoulli")
+    assert_close(
+        label_log_probs(BernoulliLabels(logits=b)).exp(), torch.stack([1 - p, p], -1), atol=1e-6, what="bernoulli"
+    )
     binom = dist.Binomial(total_count=2, probs=p)  # finite support 0, 1, 2
     expected = torch.stack([(1 - p) ** 2, 2 * p * (1 - p), p**2], -1)
     assert_close(label_log_probs(binom).exp(), expected, atol=1e-6, what="enumerated support")

@@ -13,8 +13,10 @@ from pyro_meta.models import BayesianLinear, NeuralProcess
 def _jobs():
     torch.manual_seed(0)
     models = [BayesianLinear(), NeuralProcess(latent_dim=2, hidden=16, num_layers=1)]
-    batches = [LinearTasks().sample(3, 4, 5, generator=torch.Generator().manual_seed(0)),
-               Sinusoid().sample(3, 4, 5, generator=torch.Generator().manual_seed(1))]
+    batches = [
+        LinearTasks().sample(3, 4, 5, generator=torch.Generator().manual_seed(0)),
+        Sinusoid().sample(3, 4, 5, generator=torch.Generator().manual_seed(1)),
+    ]
     return models, batches
 
 

@@ -194,17 +194,41 @@ def test_perfectly_calibrated_probabilities_have_small_ece():
     [
         (lambda: metrics.mse(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.ones(2, 3)), TypeError, "mask"),
         (lambda: metrics.mse(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.ones(3, 2).bool()), ValueError, "mask"),
-        (lambda: metrics.mse(torch.zeros(2, 3), torch.zeros(2, 3, 1), torch.ones(2, 3).bool()), ValueError, "pred_mean"),
-        (lambda: metrics.crps(torch.zeros(4, 2, 3), torch.zeros(2, 3, 1), torch.ones(2, 3).bool()), ValueError, "samples"),
-        (lambda: metrics.coverage(torch.zeros(4, 1, 1, 1), torch.zeros(1, 1, 1), torch.ones(1, 1).bool(), 1.0),
-         ValueError, "level"),
-        (lambda: metrics.mse(torch.zeros(1, 2, 1), torch.zeros(1, 2, 1), torch.zeros(1, 2).bool()), ValueError, "no point"),
-        (lambda: metrics.accuracy(torch.full((1, 2, 2), 0.5), torch.zeros(1, 2), torch.ones(1, 2).bool()),
-         TypeError, "labels"),
-        (lambda: metrics.accuracy(torch.full((1, 2, 2), 0.7), torch.zeros(1, 2).long(), torch.ones(1, 2).bool()),
-         ValueError, "sum to 1"),
-        (lambda: metrics.brier_score(torch.full((1, 2, 2), 0.5), torch.full((1, 2), 2), torch.ones(1, 2).bool()),
-         ValueError, "labels"),
+        (
+            lambda: metrics.mse(torch.zeros(2, 3), torch.zeros(2, 3, 1), torch.ones(2, 3).bool()),
+            ValueError,
+            "pred_mean",
+        ),
+        (
+            lambda: metrics.crps(torch.zeros(4, 2, 3), torch.zeros(2, 3, 1), torch.ones(2, 3).bool()),
+            ValueError,
+            "samples",
+        ),
+        (
+            lambda: metrics.coverage(torch.zeros(4, 1, 1, 1), torch.zeros(1, 1, 1), torch.ones(1, 1).bool(), 1.0),
+            ValueError,
+            "level",
+        ),
+        (
+            lambda: metrics.mse(torch.zeros(1, 2, 1), torch.zeros(1, 2, 1), torch.zeros(1, 2).bool()),
+            ValueError,
+            "no point",
+        ),
+        (
+            lambda: metrics.accuracy(torch.full((1, 2, 2), 0.5), torch.zeros(1, 2), torch.ones(1, 2).bool()),
+            TypeError,
+            "labels",
+        ),
+        (
+            lambda: metrics.accuracy(torch.full((1, 2, 2), 0.7), torch.zeros(1, 2).long(), torch.ones(1, 2).bool()),
+            ValueError,
+            "sum to 1",
+        ),
+        (
+            lambda: metrics.brier_score(torch.full((1, 2, 2), 0.5), torch.full((1, 2), 2), torch.ones(1, 2).bool()),
+            ValueError,
+            "labels",
+        ),
         (lambda: metrics.pit_histogram(torch.tensor([0.5, 1.5])), ValueError, "pit_values"),
     ],
 )

@@ -26,7 +26,11 @@ class TinyNP(pyro_meta.MetaModel):
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
 
             def likelihood(x):
-                zx = torch.cat(torch.broadcast_tensors(z, x.new_zeros(x.shape[:-1] + (2,)))[:1] + (x.expand(z.shape[:-3] + x.shape),), -1)
+                zx = torch.cat(
+                    torch.broadcast_tensors(z, x.new_zeros(x.shape[:-1] + (2,)))[:1]
+                    + (x.expand(z.shape[:-3] + x.shape),),
+                    -1,
+                )
                 return dist.Normal(self.decoder(zx), 0.1).to_event(1)
 
             pyro_meta.observe(batch, likelihood)
@@ -84,7 +88,9 @@ def test_mask_gives_the_exact_ragged_log_density():
     ref = 0.0
     for t in range(3):
         k = int(b.context_mask[t].sum())
-        sub = TaskBatch(b.context_x[t : t + 1, :k], b.context_y[t : t + 1, :k], b.target_x[t : t + 1], b.target_y[t : t + 1])
+        sub = TaskBatch(
+            b.context_x[t : t + 1, :k], b.context_y[t : t + 1, :k], b.target_x[t : t + 1], b.target_y[t : t + 1]
+        )
         tr1 = poutine.trace(poutine.condition(m.model, {"z": z[t : t + 1]})).get_trace(sub)
         tr1.compute_log_prob()
         ref = ref + tr1.nodes["y_context"]["log_prob"].sum()
@@ -144,8 +150,9 @@ class BothSplits(pyro_meta.MetaModel):
             for split in ("context", "target"):
                 with pyro_meta.point_plate(batch, split):
                     x = batch.x(split)
-                    pyro.sample(f"y_{split}", dist.Normal(z[..., :1] * x + z[..., 1:], 0.3).to_event(1),
-                                obs=batch.y(split))
+                    pyro.sample(
+                        f"y_{split}", dist.Normal(z[..., :1] * x + z[..., 1:], 0.3).to_event(1), obs=batch.y(split)
+                    )
 
     def guide(self, batch):
         with pyro_meta.task_plate(batch):
@@ -155,9 +162,13 @@ class BothSplits(pyro_meta.MetaModel):
 @pytest.mark.parametrize("method", pyro_meta.available_methods())
 def test_a_model_observing_both_splits_in_point_plates_runs_under_every_method(method):
     """``infer`` conditions on a context-only batch (``Nt = 0``): the empty target plate must be harmless."""
-    opts = {"svi": {"num_steps": 3}, "importance": {"num_proposals": 64},
-            "nuts": {"num_warmup": 5, "num_chains": 1}, "hmc": {"num_warmup": 5, "num_chains": 1},
-            "batched_hmc": {"num_warmup": 5, "num_chains": 1}}.get(method, {})
+    opts = {
+        "svi": {"num_steps": 3},
+        "importance": {"num_proposals": 64},
+        "nuts": {"num_warmup": 5, "num_chains": 1},
+        "hmc": {"num_warmup": 5, "num_chains": 1},
+        "batched_hmc": {"num_warmup": 5, "num_chains": 1},
+    }.get(method, {})
     model, b = BothSplits(), batch()
     import warnings
 

@@ -65,8 +65,9 @@ def test_gp_oracle_without_context_is_the_prior(generator):
     tm = b.target_mask
     s, sn = b.info["signal_scale"], b.info["noise_std"]
     assert_close(mean[tm], torch.zeros_like(mean[tm]), atol=1e-7, what="prior mean")
-    assert_close(var[..., 0], (s**2 + sn**2)[:, None].expand_as(var[..., 0]).masked_fill(~tm, 1.0), rtol=1e-5,
-                 what="prior var")
+    assert_close(
+        var[..., 0], (s**2 + sn**2)[:, None].expand_as(var[..., 0]).masked_fill(~tm, 1.0), rtol=1e-5, what="prior var"
+    )
 
 
 def test_gp_oracle_beats_wrong_hyperparameters_and_is_calibrated(generator):
@@ -117,9 +118,10 @@ def _brute_sine(tasks, n=600):
 
 def _brute_line(tasks, n=600):
     m = tasks.slope_range[0] + (tasks.slope_range[1] - tasks.slope_range[0]) * (torch.arange(n, dtype=D) + 0.5) / n
-    c = tasks.intercept_range[0] + (tasks.intercept_range[1] - tasks.intercept_range[0]) * (
-        torch.arange(n, dtype=D) + 0.5
-    ) / n
+    c = (
+        tasks.intercept_range[0]
+        + (tasks.intercept_range[1] - tasks.intercept_range[0]) * (torch.arange(n, dtype=D) + 0.5) / n
+    )
     m, c = (t.reshape(-1) for t in torch.meshgrid(m, c, indexing="ij"))
     return lambda x: m[:, None] * x[None, :] + c[:, None]
 
@@ -266,15 +268,21 @@ def test_sinusoid_oracle_without_context_is_the_prior_predictive(generator):
     assert_close(var.to(D), e_a2 / 2 + 0.04 - expected_mean**2, atol=1e-4, what="prior predictive var")
 
 
-@pytest.mark.parametrize("make", [lambda: SinusoidOracle(Sinusoid(noise_std=0.2)), lambda: LineOrSineOracle(LineOrSine())])
+@pytest.mark.parametrize(
+    "make", [lambda: SinusoidOracle(Sinusoid(noise_std=0.2)), lambda: LineOrSineOracle(LineOrSine())]
+)
 def test_grid_oracles_ignore_padding(make, generator):
     oracle = make()
     b = oracle.tasks.sample(4, (1, 5), (2, 6), generator=generator)
     lp, (mean, _) = oracle.log_prob(b), oracle.predict(b)
     for t in range(4):
         nc, nt = int(b.context_mask[t].sum()), int(b.target_mask[t].sum())
-        alone = TaskBatch(b.context_x[t:t + 1, :nc], b.context_y[t:t + 1, :nc], b.target_x[t:t + 1, :nt],
-                          b.target_y[t:t + 1, :nt])
+        alone = TaskBatch(
+            b.context_x[t : t + 1, :nc],
+            b.context_y[t : t + 1, :nc],
+            b.target_x[t : t + 1, :nt],
+            b.target_y[t : t + 1, :nt],
+        )
         assert_close(lp[t, :nt], oracle.log_prob(alone)[0], atol=1e-5, what=f"log_prob task {t}")
         assert_close(mean[t, :nt], oracle.predict(alone)[0][0], atol=1e-5, what=f"mean task {t}")
         assert bool((lp[t, nt:] == 0).all())

@@ -67,8 +67,9 @@ def test_plot_predictive_layout_and_artists(setup, tmp_path):
 
 def test_plot_predictive_defaults_one_posterior_callable_truth(setup):
     model, tasks, batch, posts = setup
-    fig = plot_predictive(posts["amortized"], num_functions=0, num_grid=30,
-                          true_function=lambda x: tasks.function(x, batch.info))
+    fig = plot_predictive(
+        posts["amortized"], num_functions=0, num_grid=30, true_function=lambda x: tasks.function(x, batch.info)
+    )
     assert len(fig.axes) == 3  # the first three tasks, one column
     assert all(len(ax.get_lines()) == 2 for ax in fig.axes)  # mean + truth
     fig2 = plot_predictive([posts["amortized"], posts["amortized"]], tasks=1, num_functions=2, num_grid=30)

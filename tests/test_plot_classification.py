@@ -25,8 +25,9 @@ def test_bars_are_the_bins_accuracy_and_the_title_their_ece():
     probs, labels, mask = _probs(0, over_confident=True)
     ece, bins = metrics.expected_calibration_error(probs, labels, mask, bins=15)
     assert abs(_ece_of(bins) - ece) < 1e-9  # the ECE is recomputable from the bins
-    fig = plot_reliability({"sharp": bins, "pair": metrics.expected_calibration_error(*_probs(1, False), bins=15)},
-                           title="t")
+    fig = plot_reliability(
+        {"sharp": bins, "pair": metrics.expected_calibration_error(*_probs(1, False), bins=15)}, title="t"
+    )
     top = fig.axes[0]
     assert top.get_title() == f"sharp: ECE {ece:.3f}"
     heights = [p.get_height() for p in top.patches[: int((bins.count > 0).sum())]]

@@ -35,8 +35,11 @@ def test_readme_example_runs(capsys):
     exec(compile(blocks[1], str(README), "exec"), namespace)
     table = namespace["table"]
     got = {(r["model"], r["method"], r["num_context"]) for r in table.rows}
-    want = {(m, meth, n) for n in (2, 5) for m, meth in (("SinusoidOracle", "oracle"), ("TinyNP", "amortized"),
-                                                         ("TinyNP", "importance"))}
+    want = {
+        (m, meth, n)
+        for n in (2, 5)
+        for m, meth in (("SinusoidOracle", "oracle"), ("TinyNP", "amortized"), ("TinyNP", "importance"))
+    }
     assert len(table.rows) == 6 and got == want, got
     assert all(r["nll"] == r["nll"] for r in table.rows), "NaN NLL in the README's evaluate table"
 
@@ -85,8 +88,9 @@ def test_readme_own_images_block_runs(tmp_path, write_png):
     import torch
 
     block = next(b for b in python_blocks() if "def classify(" in b)
-    block = block.replace("num_steps=1500", "num_steps=2").replace("ProtoNet(image_shape=(1, 28, 28))",
-                                                                   "ProtoNet(image_shape=(1, 28, 28), channels=4)")
+    block = block.replace("num_steps=1500", "num_steps=2").replace(
+        "ProtoNet(image_shape=(1, 28, 28))", "ProtoNet(image_shape=(1, 28, 28), channels=4)"
+    )
     namespace = {"__name__": "readme"}
     exec(compile(block, str(README), "exec"), namespace)
     support = [write_png(tmp_path / f"s{k:02d}.png", _strokes(k)) for k in range(20)]

@@ -98,10 +98,12 @@ def test_gradient_through_steps_matches_finite_differences(generator):
     mu = torch.tensor([0.4, -0.3], dtype=torch.double, requires_grad=True)
     (g,) = torch.autograd.grad(final_mean(mu, True)[0], mu)
     eps = 1e-6
-    fd = torch.stack([
-        (final_mean(mu.detach() + eps * e, False)[0] - final_mean(mu.detach() - eps * e, False)[0]) / (2 * eps)
-        for e in torch.eye(2, dtype=torch.double)
-    ])
+    fd = torch.stack(
+        [
+            (final_mean(mu.detach() + eps * e, False)[0] - final_mean(mu.detach() - eps * e, False)[0]) / (2 * eps)
+            for e in torch.eye(2, dtype=torch.double)
+        ]
+    )
     assert_close(g, fd, atol=1e-7, what="d mean / d mu")
     # step size as a meta-learned tensor stays in the graph too
     lr = torch.tensor(0.3, dtype=torch.double, requires_grad=True)

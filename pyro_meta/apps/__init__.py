@@ -17,5 +17,15 @@ from .config import ConfigError, check_config, list_presets, load_config, preset
 from .demo import DemoConfig, run_demo
 from .omniglot_demo import OmniglotDemoConfig, omniglot_training_episodes, run_omniglot_demo
 
-__all__ = ["ConfigError", "DemoConfig", "OmniglotDemoConfig", "check_config", "list_presets", "load_config",
-           "omniglot_training_episodes", "preset_path", "run_demo", "run_omniglot_demo"]
+__all__ = [
+    "ConfigError",
+    "DemoConfig",
+    "OmniglotDemoConfig",
+    "check_config",
+    "list_presets",
+    "load_config",
+    "omniglot_training_episodes",
+    "preset_path",
+    "run_demo",
+    "run_omniglot_demo",
+]

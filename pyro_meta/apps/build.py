@@ -15,8 +15,16 @@ import torch
 from ..data.batch import TaskBatch
 from .config import ConfigError
 
-__all__ = ["TASK_FAMILIES", "ORACLES", "build_model", "build_oracle", "build_tasks", "model_class", "read_table",
-           "zoo_models"]
+__all__ = [
+    "TASK_FAMILIES",
+    "ORACLES",
+    "build_model",
+    "build_oracle",
+    "build_tasks",
+    "model_class",
+    "read_table",
+    "zoo_models",
+]
 
 #: task families a config may name in [tasks] (all of pyro_meta.data)
 TASK_FAMILIES = ("GPCurves", "LineOrSine", "LinearTasks", "OmniglotEpisodes", "Sinusoid")
@@ -44,8 +52,10 @@ def model_class(name: str, allow: Sequence[str] = ()) -> type:
     if ":" not in name:
         zoo = zoo_models()
         if name not in zoo:
-            raise ConfigError(f"model.name: unknown model {name!r} (zoo models: {', '.join(sorted(zoo))}; "
-                              "or 'package.module:Class' for your own)")
+            raise ConfigError(
+                f"model.name: unknown model {name!r} (zoo models: {', '.join(sorted(zoo))}; "
+                "or 'package.module:Class' for your own)"
+            )
         return zoo[name]
     module, _, qualname = name.partition(":")
     top = module.split(".")[0]
@@ -74,13 +84,16 @@ def _construct(cls: type, args: Mapping[str, Any], key: str) -> Any:
     if signature is not None and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         unknown = sorted(set(args).difference(signature.parameters))
         if unknown:
-            raise ConfigError(f"{key}.{unknown[0]}: unknown argument of {cls.__name__} (arguments: "
-                              f"{', '.join(signature.parameters)})")
+            raise ConfigError(
+                f"{key}.{unknown[0]}: unknown argument of {cls.__name__} (arguments: {', '.join(signature.parameters)})"
+            )
     try:
         return cls(**args)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{key}: {cls.__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())}) failed: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ConfigError(
+            f"{key}: {cls.__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())}) failed: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
 
 
 def build_model(config: Mapping[str, Any], allow: Sequence[str] = ()) -> Any:
@@ -107,8 +120,15 @@ def table_batch(frame: Any, data: Mapping[str, Any], key: str) -> TaskBatch:
     y = data["y"][0] if len(data["y"]) == 1 else list(data["y"])
     rule = {k: data[k] for k in ("split", "num_context", "context_fraction") if k in data}
     try:
-        return TaskBatch.from_table(frame, task=data["task"], x=list(data["x"]), y=y, seed=data.get("seed", 0),
-                                    dtype=torch.get_default_dtype(), **rule)
+        return TaskBatch.from_table(
+            frame,
+            task=data["task"],
+            x=list(data["x"]),
+            y=y,
+            seed=data.get("seed", 0),
+            dtype=torch.get_default_dtype(),
+            **rule,
+        )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key}: {e}") from None
 

@@ -43,8 +43,25 @@ APP_FORMAT = 1
 #: [train] keys that may change between a run and its --resume
 RESUMABLE = ("num_steps", "checkpoint_every")
 #: columns printed by `pyro-meta evaluate` (all of them go to results.csv / results.md)
-SHOWN = ("model", "method", "num_context", "num_tasks", "nll", "nll_se", "nll_gap", "mse", "mse_se", "crps",
-         "coverage_90", "accuracy", "ece", "seconds", "divergences", "min_ess", "max_r_hat")
+SHOWN = (
+    "model",
+    "method",
+    "num_context",
+    "num_tasks",
+    "nll",
+    "nll_se",
+    "nll_gap",
+    "mse",
+    "mse_se",
+    "crps",
+    "coverage_90",
+    "accuracy",
+    "ece",
+    "seconds",
+    "divergences",
+    "min_ess",
+    "max_r_hat",
+)
 
 Echo = Callable[[str], None]
 
@@ -129,8 +146,15 @@ def _join_torchrun() -> Optional[torch.device]:
     return device if device.type == "cuda" else None
 
 
-def train(config: Dict[str, Any], out: str, resume: bool = False, seed: Optional[int] = None,
-          progress: bool = True, allow: Sequence[str] = (), echo: Echo = print) -> Dict[str, Any]:
+def train(
+    config: Dict[str, Any],
+    out: str,
+    resume: bool = False,
+    seed: Optional[int] = None,
+    progress: bool = True,
+    allow: Sequence[str] = (),
+    echo: Echo = print,
+) -> Dict[str, Any]:
     """Meta-train the configured model; the checkpoint is ``out/checkpoint.ckpt``.
 
     Returns ``{"checkpoint", "fit", "model"}``. A checkpoint already there is refused unless
@@ -142,8 +166,10 @@ def train(config: Dict[str, Any], out: str, resume: bool = False, seed: Optional
     device = _join_torchrun()
     rank = world()[0]
     if rank != 0:
+
         def echo(*_: Any, **__: Any) -> None:
             return None
+
     ckpt = os.path.join(out, CHECKPOINT)
     ensure_out_dir(out)
     try:
@@ -158,8 +184,9 @@ def train(config: Dict[str, Any], out: str, resume: bool = False, seed: Optional
             raise ConfigError(f"--resume: {ckpt} records no configuration of pyro-meta train; cannot resume it")
         changed = _config_diff(recorded, config)
         if changed:
-            raise ConfigError(f"--resume: the configuration differs from the one {ckpt} was trained with at "
-                              f"{', '.join(changed)}")
+            raise ConfigError(
+                f"--resume: the configuration differs from the one {ckpt} was trained with at {', '.join(changed)}"
+            )
     elif resume:
         echo(f"--resume: no checkpoint in {out} yet; starting from step 0")
     settings = _evaluation_settings(config)  # a bad [evaluate] fails now, not after training
@@ -171,22 +198,38 @@ def train(config: Dict[str, Any], out: str, resume: bool = False, seed: Optional
     model = build_model(config, allow)
     tasks = build_tasks(config, "train")
     if isinstance(tasks, TaskBatch) and opts.get("tasks_per_batch", 16) > tasks.num_tasks:
-        raise ConfigError(f"train.tasks_per_batch: {opts.get('tasks_per_batch', 16)} exceeds the {tasks.num_tasks} "
-                          f"tasks of {config['data']['path']}")
+        raise ConfigError(
+            f"train.tasks_per_batch: {opts.get('tasks_per_batch', 16)} exceeds the {tasks.num_tasks} "
+            f"tasks of {config['data']['path']}"
+        )
     build_oracle(settings["oracle"], tasks)
     labels = _is_labels(tasks)
     model_words, task_words = describe(config)
     steps = opts.get("num_steps", 1000)
-    echo(f"meta-training {model_words} on {task_words} for {steps} steps, seed {seed} "
-         f"({torch.get_num_threads()} torch thread(s)); checkpoint {ckpt}")
+    echo(
+        f"meta-training {model_words} on {task_words} for {steps} steps, seed {seed} "
+        f"({torch.get_num_threads()} torch thread(s)); checkpoint {ckpt}"
+    )
     app = {"format": APP_FORMAT, "config": config, "labels": labels}
-    result = fit(model, tasks, seed=seed, progress=progress and rank == 0, checkpoint=ckpt,
-                 checkpoint_every=checkpoint_every, resume=resume, checkpoint_meta={"app": app}, device=device, **opts)
+    result = fit(
+        model,
+        tasks,
+        seed=seed,
+        progress=progress and rank == 0,
+        checkpoint=ckpt,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        checkpoint_meta={"app": app},
+        device=device,
+        **opts,
+    )
     if result.interrupted:
         echo(f"interrupted at step {result.num_steps}; {ckpt} holds that state: continue with --resume")
     else:
-        echo(f"trained {result.num_steps} steps in {result.seconds:.1f} s, final loss {result.final_loss:.4g}; "
-             f"wrote {ckpt}")
+        echo(
+            f"trained {result.num_steps} steps in {result.seconds:.1f} s, final loss {result.final_loss:.4g}; "
+            f"wrote {ckpt}"
+        )
     return {"checkpoint": ckpt, "fit": result, "model": model}
 
 
@@ -202,8 +245,9 @@ def _evaluation_settings(config: Mapping[str, Any]) -> Dict[str, Any]:
     options = ev.pop("options", {})
     for m, opts in options.items():
         if m not in available_methods():
-            raise ConfigError(f"evaluate.options.{m}: unknown method {m!r} (registered: "
-                              f"{', '.join(available_methods())})")
+            raise ConfigError(
+                f"evaluate.options.{m}: unknown method {m!r} (registered: {', '.join(available_methods())})"
+            )
         try:
             get_method(m).validate({k: v for k, v in opts.items() if k != "num_samples"})
         except (TypeError, ValueError) as e:
@@ -211,8 +255,9 @@ def _evaluation_settings(config: Mapping[str, Any]) -> Dict[str, Any]:
     return {"methods": methods, "method_options": options, "oracle": ev.pop("oracle", None), **ev}
 
 
-def reference_line(reference: Mapping[str, Any], table: EvaluationTable, methods: Sequence[str],
-                   sizes: Sequence[int]) -> str:
+def reference_line(
+    reference: Mapping[str, Any], table: EvaluationTable, methods: Sequence[str], sizes: Sequence[int]
+) -> str:
     """The published number beside the measured one (same metric, method and context size)."""
     metric = reference["metric"]
     method = reference.get("method", methods[0])
@@ -235,9 +280,15 @@ def reference_line(reference: Mapping[str, Any], table: EvaluationTable, methods
     return line
 
 
-def evaluate(checkpoint: str, config: Optional[Dict[str, Any]] = None, out: Optional[str] = None,
-             seed: Optional[int] = None, progress: bool = True, allow: Sequence[str] = (),
-             echo: Echo = print) -> Dict[str, Any]:
+def evaluate(
+    checkpoint: str,
+    config: Optional[Dict[str, Any]] = None,
+    out: Optional[str] = None,
+    seed: Optional[int] = None,
+    progress: bool = True,
+    allow: Sequence[str] = (),
+    echo: Echo = print,
+) -> Dict[str, Any]:
     """Rebuild the model of ``checkpoint`` and evaluate it (``config`` default: the recorded one).
 
     Writes ``out/results.csv`` and ``out/results.md`` (``out`` default: the checkpoint's folder).
@@ -247,8 +298,9 @@ def evaluate(checkpoint: str, config: Optional[Dict[str, Any]] = None, out: Opti
     if config is None:
         config = _recorded_config(checkpoint, header)
         if config is None:
-            raise ConfigError(f"--config: {checkpoint} records no pyro-meta configuration (written by fit directly?); "
-                              "pass --config")
+            raise ConfigError(
+                f"--config: {checkpoint} records no pyro-meta configuration (written by fit directly?); pass --config"
+            )
     settings = _evaluation_settings(config)
     out = ensure_out_dir(out if out is not None else os.path.dirname(os.path.abspath(checkpoint)))
     model = _rebuild(checkpoint, allow)
@@ -257,8 +309,10 @@ def evaluate(checkpoint: str, config: Optional[Dict[str, Any]] = None, out: Opti
     settings["seed"] = _seed(config, "evaluate", seed)
     sizes = settings.setdefault("num_context", [5])
     name = type(model).__name__  # the checkpoint's model, whatever --config names
-    echo(f"evaluating {name} from {checkpoint} (step {header.get('step')}) with {', '.join(settings['methods'])} "
-         f"on {describe(config, 'evaluate')[1]}, context sizes {sizes}, seed {settings['seed']}")
+    echo(
+        f"evaluating {name} from {checkpoint} (step {header.get('step')}) with {', '.join(settings['methods'])} "
+        f"on {describe(config, 'evaluate')[1]}, context sizes {sizes}, seed {settings['seed']}"
+    )
     table = evaluate_models({name: model}, tasks, oracle=oracle, progress=progress, **settings)
     files = {"csv": os.path.join(out, "results.csv"), "markdown": os.path.join(out, "results.md")}
     table.to_csv(files["csv"])
@@ -280,8 +334,10 @@ def _prediction_batch(frame: Any, data: Mapping[str, Any], labels: bool, path: s
     y_cols = list(data["y"])
     missing = [c for c in [data["task"], *data["x"], *y_cols] if c not in frame.columns]
     if missing:
-        raise ConfigError(f"--data: {path} lacks the column(s) {missing} (columns: {list(frame.columns)}; the "
-                          "checkpoint's [data] names task, x and y)")
+        raise ConfigError(
+            f"--data: {path} lacks the column(s) {missing} (columns: {list(frame.columns)}; the "
+            "checkpoint's [data] names task, x and y)"
+        )
     split = data.get("split") if data.get("split") in frame.columns else None
     unobserved = frame[y_cols].isna().all(axis=1).to_numpy()
     if split is None:
@@ -296,12 +352,15 @@ def _prediction_batch(frame: Any, data: Mapping[str, Any], labels: bool, path: s
         frame = frame.assign(**{y_cols[0]: column.fillna(0).astype("int64")})
     is_target = frame[split].astype(str).to_numpy() == "target"
     if not is_target.any():
-        raise ConfigError(f"--data: {path} has no point to predict (rows with an empty {'/'.join(y_cols)}, or "
-                          f"'target' rows in column {split!r})")
+        raise ConfigError(
+            f"--data: {path} has no point to predict (rows with an empty {'/'.join(y_cols)}, or "
+            f"'target' rows in column {split!r})"
+        )
     y = y_cols[0] if len(y_cols) == 1 else y_cols
     try:
-        batch = TaskBatch.from_table(frame, task=data["task"], x=list(data["x"]), y=y, split=split,
-                                     dtype=torch.get_default_dtype())
+        batch = TaskBatch.from_table(
+            frame, task=data["task"], x=list(data["x"]), y=y, split=split, dtype=torch.get_default_dtype()
+        )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"--data: {path}: {e}") from None
     if labels and bool(unobserved[is_target].any()):
@@ -309,9 +368,17 @@ def _prediction_batch(frame: Any, data: Mapping[str, Any], labels: bool, path: s
     return batch
 
 
-def predict(checkpoint: str, data_path: str, out: Optional[str] = None, method: Optional[str] = None,
-            num_samples: Optional[int] = None, seed: Optional[int] = None, allow: Sequence[str] = (),
-            progress: bool = True, echo: Echo = print) -> Dict[str, Any]:
+def predict(
+    checkpoint: str,
+    data_path: str,
+    out: Optional[str] = None,
+    method: Optional[str] = None,
+    num_samples: Optional[int] = None,
+    seed: Optional[int] = None,
+    allow: Sequence[str] = (),
+    progress: bool = True,
+    echo: Echo = print,
+) -> Dict[str, Any]:
     """Predict the target points of the CSV file ``data_path`` with the model of ``checkpoint``.
 
     Rows are grouped into tasks by the checkpoint's ``[data]`` columns (default ``task_id``,
@@ -341,8 +408,10 @@ def predict(checkpoint: str, data_path: str, out: Optional[str] = None, method: 
     batch = _prediction_batch(frame, data, bool(app.get("labels", False)), data_path)
     model = _rebuild(checkpoint, allow)
     seed = _seed(config, "evaluate", seed)
-    echo(f"predicting {int(batch.target_mask.sum())} points of {batch.num_tasks} tasks from {data_path} with "
-         f"{type(model).__name__} ({method}, {num_samples} draws, seed {seed})")
+    echo(
+        f"predicting {int(batch.target_mask.sum())} points of {batch.num_tasks} tasks from {data_path} with "
+        f"{type(model).__name__} ({method}, {num_samples} draws, seed {seed})"
+    )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("default")

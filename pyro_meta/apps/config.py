@@ -138,27 +138,51 @@ def task_spec(key: str, v: Any) -> Dict[str, Any]:
         raise ConfigError(f"{key}.name: missing (required in [{key}])")
     return {"name": string()(f"{key}.name", v["name"]), "args": table(f"{key}.args", v.get("args", {}))}
 
+
 #: section -> key -> check; a section ``None`` is a top-level key
 SCHEMA: Dict[str, Dict[str, Check]] = {
     "model": {"name": string(), "args": table},
     "tasks": {"name": string(), "args": table},
     "data": {
-        "path": string(), "eval_path": string(), "task": string(), "x": strings, "y": strings,
-        "split": string(), "num_context": integer(0), "context_fraction": number(0.0, 1.0, open_min=True),
+        "path": string(),
+        "eval_path": string(),
+        "task": string(),
+        "x": strings,
+        "y": strings,
+        "split": string(),
+        "num_context": integer(0),
+        "context_fraction": number(0.0, 1.0, open_min=True),
         "seed": SEED,
     },
     "train": {
-        "num_steps": integer(0), "tasks_per_batch": integer(1), "num_context": size_range, "num_target": size_range,
-        "lr": number(0.0, open_min=True), "lr_decay": number(0.0, 1.0, open_min=True),
-        "optimizer": string(OPTIMIZERS), "clip_norm": number(0.0, open_min=True), "seed": SEED,
+        "num_steps": integer(0),
+        "tasks_per_batch": integer(1),
+        "num_context": size_range,
+        "num_target": size_range,
+        "lr": number(0.0, open_min=True),
+        "lr_decay": number(0.0, 1.0, open_min=True),
+        "optimizer": string(OPTIMIZERS),
+        "clip_norm": number(0.0, open_min=True),
+        "seed": SEED,
         "checkpoint_every": integer(0),
     },
     "evaluate": {
-        "methods": strings, "options": tables, "num_context": sizes, "num_tasks": integer(1),
-        "num_target": integer(1), "num_samples": integer(1), "oracle": string(), "seed": SEED, "tasks": task_spec,
+        "methods": strings,
+        "options": tables,
+        "num_context": sizes,
+        "num_tasks": integer(1),
+        "num_target": integer(1),
+        "num_samples": integer(1),
+        "oracle": string(),
+        "seed": SEED,
+        "tasks": task_spec,
     },
     "reference": {
-        "metric": string(), "value": number(), "method": string(), "num_context": integer(1), "source": string(),
+        "metric": string(),
+        "value": number(),
+        "method": string(),
+        "num_context": integer(1),
+        "source": string(),
         "note": string(),
     },
 }
@@ -236,8 +260,9 @@ def _toml():
         try:
             import tomli as tomllib
         except ImportError:
-            raise ConfigError("reading TOML configs needs Python 3.11+ (tomllib) or the tomli package "
-                              "(pip install tomli)") from None
+            raise ConfigError(
+                "reading TOML configs needs Python 3.11+ (tomllib) or the tomli package (pip install tomli)"
+            ) from None
     return tomllib
 
 

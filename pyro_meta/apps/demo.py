@@ -33,8 +33,20 @@ __all__ = ["DEMO_COLUMNS", "DemoConfig", "METHODS", "mixing_report", "run_demo"]
 
 METHODS = ("amortized", "svi", "importance", "nuts")
 #: the columns printed on the console (results.csv / results.md hold every column of the table)
-DEMO_COLUMNS = ("num_context", "method", "nll", "nll_se", "nll_gap", "mse", "crps", "coverage_90", "seconds",
-                "divergences", "min_ess", "max_r_hat")
+DEMO_COLUMNS = (
+    "num_context",
+    "method",
+    "nll",
+    "nll_se",
+    "nll_gap",
+    "mse",
+    "crps",
+    "coverage_90",
+    "seconds",
+    "divergences",
+    "min_ess",
+    "max_r_hat",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +100,24 @@ class DemoConfig:
     def smoke(self) -> "DemoConfig":
         """A shrunken configuration that runs in well under a minute (used by the tests)."""
         return dataclasses.replace(
-            self, latent_dim=4, hidden=32, num_layers=2, num_steps=150, tasks_per_batch=8, lr=5e-3,
-            num_tasks=4, contexts=(1, 3), num_target=10, num_samples=20, nuts_warmup=15, nuts_samples=10,
-            nuts_max_tree_depth=3, svi_steps=10, num_proposals=100, plot_context=3, plot_tasks=(0, 1),
+            self,
+            latent_dim=4,
+            hidden=32,
+            num_layers=2,
+            num_steps=150,
+            tasks_per_batch=8,
+            lr=5e-3,
+            num_tasks=4,
+            contexts=(1, 3),
+            num_target=10,
+            num_samples=20,
+            nuts_warmup=15,
+            nuts_samples=10,
+            nuts_max_tree_depth=3,
+            svi_steps=10,
+            num_proposals=100,
+            plot_context=3,
+            plot_tasks=(0, 1),
         )
 
     def method_options(self) -> Dict[str, Dict[str, Any]]:
@@ -100,8 +127,12 @@ class DemoConfig:
             "svi": {"num_steps": self.svi_steps},
             "importance": {"num_proposals": self.num_proposals},
             "nuts": {
-                "num_samples": self.nuts_samples, "num_warmup": self.nuts_warmup, "num_chains": self.nuts_chains,
-                "max_tree_depth": self.nuts_max_tree_depth, "init": "guide", "jit_compile": True,
+                "num_samples": self.nuts_samples,
+                "num_warmup": self.nuts_warmup,
+                "num_chains": self.nuts_chains,
+                "max_tree_depth": self.nuts_max_tree_depth,
+                "init": "guide",
+                "jit_compile": True,
             },
         }
 
@@ -124,8 +155,10 @@ def mixing_report(post: Any, context: int) -> Tuple[str, List[int]]:
     if "step_size" in d:
         line += f", step size {', '.join(f'{float(s):.3f}' for s in torch.as_tensor(d['step_size']).flatten())}"
     if bad:
-        line += (f"\n  WARNING: tasks {bad} mixed badly (r_hat > 1.05 or low ESS): treat their {post.method} numbers "
-                 "with care")
+        line += (
+            f"\n  WARNING: tasks {bad} mixed badly (r_hat > 1.05 or low ESS): treat their {post.method} numbers "
+            "with care"
+        )
     else:
         line += "\n  all tasks mixed well (r_hat <= 1.05 and ESS above threshold)"
     return line, bad
@@ -159,13 +192,25 @@ def run_demo(
         os.makedirs(out, exist_ok=True)
     tasks = Sinusoid(noise_std=config.noise_std)
     pyro.set_rng_seed(seed)
-    model = NeuralProcess(latent_dim=config.latent_dim, hidden=config.hidden, num_layers=config.num_layers,
-                          activation=config.activation)
-    echo(f"meta-training {type(model).__name__}(latent_dim={config.latent_dim}, hidden={config.hidden}x"
-         f"{config.num_layers}) on {tasks} for {config.num_steps} steps ({torch.get_num_threads()} torch thread(s))")
-    result = fit(model, tasks, num_steps=config.num_steps, tasks_per_batch=config.tasks_per_batch,
-                 num_context=config.train_context, num_target=config.train_target, lr=config.lr,
-                 lr_decay=config.lr_decay, seed=seed, progress=progress)
+    model = NeuralProcess(
+        latent_dim=config.latent_dim, hidden=config.hidden, num_layers=config.num_layers, activation=config.activation
+    )
+    echo(
+        f"meta-training {type(model).__name__}(latent_dim={config.latent_dim}, hidden={config.hidden}x"
+        f"{config.num_layers}) on {tasks} for {config.num_steps} steps ({torch.get_num_threads()} torch thread(s))"
+    )
+    result = fit(
+        model,
+        tasks,
+        num_steps=config.num_steps,
+        tasks_per_batch=config.tasks_per_batch,
+        num_context=config.train_context,
+        num_target=config.train_target,
+        lr=config.lr,
+        lr_decay=config.lr_decay,
+        seed=seed,
+        progress=progress,
+    )
     echo(f"trained in {result.seconds:.0f} s, final loss {result.final_loss:.3f} (-ELBO per task)")
 
     kept: Dict[str, Any] = {}
@@ -182,13 +227,28 @@ def run_demo(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = evaluate(model, tasks, methods=list(METHODS), num_tasks=config.num_tasks,
-                         num_context=list(config.contexts), num_target=config.num_target, seed=seed,
-                         method_options=config.method_options(), oracle=SinusoidOracle(tasks),
-                         num_samples=config.num_samples, progress=progress, callback=keep)
+        table = evaluate(
+            model,
+            tasks,
+            methods=list(METHODS),
+            num_tasks=config.num_tasks,
+            num_context=list(config.contexts),
+            num_target=config.num_target,
+            seed=seed,
+            method_options=config.method_options(),
+            oracle=SinusoidOracle(tasks),
+            num_samples=config.num_samples,
+            progress=progress,
+            callback=keep,
+        )
     # the mixing warnings of MCMC are summarised by the mixing report; keep the other warnings as notes
-    notes = list(dict.fromkeys(str(w.message) for w in caught
-                               if issubclass(w.category, UserWarning) and "mixed badly" not in str(w.message)))
+    notes = list(
+        dict.fromkeys(
+            str(w.message)
+            for w in caught
+            if issubclass(w.category, UserWarning) and "mixed badly" not in str(w.message)
+        )
+    )
 
     files: Dict[str, str] = {}
     if out is not None:
@@ -200,9 +260,11 @@ def run_demo(
             files.update(_write_figures(kept, tasks, config, out))
     seconds = time.perf_counter() - t_start
     echo("")
-    echo(f"Held-out tasks: {config.num_tasks} per row; {config.num_target} target points each; {tasks}. "
-         "nll: negative log predictive density per target point (lower is better), nll_gap: minus the oracle's "
-         "on the same tasks; oracle: the Bayes-optimal predictive under the true task prior.")
+    echo(
+        f"Held-out tasks: {config.num_tasks} per row; {config.num_target} target points each; {tasks}. "
+        "nll: negative log predictive density per target point (lower is better), nll_gap: minus the oracle's "
+        "on the same tasks; oracle: the Bayes-optimal predictive under the true task prior."
+    )
     echo(table.to_markdown(columns=[c for c in DEMO_COLUMNS if c in table.columns]))
     for line in mixing:
         echo(line)
@@ -214,8 +276,15 @@ def run_demo(
     for kind, path in files.items():
         echo(f"wrote {kind}: {path}")
     echo(f"demo finished in {seconds:.0f} s")
-    return {"table": table, "mixing": mixing, "bad_tasks": bad_tasks, "notes": notes, "files": files, "fit": result,
-            "seconds": seconds}
+    return {
+        "table": table,
+        "mixing": mixing,
+        "bad_tasks": bad_tasks,
+        "notes": notes,
+        "files": files,
+        "fit": result,
+        "seconds": seconds,
+    }
 
 
 def _write_figures(kept: Dict[str, Any], tasks: Any, config: DemoConfig, out: str) -> Dict[str, str]:

@@ -35,9 +35,12 @@ __all__ = ["OmniglotDemoConfig", "feature_memo", "omniglot_training_episodes", "
 SizeArg = Union[int, Tuple[int, int]]
 
 
-def omniglot_training_episodes(way: int, shots: SizeArg, queries: SizeArg,
-                               alphabets: Sequence[str] = OMNIGLOT_SPLITS["train"] + OMNIGLOT_SPLITS["val"]
-                               ) -> Episodes:
+def omniglot_training_episodes(
+    way: int,
+    shots: SizeArg,
+    queries: SizeArg,
+    alphabets: Sequence[str] = OMNIGLOT_SPLITS["train"] + OMNIGLOT_SPLITS["val"],
+) -> Episodes:
     """Episodes over the shipped meta-training alphabets (default: train + val, 155 characters) with rotations.
 
     Rotations by 90, 180 and 270 degrees are new classes (the MAML protocol): 620 classes by default. The
@@ -46,8 +49,9 @@ def omniglot_training_episodes(way: int, shots: SizeArg, queries: SizeArg,
     overlap = set(alphabets).intersection(OMNIGLOT_SPLITS["test"])
     if overlap:
         raise ValueError(f"alphabets: {sorted(overlap)} are meta-test alphabets")
-    return Episodes.from_images(load_omniglot(), groups=list(alphabets), way=way, shots=shots, queries=queries,
-                                rotations=True)
+    return Episodes.from_images(
+        load_omniglot(), groups=list(alphabets), way=way, shots=shots, queries=queries, rotations=True
+    )
 
 
 @contextlib.contextmanager
@@ -103,8 +107,20 @@ class OmniglotDemoConfig:
     def smoke(self) -> "OmniglotDemoConfig":
         """A tiny configuration (seconds): 4 channels, a few steps, a few episodes."""
         return dataclasses.replace(
-            self, channels=4, protonet_way=5, protonet_steps=3, bll_way=5, bll_steps=3, bll_feature_dim=3,
-            queries=2, eval_queries=2, episodes=6, num_samples=4, nuts_episodes=2, nuts_warmup=4, nuts_samples=4,
+            self,
+            channels=4,
+            protonet_way=5,
+            protonet_steps=3,
+            bll_way=5,
+            bll_steps=3,
+            bll_feature_dim=3,
+            queries=2,
+            eval_queries=2,
+            episodes=6,
+            num_samples=4,
+            nuts_episodes=2,
+            nuts_warmup=4,
+            nuts_samples=4,
             nuts_max_tree_depth=3,
         )
 
@@ -112,8 +128,9 @@ class OmniglotDemoConfig:
         return OmniglotEpisodes("test", way=self.eval_way, shots=self.eval_shots, queries=self.eval_queries)
 
 
-def _train(name: str, model: MetaModel, tasks: Episodes, steps: int, config: OmniglotDemoConfig, progress: bool
-           ) -> float:
+def _train(
+    name: str, model: MetaModel, tasks: Episodes, steps: int, config: OmniglotDemoConfig, progress: bool
+) -> float:
     t0 = time.perf_counter()
     fit(model, tasks, num_steps=steps, tasks_per_batch=1, lr=config.lr, seed=config.seed, progress=progress)
     seconds = time.perf_counter() - t0
@@ -139,8 +156,11 @@ def format_rows(table: EvaluationTable) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_omniglot_demo(config: Optional[OmniglotDemoConfig] = None, out_dir: Union[str, os.PathLike] = "omniglot_demo",
-                      progress: bool = True) -> Dict[str, Any]:
+def run_omniglot_demo(
+    config: Optional[OmniglotDemoConfig] = None,
+    out_dir: Union[str, os.PathLike] = "omniglot_demo",
+    progress: bool = True,
+) -> Dict[str, Any]:
     """Meta-train ProtoNet and the Bayesian last layer on Omniglot, score 5-way 1-shot, write the table and figures.
 
     Parameters
@@ -173,60 +193,104 @@ def run_omniglot_demo(config: Optional[OmniglotDemoConfig] = None, out_dir: Unio
     torch.manual_seed(config.seed)
     bll = BayesianLastLayer(image_shape=(1, 28, 28), channels=config.channels, feature_dim=config.bll_feature_dim)
     train_seconds = {
-        "ProtoNet": _train("ProtoNet", protonet, omniglot_training_episodes(config.protonet_way, 1, config.queries),
-                           config.protonet_steps, config, progress),
-        "BayesianLastLayer": _train("BayesianLastLayer", bll, omniglot_training_episodes(
-            config.bll_way, config.bll_shots, config.queries), config.bll_steps, config, progress),
+        "ProtoNet": _train(
+            "ProtoNet",
+            protonet,
+            omniglot_training_episodes(config.protonet_way, 1, config.queries),
+            config.protonet_steps,
+            config,
+            progress,
+        ),
+        "BayesianLastLayer": _train(
+            "BayesianLastLayer",
+            bll,
+            omniglot_training_episodes(config.bll_way, config.bll_shots, config.queries),
+            config.bll_steps,
+            config,
+            progress,
+        ),
     }
     test = config.test_episodes()
     images = load_omniglot("test").images.reshape(-1, 28 * 28)
     common = {"num_context": config.eval_shots, "seed": config.seed, "ece_bins": config.ece_bins, "progress": progress}
-    nuts_options = {"nuts": {"num_samples": config.nuts_samples, "num_warmup": config.nuts_warmup,
-                             "num_chains": config.nuts_chains, "max_tree_depth": config.nuts_max_tree_depth}}
+    nuts_options = {
+        "nuts": {
+            "num_samples": config.nuts_samples,
+            "num_warmup": config.nuts_warmup,
+            "num_chains": config.nuts_chains,
+            "max_tree_depth": config.nuts_max_tree_depth,
+        }
+    }
     rows = EvaluationTable()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # short NUTS chains warn about mixing; the table shows R-hat
         for name, model in (("ProtoNet", protonet), ("BayesianLastLayer", bll)):
             with feature_memo(model, images):
-                rows = rows + evaluate({name: model}, test, methods=["amortized"], num_tasks=config.episodes,
-                                       num_samples=config.num_samples if name != "ProtoNet" else 1, **common)
+                rows = rows + evaluate(
+                    {name: model},
+                    test,
+                    methods=["amortized"],
+                    num_tasks=config.episodes,
+                    num_samples=config.num_samples if name != "ProtoNet" else 1,
+                    **common,
+                )
         # NUTS and the amortized guide on the same (fewer) episodes: another seeded draw
         nuts_rows = EvaluationTable()
         posteriors: Dict[Tuple[str, str], Any] = {}
-        for name, model, methods in (("ProtoNet", protonet, ["amortized"]),
-                                     ("BayesianLastLayer", bll, ["amortized", "nuts"])):
+        for name, model, methods in (
+            ("ProtoNet", protonet, ["amortized"]),
+            ("BayesianLastLayer", bll, ["amortized", "nuts"]),
+        ):
             with feature_memo(model, images):
                 nuts_rows = nuts_rows + evaluate(
-                    {name: model}, test, methods=methods, num_tasks=config.nuts_episodes, num_samples=(
-                        config.num_samples if name != "ProtoNet" else 1), method_options=nuts_options,
+                    {name: model},
+                    test,
+                    methods=methods,
+                    num_tasks=config.nuts_episodes,
+                    num_samples=(config.num_samples if name != "ProtoNet" else 1),
+                    method_options=nuts_options,
                     callback=lambda row, post: posteriors.__setitem__((row["model"], row["method"]), post),
-                    **dict(common, seed=config.seed + 1))
+                    **dict(common, seed=config.seed + 1),
+                )
     rows = rows + nuts_rows
     for r in rows:
         r["train_seconds"] = train_seconds[r["model"]]
     nuts = posteriors[("BayesianLastLayer", "nuts")]
     markdown = format_rows(rows)
-    print(f"\n{config.eval_way}-way {config.eval_shots}-shot on the meta-test alphabets "
-          f"({', '.join(OMNIGLOT_SPLITS['test'])}), {config.eval_queries} queries per class:\n")
+    print(
+        f"\n{config.eval_way}-way {config.eval_shots}-shot on the meta-test alphabets "
+        f"({', '.join(OMNIGLOT_SPLITS['test'])}), {config.eval_queries} queries per class:\n"
+    )
     print(markdown)
-    print(f"NUTS per task (the {config.nuts_episodes} episodes of seed {config.seed + 1}): R-hat "
-          f"{_fmt_list(nuts.diagnostics['r_hat'])}; bulk ESS {_fmt_list(nuts.diagnostics['ess_bulk'], 0)}")
-    paths = {"markdown": os.path.join(out_dir, "results.md"), "csv": os.path.join(out_dir, "results.csv"),
-             "reliability": os.path.join(out_dir, "reliability.png"), "episode": os.path.join(out_dir, "episode.png")}
+    print(
+        f"NUTS per task (the {config.nuts_episodes} episodes of seed {config.seed + 1}): R-hat "
+        f"{_fmt_list(nuts.diagnostics['r_hat'])}; bulk ESS {_fmt_list(nuts.diagnostics['ess_bulk'], 0)}"
+    )
+    paths = {
+        "markdown": os.path.join(out_dir, "results.md"),
+        "csv": os.path.join(out_dir, "results.csv"),
+        "reliability": os.path.join(out_dir, "reliability.png"),
+        "episode": os.path.join(out_dir, "episode.png"),
+    }
     with open(paths["markdown"], "w") as f:
         f.write(markdown)
     rows.to_csv(paths["csv"])
 
     # reliability diagrams and an episode, from the runs of the table on the NUTS episodes
     preds = {}
-    for label, key, model in (("ProtoNet", ("ProtoNet", "amortized"), protonet),
-                              ("BLL amortized", ("BayesianLastLayer", "amortized"), bll),
-                              ("BLL NUTS", ("BayesianLastLayer", "nuts"), bll)):
+    for label, key, model in (
+        ("ProtoNet", ("ProtoNet", "amortized"), protonet),
+        ("BLL amortized", ("BayesianLastLayer", "amortized"), bll),
+        ("BLL NUTS", ("BayesianLastLayer", "nuts"), bll),
+    ):
         with feature_memo(model, images):
             preds[label] = posteriors[key].predict()
     nuts_batch = nuts.batch
-    fig = plot_reliability(preds, bins=config.ece_bins, title=f"{config.eval_way}-way {config.eval_shots}-shot, "
-                           f"{config.nuts_episodes} meta-test episodes")
+    fig = plot_reliability(
+        preds,
+        bins=config.ece_bins,
+        title=f"{config.eval_way}-way {config.eval_shots}-shot, {config.nuts_episodes} meta-test episodes",
+    )
     fig.savefig(paths["reliability"], dpi=110)
     plt.close(fig)
     fig = plot_episode(nuts_batch, preds["BLL NUTS"].class_probs, task=0, class_names=test.class_names, max_queries=10)
@@ -234,5 +298,11 @@ def run_omniglot_demo(config: Optional[OmniglotDemoConfig] = None, out_dir: Unio
     plt.close(fig)
     seconds = time.perf_counter() - t_start
     print(f"wrote {', '.join(paths.values())}; total {seconds:.0f} s")
-    return {"table": rows, "markdown": markdown, "models": {"ProtoNet": protonet, "BayesianLastLayer": bll},
-            "nuts": nuts, "paths": paths, "seconds": seconds}
+    return {
+        "table": rows,
+        "markdown": markdown,
+        "models": {"ProtoNet": protonet, "BayesianLastLayer": bll},
+        "nuts": nuts,
+        "paths": paths,
+        "seconds": seconds,
+    }

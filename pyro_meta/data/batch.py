@@ -136,7 +136,9 @@ class TaskBatch:
             raise ValueError(f"task_set_size must be an int >= T = {T}, got {size!r}")
         _check_tensor("task_index", idx)
         if idx.dtype != torch.long or tuple(idx.shape) != (T,):
-            raise ValueError(f"task_index must be a long tensor of shape [T] = [{T}], got {idx.dtype} {tuple(idx.shape)}")
+            raise ValueError(
+                f"task_index must be a long tensor of shape [T] = [{T}], got {idx.dtype} {tuple(idx.shape)}"
+            )
         if T and (int(idx.min()) < 0 or int(idx.max()) >= size or idx.unique().numel() != T):
             raise ValueError(f"task_index must hold {T} distinct indices in [0, task_set_size = {size})")
 
@@ -234,7 +236,9 @@ class TaskBatch:
         if x.dim() == 2:
             x = x[None].expand(T, -1, -1)
         if x.dim() != 3 or x.shape[0] != T or x.shape[2] != self.x_dim:
-            raise ValueError(f"x must be [G], [G, Dx={self.x_dim}] or [T={T}, G, Dx={self.x_dim}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must be [G], [G, Dx={self.x_dim}] or [T={T}, G, Dx={self.x_dim}], got {tuple(x.shape)}"
+            )
         return self.replace(target_x=x.contiguous(), target_y=None, target_mask=None)
 
     def context_only(self) -> "TaskBatch":
@@ -290,16 +294,21 @@ class TaskBatch:
                 return None
             if t.is_floating_point():
                 return t.to(*args, **kwargs)
-            device = kwargs.get("device") or next(
-                (a for a in args if isinstance(a, (str, torch.device))), t.device
-            )
+            device = kwargs.get("device") or next((a for a in args if isinstance(a, (str, torch.device))), t.device)
             return t.to(device)
 
         info = {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in self.info.items()}
         return TaskBatch(
-            move(self.context_x), move(self.context_y), move(self.target_x), move(self.target_y),
-            move(self.context_mask), move(self.target_mask), info, self.allow_empty_context,
-            move(self.task_index), self.task_set_size,
+            move(self.context_x),
+            move(self.context_y),
+            move(self.target_x),
+            move(self.target_y),
+            move(self.context_mask),
+            move(self.target_mask),
+            info,
+            self.allow_empty_context,
+            move(self.task_index),
+            self.task_set_size,
         )
 
     def __len__(self) -> int:
@@ -397,8 +406,17 @@ class TaskBatch:
         predict); NaN in some target rows only, or in a context row, raises ``ValueError``.
         """
         context, target, ids = table_tasks(
-            table, task, x, y, split=split, num_context=num_context, context_fraction=context_fraction,
-            generator=generator, seed=seed, dtype=dtype, allow_empty_context=allow_empty_context,
+            table,
+            task,
+            x,
+            y,
+            split=split,
+            num_context=num_context,
+            context_fraction=context_fraction,
+            generator=generator,
+            seed=seed,
+            dtype=dtype,
+            allow_empty_context=allow_empty_context,
         )
         fields = pad_tasks(context, target, pad_value, dtype=dtype, device=device)
         return cls(**fields, info={"task_id": ids}, allow_empty_context=allow_empty_context)
@@ -451,18 +469,24 @@ def _task_index(index: Any, T: int) -> Any:
     elif not isinstance(index, torch.Tensor) and hasattr(index, "__array__"):
         index = torch.as_tensor(index)
     if not isinstance(index, torch.Tensor):
-        raise TypeError(f"index must be an int, int list, slice or a long/bool tensor of tasks, got {type(index).__name__}")
+        raise TypeError(
+            f"index must be an int, int list, slice or a long/bool tensor of tasks, got {type(index).__name__}"
+        )
     if index.dtype == torch.bool:
         if tuple(index.shape) != (T,):
             raise ValueError(f"index: a bool mask of tasks must have shape [T] = [{T}], got {tuple(index.shape)}")
         return index
     if index.is_floating_point() or index.is_complex() or index.dim() > 1:
-        raise TypeError(f"index must be an int, int list, slice or a 1-D long/bool tensor of tasks, got a {index.dtype} "
-                        f"tensor of shape {tuple(index.shape)}")
+        raise TypeError(
+            f"index must be an int, int list, slice or a 1-D long/bool tensor of tasks, got a {index.dtype} "
+            f"tensor of shape {tuple(index.shape)}"
+        )
     index = index.long().reshape(-1)
     if index.numel() and not (-T <= int(index.min()) and int(index.max()) < T):
-        raise IndexError(f"select: task index out of range for a batch of {T} tasks (valid: -{T} to {T - 1}), got "
-                         f"{index.tolist()[:10]}")
+        raise IndexError(
+            f"select: task index out of range for a batch of {T} tasks (valid: -{T} to {T - 1}), got "
+            f"{index.tolist()[:10]}"
+        )
     return index
 
 

@@ -34,14 +34,18 @@ def _info(batches: Sequence[TaskBatch]) -> Dict[str, Any]:
         elif all(_equal(v, values[0]) for v in values[1:]):
             out[key] = values[0]
         else:
-            raise ValueError(f"concat_batches: info[{key!r}] is neither per task (a leading dim T) in every batch nor "
-                             "the same in every batch")
+            raise ValueError(
+                f"concat_batches: info[{key!r}] is neither per task (a leading dim T) in every batch nor "
+                "the same in every batch"
+            )
     return out
 
 
 def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool((a == b).all())
+        return (
+            isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool((a == b).all())
+        )
     return a == b
 
 
@@ -63,8 +67,13 @@ def concat_batches(batches: Sequence[TaskBatch]) -> TaskBatch:
             raise TypeError(f"batches[{k}] must be a TaskBatch, got {type(b).__name__}")
     first = batches[0]
     for k, b in enumerate(batches[1:], 1):
-        same = (b.x_dim == first.x_dim and b.y_dim == first.y_dim and b.is_classification == first.is_classification
-                and b.context_x.dtype == first.context_x.dtype and b.device == first.device)
+        same = (
+            b.x_dim == first.x_dim
+            and b.y_dim == first.y_dim
+            and b.is_classification == first.is_classification
+            and b.context_x.dtype == first.context_x.dtype
+            and b.device == first.device
+        )
         if not same:
             raise ValueError(
                 f"batches[{k}] (Dx={b.x_dim}, Dy={b.y_dim}, {b.context_x.dtype} on {b.device}) does not match batches[0] "
@@ -82,9 +91,13 @@ def concat_batches(batches: Sequence[TaskBatch]) -> TaskBatch:
         return None if parts[0] is None else torch.cat(parts, 0)
 
     return TaskBatch(
-        context_x=join("context_x", nc), context_y=join("context_y", nc), target_x=join("target_x", nt),
-        target_y=join("target_y", nt), context_mask=join("context_mask", nc, False),
-        target_mask=join("target_mask", nt, False), info=_info(batches),
+        context_x=join("context_x", nc),
+        context_y=join("context_y", nc),
+        target_x=join("target_x", nt),
+        target_y=join("target_y", nt),
+        context_mask=join("context_mask", nc, False),
+        target_mask=join("target_mask", nt, False),
+        info=_info(batches),
         allow_empty_context=any(b.allow_empty_context for b in batches),
         task_index=None if first.task_index is None else torch.cat([b.task_index for b in batches]),
         task_set_size=first.task_set_size,

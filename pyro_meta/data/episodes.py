@@ -130,8 +130,10 @@ class Episodes:
         if class_names is not None:
             class_names = tuple(str(n) for n in class_names)
             if len(class_names) <= int(self.class_labels.max()):
-                raise ValueError(f"class_names must name every label value 0 .. {int(self.class_labels.max())}, "
-                                 f"got {len(class_names)} names")
+                raise ValueError(
+                    f"class_names must name every label value 0 .. {int(self.class_labels.max())}, "
+                    f"got {len(class_names)} names"
+                )
         self.class_names = class_names
         if way > self.num_classes:
             raise ValueError(f"way = {way} exceeds the {self.num_classes} classes available")
@@ -169,8 +171,9 @@ class Episodes:
         """``D = prod(item_shape)``, the width of ``context_x``/``target_x``."""
         return self._x.shape[1]
 
-    def _check_sizes(self, shots: Tuple[int, int], queries: Tuple[int, int], shots_name: str,
-                     queries_name: str) -> None:
+    def _check_sizes(
+        self, shots: Tuple[int, int], queries: Tuple[int, int], shots_name: str, queries_name: str
+    ) -> None:
         need = shots[1] + queries[1]
         smallest = int(self._counts.argmin())
         have = int(self._counts[smallest])
@@ -233,6 +236,7 @@ class Episodes:
         return TaskBatch(cx, cy, tx, ty, cmask, tmask, info)
 
     def __repr__(self) -> str:
-        return (f"Episodes(way={self.way}, shots={self.shots}, queries={self.queries}, rotations={self.rotations}, "
-                f"classes={self.num_classes}, item_shape={self.item_shape})")
-
+        return (
+            f"Episodes(way={self.way}, shots={self.shots}, queries={self.queries}, rotations={self.rotations}, "
+            f"classes={self.num_classes}, item_shape={self.item_shape})"
+        )

@@ -235,23 +235,39 @@ class BNPGPCurves(GPCurves):
     default_num_context = None
     default_num_target = None
 
-    def __init__(self, kernel: str = "rbf", max_num_points: int = 50, min_context: int = 3, min_target: int = 3,
-                 shared_sizes: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        kernel: str = "rbf",
+        max_num_points: int = 50,
+        min_context: int = 3,
+        min_target: int = 3,
+        shared_sizes: bool = True,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("lengthscale_range", (0.1, 0.6))
         kwargs.setdefault("period_range", (0.1, 0.5))
         super().__init__(kernel, **kwargs)
-        for name, value in (("max_num_points", max_num_points), ("min_context", min_context),
-                            ("min_target", min_target)):
+        for name, value in (
+            ("max_num_points", max_num_points),
+            ("min_context", min_context),
+            ("min_target", min_target),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if min_context + min_target + 1 > max_num_points:
-            raise ValueError(f"max_num_points ({max_num_points}) must exceed min_context + min_target "
-                             f"({min_context} + {min_target})")
+            raise ValueError(
+                f"max_num_points ({max_num_points}) must exceed min_context + min_target ({min_context} + {min_target})"
+            )
         self.max_num_points, self.min_context, self.min_target = max_num_points, min_context, min_target
         self.shared_sizes = bool(shared_sizes)
 
-    def sample(self, num_tasks: int = 16, num_context: Optional[SizeSpec] = None,
-               num_target: Optional[SizeSpec] = None, generator: Optional[torch.Generator] = None):
+    def sample(
+        self,
+        num_tasks: int = 16,
+        num_context: Optional[SizeSpec] = None,
+        num_target: Optional[SizeSpec] = None,
+        generator: Optional[torch.Generator] = None,
+    ):
         """Draw ``num_tasks`` curves; sizes per task from the protocol unless given (see the class docstring).
 
         Returns a ``TaskBatch`` with ``context_x [T, Nc, 1]`` and disjoint ``target_x [T, Nt, 1]``;

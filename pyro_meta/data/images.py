@@ -75,7 +75,7 @@ def _preprocess(gray: np.ndarray, size: int, invert: bool) -> np.ndarray:
     if h != w:
         top, left = (n - h) // 2, (n - w) // 2
         square = np.zeros((n, n), dtype=np.int64)
-        square[top:top + h, left:left + w] = ink
+        square[top : top + h, left : left + w] = ink
         ink = square
     overlaps = _area_overlaps(n, size).astype(np.float64)
     # integer-weighted sums (each output cell's weights sum to n^2); every partial sum is an integer below
@@ -96,8 +96,10 @@ def _read_one(source: ImageSource, size: int, invert: bool) -> np.ndarray:
             image.seek(0)
             gray = _gray8(image)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {os.fspath(name) if isinstance(name, os.PathLike) else name!r}: "
-                         f"{type(err).__name__}: {err}") from err
+        raise ValueError(
+            f"cannot read image {os.fspath(name) if isinstance(name, os.PathLike) else name!r}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
     if gray.ndim != 2 or gray.size == 0:
         raise ValueError(f"image {name!r} decoded to shape {gray.shape}, expected a non-empty 2-D grayscale image")
     return _preprocess(gray, size, invert)
@@ -178,8 +180,9 @@ def _subfolders(folder: Path, layout: str, what: str) -> List[Path]:
     return entries
 
 
-def _collect(root: Path, groups: List[Tuple[str, List[Tuple[str, List[Path]]]]], size: int,
-             invert: bool) -> LabelledImages:
+def _collect(
+    root: Path, groups: List[Tuple[str, List[Tuple[str, List[Path]]]]], size: int, invert: bool
+) -> LabelledImages:
     class_names, class_groups, files, labels = [], [], [], []
     for g, (_, classes) in enumerate(groups):
         for class_name, class_files in classes:

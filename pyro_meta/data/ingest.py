@@ -269,8 +269,11 @@ def _numeric(arr: np.ndarray, name: Any, arg: str) -> np.ndarray:
 
 def _split_flags(cols, split, num_context, context_fraction, groups, task_ids, generator) -> np.ndarray:
     """Bool ``[rows]``: True for context rows."""
-    given = [k for k, v in (("split", split), ("num_context", num_context), ("context_fraction", context_fraction))
-             if v is not None]
+    given = [
+        k
+        for k, v in (("split", split), ("num_context", num_context), ("context_fraction", context_fraction))
+        if v is not None
+    ]
     if len(given) != 1:
         raise ValueError(
             "give exactly one context/target rule: split=<column> (bool: True = context, or str "
@@ -282,17 +285,23 @@ def _split_flags(cols, split, num_context, context_fraction, groups, task_ids, g
             return col.astype(bool)
         values = col.astype(str) if col.dtype.kind in "OUS" else None
         if values is None:
-            raise TypeError(f"split: column {split!r} must be bool (True = context) or str ('context'/'target'), "
-                            f"got dtype {col.dtype}")
+            raise TypeError(
+                f"split: column {split!r} must be bool (True = context) or str ('context'/'target'), "
+                f"got dtype {col.dtype}"
+            )
         bad = sorted(set(values.tolist()) - {"context", "target"})
         if bad:
             raise ValueError(f"split: column {split!r} may only hold 'context' or 'target', got {bad[:5]}")
         return values == "context"
-    if num_context is not None and (isinstance(num_context, bool) or not isinstance(num_context, int)
-                                    or num_context < 0):
+    if num_context is not None and (
+        isinstance(num_context, bool) or not isinstance(num_context, int) or num_context < 0
+    ):
         raise ValueError(f"num_context must be a non-negative int, got {num_context!r}")
-    if context_fraction is not None and not (isinstance(context_fraction, (int, float))
-                                             and not isinstance(context_fraction, bool) and 0 < context_fraction <= 1):
+    if context_fraction is not None and not (
+        isinstance(context_fraction, (int, float))
+        and not isinstance(context_fraction, bool)
+        and 0 < context_fraction <= 1
+    ):
         raise ValueError(f"context_fraction must be a number in (0, 1], got {context_fraction!r}")
     flags = np.zeros(sum(len(g) for g in groups), dtype=bool)
     for rows, tid in zip(groups, task_ids):
@@ -345,11 +354,15 @@ def table_tasks(
     x_cols = [_numeric(_column(cols, c, "x"), c, "x") for c in x_names]
     kinds = {c.dtype for c in x_cols}
     if len(kinds) > 1:
-        raise TypeError(f"x: columns {x_names} have different dtypes {[str(c.dtype) for c in x_cols]}; "
-                        "cast them to one dtype (or pass dtype=torch.float32)")
+        raise TypeError(
+            f"x: columns {x_names} have different dtypes {[str(c.dtype) for c in x_cols]}; "
+            "cast them to one dtype (or pass dtype=torch.float32)"
+        )
     if dtype is None and x_cols[0].dtype.kind != "f":
-        raise TypeError(f"x: columns {x_names} are {x_cols[0].dtype}; x must be floating (pass dtype=torch.float32 "
-                        "to cast them explicitly)")
+        raise TypeError(
+            f"x: columns {x_names} are {x_cols[0].dtype}; x must be floating (pass dtype=torch.float32 "
+            "to cast them explicitly)"
+        )
     x_all = np.stack(x_cols, axis=-1)
     for c, name in zip(x_cols, x_names):
         if c.dtype.kind == "f" and not np.isfinite(c).all():
@@ -361,14 +374,18 @@ def table_tasks(
     y_cols = [_numeric(_column(cols, c, "y"), c, "y") for c in y_names]
     if isinstance(y, (list, tuple)):
         if any(c.dtype.kind != "f" for c in y_cols) or len({c.dtype for c in y_cols}) > 1:
-            raise TypeError(f"y: a list of columns {y_names} is read as real-valued [n, Dy] and must be floating "
-                            f"columns of one dtype, got {[str(c.dtype) for c in y_cols]} (class labels: one column)")
+            raise TypeError(
+                f"y: a list of columns {y_names} is read as real-valued [n, Dy] and must be floating "
+                f"columns of one dtype, got {[str(c.dtype) for c in y_cols]} (class labels: one column)"
+            )
         y_all = np.stack(y_cols, axis=-1)
     else:
         y_all = y_cols[0]
     if dtype is None and y_all.dtype.kind == "f" and y_all.dtype != x_all.dtype:
-        raise TypeError(f"y: column(s) {y_names} are {y_all.dtype} but the x columns are {x_all.dtype}; pass "
-                        "dtype=torch.float32 (or another floating dtype) to cast both explicitly")
+        raise TypeError(
+            f"y: column(s) {y_names} are {y_all.dtype} but the x columns are {x_all.dtype}; pass "
+            "dtype=torch.float32 (or another floating dtype) to cast both explicitly"
+        )
 
     if generator is not None and seed is not None:
         raise ValueError("pass generator or seed, not both")
@@ -380,8 +397,9 @@ def table_tasks(
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
     is_context = _split_flags(cols, split, num_context, context_fraction, groups, task_ids, generator)
 
-    y_missing = np.isnan(y_all).reshape(len(y_all), -1).any(-1) if y_all.dtype.kind == "f" else np.zeros(
-        len(y_all), dtype=bool)
+    y_missing = (
+        np.isnan(y_all).reshape(len(y_all), -1).any(-1) if y_all.dtype.kind == "f" else np.zeros(len(y_all), dtype=bool)
+    )
     if (y_missing & is_context).any():
         bad = sorted({task_ids[inverse[r]] for r in np.flatnonzero(y_missing & is_context)})[:5]
         raise ValueError(f"y: context rows of tasks {bad} have missing (NaN) y; context points must be observed")
@@ -389,13 +407,17 @@ def table_tasks(
     predict = bool(target_rows.any()) and bool(y_missing[target_rows].all())
     if not predict and (y_missing & target_rows).any():
         bad = sorted({task_ids[inverse[r]] for r in np.flatnonzero(y_missing & target_rows)})[:5]
-        raise ValueError(f"y: target rows of tasks {bad} have missing (NaN) y while others are observed; "
-                         "either every target y is NaN (to predict) or none is")
+        raise ValueError(
+            f"y: target rows of tasks {bad} have missing (NaN) y while others are observed; "
+            "either every target y is NaN (to predict) or none is"
+        )
     no_context = [tid for rows, tid in zip(groups, task_ids) if not is_context[rows].any()]
     if no_context and not allow_empty_context:
         rule = "split" if split is not None else "num_context" if num_context is not None else "context_fraction"
-        raise ValueError(f"{rule}: tasks {no_context[:5]} get no context row; every task needs one (pass "
-                         "allow_empty_context=True for zero-shot batches)")
+        raise ValueError(
+            f"{rule}: tasks {no_context[:5]} get no context row; every task needs one (pass "
+            "allow_empty_context=True for zero-shot batches)"
+        )
     context, target = [], []
     for rows in groups:
         c, t = rows[is_context[rows]], rows[~is_context[rows]]

@@ -66,7 +66,9 @@ class LabelledImages:
         if len(self.paths) != N:
             raise ValueError(f"paths must hold one entry per image (N = {N}), got {len(self.paths)}")
         if int(labels.min()) < 0 or int(labels.max()) >= C:
-            raise ValueError(f"labels must lie in 0 .. C-1 = {C - 1}, got range {int(labels.min())}..{int(labels.max())}")
+            raise ValueError(
+                f"labels must lie in 0 .. C-1 = {C - 1}, got range {int(labels.min())}..{int(labels.max())}"
+            )
         if C and (int(groups.min()) < 0 or int(groups.max()) >= G):
             raise ValueError(f"class_groups must lie in 0 .. G-1 = {G - 1}")
         empty = torch.nonzero(torch.bincount(labels, minlength=C) == 0).flatten().tolist()

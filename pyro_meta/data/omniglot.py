@@ -155,9 +155,18 @@ class OmniglotEpisodes(Episodes):
         self.split = split
         rotations = (split == "train") if rotations is None else rotations
         data = load_omniglot(split)
-        super().__init__(data.images, data.labels, way=way, shots=shots, queries=queries, rotations=rotations,
-                         class_names=data.class_names)
+        super().__init__(
+            data.images,
+            data.labels,
+            way=way,
+            shots=shots,
+            queries=queries,
+            rotations=rotations,
+            class_names=data.class_names,
+        )
 
     def __repr__(self) -> str:
-        return (f"OmniglotEpisodes(split={self.split!r}, way={self.way}, shots={self.shots}, "
-                f"queries={self.queries}, rotations={self.rotations})")
+        return (
+            f"OmniglotEpisodes(split={self.split!r}, way={self.way}, shots={self.shots}, "
+            f"queries={self.queries}, rotations={self.rotations})"
+        )

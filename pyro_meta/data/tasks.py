@@ -94,8 +94,9 @@ class TaskDistribution:
             raise ValueError(f"num_context must be >= 1 for every task, got {num_context!r}")
         return self.sample_sized(nc, nt, generator)
 
-    def sample_sized(self, nc: torch.Tensor, nt: torch.Tensor,
-                     generator: Optional[torch.Generator] = None) -> TaskBatch:
+    def sample_sized(
+        self, nc: torch.Tensor, nt: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> TaskBatch:
         """Draw ``T`` tasks with the given per-task context and target sizes ``nc [T]``, ``nt [T]`` (long).
 
         The part of :meth:`sample` after the set sizes are drawn (task parameters, inputs, outputs, in
@@ -175,11 +176,11 @@ class LinearTasks(TaskDistribution):
         self.features = features if features is not None else PolynomialFeatures(3)
         K = self.features.num_features
         self.weight_mean = (
-            torch.as_tensor(weight_mean, dtype=torch.float) if weight_mean is not None
-            else torch.linspace(1.0, -0.5, K)
+            torch.as_tensor(weight_mean, dtype=torch.float) if weight_mean is not None else torch.linspace(1.0, -0.5, K)
         )
         self.weight_scale = (
-            torch.as_tensor(weight_scale, dtype=torch.float) if weight_scale is not None
+            torch.as_tensor(weight_scale, dtype=torch.float)
+            if weight_scale is not None
             else torch.linspace(1.0, 0.5, K)
         )
         if self.weight_mean.shape != (K,) or self.weight_scale.shape != (K,):

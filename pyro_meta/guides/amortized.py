@@ -45,8 +45,13 @@ class AmortizedGuide(nn.Module):
         ``inputs(batch) -> (points, mask)``; default :func:`points` (``[x, y]`` of the observed points).
     """
 
-    def __init__(self, site: str, encoder: nn.Module, head: nn.Module,
-                 inputs: Optional[Callable[[TaskBatch], "tuple[torch.Tensor, torch.Tensor]"]] = None) -> None:
+    def __init__(
+        self,
+        site: str,
+        encoder: nn.Module,
+        head: nn.Module,
+        inputs: Optional[Callable[[TaskBatch], "tuple[torch.Tensor, torch.Tensor]"]] = None,
+    ) -> None:
         super().__init__()
         if not isinstance(site, str) or not site:
             raise TypeError(f"site must be the name of a task latent site, got {site!r}")

@@ -68,9 +68,19 @@ class FlowHead(Head):
     """
 
     def __init__(
-        self, embed_dim: int, latent_dim: int, num_layers: int = 3, transform: str = "spline",
-        flow_hidden: Sequence[int] = (32, 32), count_bins: int = 8, bound: float = 4.0, hidden: Sequence[int] = (),
-        activation: str = "silu", init_scale: float = 1e-2, min_scale: float = 1e-3, direction: str = "sample",
+        self,
+        embed_dim: int,
+        latent_dim: int,
+        num_layers: int = 3,
+        transform: str = "spline",
+        flow_hidden: Sequence[int] = (32, 32),
+        count_bins: int = 8,
+        bound: float = 4.0,
+        hidden: Sequence[int] = (),
+        activation: str = "silu",
+        init_scale: float = 1e-2,
+        min_scale: float = 1e-3,
+        direction: str = "sample",
     ) -> None:
         super().__init__(embed_dim, latent_dim, hidden, activation, init_scale)
         if transform not in TRANSFORMS:
@@ -101,7 +111,11 @@ class FlowHead(Head):
             with warnings.catch_warnings():  # D = 1: Pyro warns that an affine map would do; the splines still help
                 warnings.simplefilter("ignore", UserWarning)
                 arn = ConditionalAutoRegressiveNN(
-                    D, self.embed_dim, flow_hidden, param_dims=param_dims, permutation=order,
+                    D,
+                    self.embed_dim,
+                    flow_hidden,
+                    param_dims=param_dims,
+                    permutation=order,
                     nonlinearity=ACTIVATIONS[self.activation](),
                 )
             last = arn.layers[-1]  # outputs [sum(param_dims) * D], parameter m of variable i at m * D + i
@@ -109,7 +123,7 @@ class FlowHead(Head):
                 last.weight.normal_(0.0, self.init_scale)
                 last.bias.zero_()
                 if transform == "spline":  # equal bins (zeros), knot derivatives 1: the identity
-                    last.bias[2 * B * D:(3 * B - 1) * D] = inverse_softplus(1.0 - _SPLINE_MIN_DERIVATIVE)
+                    last.bias[2 * B * D : (3 * B - 1) * D] = inverse_softplus(1.0 - _SPLINE_MIN_DERIVATIVE)
             if transform == "spline":
                 layers.append(ConditionalSplineAutoregressive(D, arn, count_bins=B, bound=self.bound, order="linear"))
             else:

@@ -36,8 +36,13 @@ class NormalHead(Head):
     """
 
     def __init__(
-        self, embed_dim: int, latent_dim: int, hidden: Sequence[int] = (), activation: str = "silu",
-        init_scale: float = 1e-2, min_scale: float = 1e-3,
+        self,
+        embed_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (),
+        activation: str = "silu",
+        init_scale: float = 1e-2,
+        min_scale: float = 1e-3,
     ) -> None:
         super().__init__(embed_dim, latent_dim, hidden, activation, init_scale)
         self.min_scale = _check_min_scale(min_scale)
@@ -58,8 +63,15 @@ class LowRankNormalHead(Head):
     """
 
     def __init__(
-        self, embed_dim: int, latent_dim: int, rank: int = 2, hidden: Sequence[int] = (), activation: str = "silu",
-        init_scale: float = 1e-2, min_scale: float = 1e-3, factor_init: float = 0.1,
+        self,
+        embed_dim: int,
+        latent_dim: int,
+        rank: int = 2,
+        hidden: Sequence[int] = (),
+        activation: str = "silu",
+        init_scale: float = 1e-2,
+        min_scale: float = 1e-3,
+        factor_init: float = 0.1,
     ) -> None:
         super().__init__(embed_dim, latent_dim, hidden, activation, init_scale)
         check_int("rank", rank)
@@ -67,8 +79,12 @@ class LowRankNormalHead(Head):
         D = self.latent_dim
         diag = 1.0 - self.min_scale**2 - rank * factor_init**2  # E[F F^T]_ii = r factor_init^2
         if not diag > 0:
-            raise ValueError(f"rank * factor_init^2 must be < 1 (a covariance near I at init), got {rank * factor_init**2}")
-        bias = torch.cat([torch.zeros(D), factor_init * torch.randn(D * rank), torch.full((D,), inverse_softplus(diag))])
+            raise ValueError(
+                f"rank * factor_init^2 must be < 1 (a covariance near I at init), got {rank * factor_init**2}"
+            )
+        bias = torch.cat(
+            [torch.zeros(D), factor_init * torch.randn(D * rank), torch.full((D,), inverse_softplus(diag))]
+        )
         self._build(D * (rank + 2), bias)
 
     def distribution(self, raw: torch.Tensor) -> dist.TorchDistribution:
@@ -82,8 +98,13 @@ class FullNormalHead(Head):
     """``N(m(h), L(h) L(h)^T)`` with ``L`` lower triangular: diagonal ``min_scale + softplus(.)``, free below it."""
 
     def __init__(
-        self, embed_dim: int, latent_dim: int, hidden: Sequence[int] = (), activation: str = "silu",
-        init_scale: float = 1e-2, min_scale: float = 1e-3,
+        self,
+        embed_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (),
+        activation: str = "silu",
+        init_scale: float = 1e-2,
+        min_scale: float = 1e-3,
     ) -> None:
         super().__init__(embed_dim, latent_dim, hidden, activation, init_scale)
         self.min_scale = _check_min_scale(min_scale)
@@ -91,7 +112,9 @@ class FullNormalHead(Head):
         rows, cols = torch.tril_indices(D, D, offset=-1)
         self.register_buffer("_lower", rows * D + cols, persistent=False)
         n_lower = D * (D - 1) // 2
-        bias = torch.cat([torch.zeros(D), torch.full((D,), inverse_softplus(1.0 - self.min_scale)), torch.zeros(n_lower)])
+        bias = torch.cat(
+            [torch.zeros(D), torch.full((D,), inverse_softplus(1.0 - self.min_scale)), torch.zeros(n_lower)]
+        )
         self._build(2 * D + n_lower, bias)
 
     def distribution(self, raw: torch.Tensor) -> dist.TorchDistribution:

@@ -75,7 +75,11 @@ class Head(nn.Module):
     """
 
     def __init__(
-        self, embed_dim: int, latent_dim: int, hidden: Sequence[int] = (), activation: str = "silu",
+        self,
+        embed_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (),
+        activation: str = "silu",
         init_scale: float = 1e-2,
     ) -> None:
         super().__init__()

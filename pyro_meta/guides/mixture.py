@@ -34,7 +34,9 @@ from .head import Head, inverse_softplus
 __all__ = ["DiagNormalMixture", "MixtureHead"]
 
 
-def _rosenblatt(z: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _rosenblatt(
+    z: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor, logits: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``F(z) [..., D]`` (differentiable in the parameters, ``z`` held fixed) and ``J = dF/dz [..., D, D]`` (detached).
 
     ``F_i = sum_k w_ki Phi((z_i - m_ki) / s_ki)`` with ``w_ki`` the posterior weight of component
@@ -128,7 +130,9 @@ class DiagNormalMixture(dist.TorchDistribution):
             scales = self.scales.expand(shape[:-1] + self.scales.shape[-2:])
             loc, scale = locs.gather(-2, index).squeeze(-2), scales.gather(-2, index).squeeze(-2)
             z = loc + scale * torch.randn(shape, dtype=loc.dtype, device=loc.device)
-        if not torch.is_grad_enabled() or not (self.locs.requires_grad or self.scales.requires_grad or self.logits.requires_grad):
+        if not torch.is_grad_enabled() or not (
+            self.locs.requires_grad or self.scales.requires_grad or self.logits.requires_grad
+        ):
             return z
         F, J = _rosenblatt(z, self.locs, self.scales, self.logits)
         step = torch.linalg.solve_triangular(J, (F - F.detach()).unsqueeze(-1), upper=False).squeeze(-1)
@@ -158,8 +162,15 @@ class MixtureHead(Head):
     """
 
     def __init__(
-        self, embed_dim: int, latent_dim: int, num_components: int = 4, hidden: Sequence[int] = (),
-        activation: str = "silu", init_scale: float = 1e-2, min_scale: float = 1e-3, init_spread: float = 0.3,
+        self,
+        embed_dim: int,
+        latent_dim: int,
+        num_components: int = 4,
+        hidden: Sequence[int] = (),
+        activation: str = "silu",
+        init_scale: float = 1e-2,
+        min_scale: float = 1e-3,
+        init_spread: float = 0.3,
     ) -> None:
         super().__init__(embed_dim, latent_dim, hidden, activation, init_scale)
         check_int("num_components", num_components)

@@ -53,7 +53,9 @@ class BimodalTarget:
         """``h [num, 1]``, ``c ~ U(-1, 1)``."""
         return torch.rand(num, 1, generator=generator) * 2 - 1
 
-    def sample(self, h: torch.Tensor, num_samples: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(
+        self, h: torch.Tensor, num_samples: int = 1, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """``z [num_samples, N, 1, D]`` from ``p(z | c)`` for each row of ``h [N, 1]``."""
         N = h.shape[0]
         first = torch.rand(num_samples, N, 1, 1, generator=generator) < self.weight(h)[:, None, None]

@@ -105,8 +105,9 @@ def _van_der_corput(i: int) -> float:
 class _Potential:
     """``u [C, T, E] -> (U [C, T], dU/du [C, T, E])``: one batched backward, or ``value_and_grad``; counts calls."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size,
-                 value_and_grad: Optional[Callable] = None) -> None:
+    def __init__(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size, value_and_grad: Optional[Callable] = None
+    ) -> None:
         self.fn, self.shape, self.calls, self.value_and_grad = fn, shape, 0, value_and_grad
 
     def __call__(self, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -114,8 +115,10 @@ class _Potential:
         if self.value_and_grad is not None:
             U, g = self.value_and_grad(u.detach())
             if not torch.is_tensor(U) or U.shape != self.shape[:2] or not torch.is_tensor(g) or g.shape != u.shape:
-                raise ValueError(f"value_and_grad must return (U [C, T], dU/du [C, T, E]) = {list(self.shape[:2])}, "
-                                 f"{list(self.shape)}")
+                raise ValueError(
+                    f"value_and_grad must return (U [C, T], dU/du [C, T, E]) = {list(self.shape[:2])}, "
+                    f"{list(self.shape)}"
+                )
             return U.detach().to(u.dtype), g.detach().to(u.dtype)
         u = u.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -208,7 +211,7 @@ class _DualAveraging:
         eta = 1.0 / (self.k + self.t0)
         self.s_bar = (1 - eta) * self.s_bar + eta * (self.target - accept.clamp(max=1.0))
         x = torch.minimum(self.mu - self.s_bar * math.sqrt(self.k) / self.gamma, log_max)
-        w = self.k ** -self.kappa
+        w = self.k**-self.kappa
         self.x_bar = w * x + (1 - w) * self.x_bar
         return x.exp()
 
@@ -255,8 +258,9 @@ class _ChEES:
         return self.log_avg.exp()
 
 
-def _check(init, potential_fn, num_samples, num_warmup, target_accept, trajectory, max_leapfrog,
-           value_and_grad=None) -> None:
+def _check(
+    init, potential_fn, num_samples, num_warmup, target_accept, trajectory, max_leapfrog, value_and_grad=None
+) -> None:
     if not torch.is_tensor(init) or not init.is_floating_point():
         raise TypeError(f"init must be a floating-point tensor [C, T, E], got {getattr(init, 'dtype', type(init))}")
     if init.dim() != 3 or init.numel() == 0:
@@ -267,8 +271,11 @@ def _check(init, potential_fn, num_samples, num_warmup, target_accept, trajector
         raise TypeError("value_and_grad must be callable: u [C, T, E] -> (U [C, T], dU/du [C, T, E])")
     if value_and_grad is None and not callable(potential_fn):
         raise TypeError("potential_fn must be callable: u [C, T, E] -> U [C, T] (or pass value_and_grad)")
-    for name, value, low in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0),
-                             ("max_leapfrog", max_leapfrog, 1)):
+    for name, value, low in (
+        ("num_samples", num_samples, 1),
+        ("num_warmup", num_warmup, 0),
+        ("max_leapfrog", max_leapfrog, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if not 0.0 < float(target_accept) < 1.0:
@@ -366,13 +373,20 @@ def sample_batched_hmc(
 
     S = num_samples
     out = BatchedHMCResult(
-        samples=q.new_zeros(C, S, T, E), potential_energy=q.new_zeros(C, S, T), accept_prob=q.new_zeros(C, S, T),
+        samples=q.new_zeros(C, S, T, E),
+        potential_energy=q.new_zeros(C, S, T),
+        accept_prob=q.new_zeros(C, S, T),
         diverging=torch.zeros(C, S, T, dtype=torch.bool, device=device),
         num_steps=torch.zeros(C, S, T, dtype=torch.long, device=device),
-        lockstep_steps=torch.zeros(S, dtype=torch.long), step_size=eps, inverse_mass=minv, trajectory_length=L,
+        lockstep_steps=torch.zeros(S, dtype=torch.long),
+        step_size=eps,
+        inverse_mass=minv,
+        trajectory_length=L,
         divergences=torch.zeros(C, T, dtype=torch.long, device=device),
         warmup_divergences=torch.zeros(C, T, dtype=torch.long, device=device),
-        mean_accept=q.new_zeros(C, T), num_grad_evals=0, seconds=0.0,
+        mean_accept=q.new_zeros(C, T),
+        num_grad_evals=0,
+        seconds=0.0,
     )
     bar = None
     if progress:

@@ -50,8 +50,10 @@ def _starts(problem: Problem, potential: TaskPotential, init: str, num_chains: i
     bad = ~torch.isfinite(lp)
     if bool(bad[0].any()):
         tasks = torch.nonzero(bad[0]).flatten().tolist()
-        raise ValueError(f"batched_hmc: the log density is not finite at the start of chain 0 for tasks {tasks} "
-                         f"(init={init!r}); check the model and guide there")
+        raise ValueError(
+            f"batched_hmc: the log density is not finite at the start of chain 0 for tasks {tasks} "
+            f"(init={init!r}); check the model and guide there"
+        )
     return torch.where(bad.unsqueeze(-1), u[:1].expand_as(u), u)
 
 
@@ -96,16 +98,32 @@ class BatchedHMCMethod(InferenceMethod):
         "ess_threshold": Option(None, optional(check_number, minimum=0.0, strict_min=False)),
     }
 
-    def run(self, problem: Problem, num_samples: int, num_warmup: int, num_chains: int, init: str,
-            trajectory: str, trajectory_length: Optional[float], target_accept_prob: float,
-            step_size: Optional[float], adapt_mass_matrix: bool, max_leapfrog: int, compile: bool,
-            rhat_threshold: float, ess_threshold: Optional[float]) -> InferenceResult:
+    def run(
+        self,
+        problem: Problem,
+        num_samples: int,
+        num_warmup: int,
+        num_chains: int,
+        init: str,
+        trajectory: str,
+        trajectory_length: Optional[float],
+        target_accept_prob: float,
+        step_size: Optional[float],
+        adapt_mass_matrix: bool,
+        max_leapfrog: int,
+        compile: bool,
+        rhat_threshold: float,
+        ess_threshold: Optional[float],
+    ) -> InferenceResult:
         if num_samples < 4:
-            raise ValueError(f"num_samples must be >= 4 draws per chain for {self.name} (R-hat and ESS need 4), "
-                             f"got {num_samples}")
+            raise ValueError(
+                f"num_samples must be >= 4 draws per chain for {self.name} (R-hat and ESS need 4), got {num_samples}"
+            )
         if trajectory == "chees" and num_chains < 2:
-            raise ValueError(f"trajectory='chees' adapts the length from the spread of a task's chains: it needs "
-                             f"num_chains >= 2, got {num_chains}")
+            raise ValueError(
+                f"trajectory='chees' adapts the length from the spread of a task's chains: it needs "
+                f"num_chains >= 2, got {num_chains}"
+            )
         model = problem.model
         t0 = time.perf_counter()
         potential = TaskPotential(problem)
@@ -116,9 +134,18 @@ class BatchedHMCMethod(InferenceMethod):
             if compile:
                 value_and_grad, compile_info = _compiled(potential, u0)
             res = sample_batched_hmc(
-                potential, u0, num_samples, num_warmup, step_size=step_size, target_accept=target_accept_prob,
-                trajectory=trajectory, trajectory_length=trajectory_length, max_leapfrog=max_leapfrog,
-                adapt_mass=adapt_mass_matrix, progress=problem.progress, value_and_grad=value_and_grad,
+                potential,
+                u0,
+                num_samples,
+                num_warmup,
+                step_size=step_size,
+                target_accept=target_accept_prob,
+                trajectory=trajectory,
+                trajectory_length=trajectory_length,
+                max_leapfrog=max_leapfrog,
+                adapt_mass=adapt_mass_matrix,
+                progress=problem.progress,
+                value_and_grad=value_and_grad,
             )
         samples = {k: v.detach() for k, v in potential.constrain(res.samples).items()}
         C, S = num_chains, num_samples
@@ -143,9 +170,19 @@ class BatchedHMCMethod(InferenceMethod):
         }
         if compile_info is not None:
             diagnostics["compile"] = compile_info
-        return mcmc_result(self.name, samples, problem.sites, C, S, rhat_threshold, ess_threshold,
-                           res.divergences.sum(-1), diagnostics, stats,
-                           per_task={"task_divergences": res.divergences.sum(0)})
+        return mcmc_result(
+            self.name,
+            samples,
+            problem.sites,
+            C,
+            S,
+            rhat_threshold,
+            ess_threshold,
+            res.divergences.sum(-1),
+            diagnostics,
+            stats,
+            per_task={"task_divergences": res.divergences.sum(0)},
+        )
 
 
 def _compiled(potential: TaskPotential, u0: torch.Tensor):
@@ -157,8 +194,7 @@ def _compiled(potential: TaskPotential, u0: torch.Tensor):
 
     key = (tuple(c.name for c in potential.coords), tuple(names))
     try:
-        compiled = compile_value_and_grad(energy, [u0, *rest], 1, owner=potential.problem.model, kind="tasks",
-                                          key=key)
+        compiled = compile_value_and_grad(energy, [u0, *rest], 1, owner=potential.problem.model, kind="tasks", key=key)
     except CompileError as err:
         import warnings
 

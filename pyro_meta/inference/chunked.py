@@ -33,8 +33,9 @@ def can_split_tasks(model: MetaModel, sites: Optional[Mapping[str, SiteInfo]] = 
     return not any(info.is_global for info in (sites or {}).values())
 
 
-def slice_values(values: Optional[Mapping[str, torch.Tensor]], sites: Optional[Mapping[str, SiteInfo]],
-                 draws: slice, tasks: slice) -> Dict[str, torch.Tensor]:
+def slice_values(
+    values: Optional[Mapping[str, torch.Tensor]], sites: Optional[Mapping[str, SiteInfo]], draws: slice, tasks: slice
+) -> Dict[str, torch.Tensor]:
     """Per-draw values ``{site: [N, *natural]}`` of some draws (task sites: also of some tasks)."""
     out = {}
     for name, v in (values or {}).items():
@@ -47,9 +48,17 @@ def slice_values(values: Optional[Mapping[str, torch.Tensor]], sites: Optional[M
 def _signature(kind: str, batch: TaskBatch, values: Optional[Mapping[str, torch.Tensor]], log_prob: bool) -> Tuple:
     """What a chunk's cost per task and draw depends on, besides the model: everything but ``T`` and ``N``."""
     y = batch.target_y
-    return (kind, batch.num_points("context"), batch.num_points("target"), batch.x_dim, tuple(batch.context_y.shape[2:]),
-            batch.context_x.dtype, y is not None, log_prob,
-            tuple(sorted((k, tuple(v.shape[2:]), v.dtype) for k, v in (values or {}).items())))
+    return (
+        kind,
+        batch.num_points("context"),
+        batch.num_points("target"),
+        batch.x_dim,
+        tuple(batch.context_y.shape[2:]),
+        batch.context_x.dtype,
+        y is not None,
+        log_prob,
+        tuple(sorted((k, tuple(v.shape[2:]), v.dtype) for k, v in (values or {}).items())),
+    )
 
 
 def trace_chunks(
@@ -74,28 +83,55 @@ def trace_chunks(
     split = can_split_tasks(model, sites) if split_tasks is None else split_tasks
 
     def run(n: int, t: int) -> poutine.Trace:
-        return trace_draws(fn, batch.select(slice(0, t)), n, model, data=slice_values(data, sites, slice(0, n),
-                           slice(0, t)), sites=sites, log_prob=log_prob)
+        return trace_draws(
+            fn,
+            batch.select(slice(0, t)),
+            n,
+            model,
+            data=slice_values(data, sites, slice(0, n), slice(0, t)),
+            sites=sites,
+            log_prob=log_prob,
+        )
 
-    plan = plan_chunks(run, num_draws, T, key=(model, _signature(kind, batch, data, log_prob)), split_tasks=split,
-                       extra_per_draw_task=extra_per_draw_task)
+    plan = plan_chunks(
+        run,
+        num_draws,
+        T,
+        key=(model, _signature(kind, batch, data, log_prob)),
+        split_tasks=split,
+        extra_per_draw_task=extra_per_draw_task,
+    )
 
     def chunks() -> Iterator[Tuple[slice, slice, poutine.Trace]]:
         if plan.single:
-            yield slice(0, num_draws), slice(0, T), trace_draws(fn, batch, num_draws, model, data=data, sites=sites,
-                                                                log_prob=log_prob)
+            yield (
+                slice(0, num_draws),
+                slice(0, T),
+                trace_draws(fn, batch, num_draws, model, data=data, sites=sites, log_prob=log_prob),
+            )
             return
         for draws, tasks in plan:
             sub = batch.select(tasks)
-            yield draws, tasks, trace_draws(fn, sub, draws.stop - draws.start, model,
-                                            data=slice_values(data, sites, draws, tasks), sites=sites,
-                                            log_prob=log_prob)
+            yield (
+                draws,
+                tasks,
+                trace_draws(
+                    fn,
+                    sub,
+                    draws.stop - draws.start,
+                    model,
+                    data=slice_values(data, sites, draws, tasks),
+                    sites=sites,
+                    log_prob=log_prob,
+                ),
+            )
 
     return plan, chunks()
 
 
-def fill(out: Optional[torch.Tensor], num_draws: int, num_tasks: int, draws: slice, tasks: slice,
-         value: torch.Tensor) -> torch.Tensor:
+def fill(
+    out: Optional[torch.Tensor], num_draws: int, num_tasks: int, draws: slice, tasks: slice, value: torch.Tensor
+) -> torch.Tensor:
     """Write a chunk's ``value [n, t, ...]`` into ``out [N, T, ...]`` (allocated on the first chunk)."""
     if out is None:
         out = value.new_empty((num_draws, num_tasks) + tuple(value.shape[2:]))
@@ -103,8 +139,15 @@ def fill(out: Optional[torch.Tensor], num_draws: int, num_tasks: int, draws: sli
     return out
 
 
-def draw_sites_chunked(fn: Callable, batch: TaskBatch, num_draws: int, sites: Mapping[str, SiteInfo],
-                       model: MetaModel, kind: str, split_tasks: Optional[bool] = None) -> Dict[str, Any]:
+def draw_sites_chunked(
+    fn: Callable,
+    batch: TaskBatch,
+    num_draws: int,
+    sites: Mapping[str, SiteInfo],
+    model: MetaModel,
+    kind: str,
+    split_tasks: Optional[bool] = None,
+) -> Dict[str, Any]:
     """:func:`~pyro_meta.inference.draws.draw_sites` in chunks: ``{site: [N, *natural]}``.
 
     Tasks are split only when :func:`can_split_tasks` allows it (then each chunk's task sites

@@ -90,8 +90,9 @@ class Problem:
         """
         split = can_split_tasks(self.model, {**self.sites, **self.global_sites})
         with torch.enable_grad():
-            return draw_sites_chunked(self.model.guide, self.guide_cond, num, self.latent_sites, self.model,
-                                      kind="guide", split_tasks=split)
+            return draw_sites_chunked(
+                self.model.guide, self.guide_cond, num, self.latent_sites, self.model, kind="guide", split_tasks=split
+            )
 
     def prior_draws(self, num: int) -> Dict[str, torch.Tensor]:
         """``num`` draws of :attr:`latent_sites` from the model (with the fixed globals conditioned), in chunks."""
@@ -146,9 +147,7 @@ def check_guide_tasks(model: MetaModel, batch: TaskBatch) -> None:
                     f"tasks (of a set of {total}). Run it on the fitted TaskBatch (or a .select of it), or give the "
                     "model an amortized guide (an encoder of batch.observed(), or an inner loop) for new tasks"
                 )
-            subset = batch.task_index is not None and not torch.equal(
-                batch.task_index.cpu(), torch.arange(fitted)
-            )
+            subset = batch.task_index is not None and not torch.equal(batch.task_index.cpu(), torch.arange(fitted))
             if subset and isinstance(guide, AutoContinuous):
                 raise ValueError(
                     f"{type(guide).__name__} packs all tasks' latents in one vector and cannot be indexed by task: "
@@ -176,9 +175,7 @@ def _point_estimates(model: MetaModel, guide_cond: TaskBatch, sites: Dict[str, S
     return fixed
 
 
-def prepare(
-    model: MetaModel, batch: TaskBatch, globals: str = "point", progress: Optional[bool] = None
-) -> Problem:
+def prepare(model: MetaModel, batch: TaskBatch, globals: str = "point", progress: Optional[bool] = None) -> Problem:
     """Check the arguments, find the latent sites (one trace) and hold global latents fixed unless sampled.
 
     ``globals="point"``: each global latent site is conditioned on the mean of 64 guide draws in
@@ -196,16 +193,25 @@ def prepare(
     cond = guide_cond.without_task_index()
     # the sites' names, shapes and supports do not depend on the number of tasks: a few tasks tell them
     # (a trace of all the tasks would cost a full pass of the model, [T, N, hidden] activations)
-    sites, global_sites = discover_sites(model, batch if batch.num_tasks <= SITE_PROBE_TASKS
-                                         else batch.select(slice(0, SITE_PROBE_TASKS)))
+    sites, global_sites = discover_sites(
+        model, batch if batch.num_tasks <= SITE_PROBE_TASKS else batch.select(slice(0, SITE_PROBE_TASKS))
+    )
     fn = model.model
     fixed: Dict[str, torch.Tensor] = {}
     if global_sites and globals == "point":
         fixed = _point_estimates(model, guide_cond, global_sites)
         fn = poutine.condition(model.model, data=fixed)
     return Problem(
-        model=model, batch=batch, cond=cond, guide_cond=guide_cond, sites=sites, global_sites=global_sites,
-        globals=globals, fn=fn, fixed_globals=fixed, progress=progress,
+        model=model,
+        batch=batch,
+        cond=cond,
+        guide_cond=guide_cond,
+        sites=sites,
+        global_sites=global_sites,
+        globals=globals,
+        fn=fn,
+        fixed_globals=fixed,
+        progress=progress,
     )
 
 
@@ -231,7 +237,9 @@ def model_device(model: MetaModel, device: Union[str, torch.device], caller: str
     return ref.device
 
 
-def move_batch(model: MetaModel, batch: TaskBatch, device: Union[str, torch.device], caller: str = "infer") -> TaskBatch:
+def move_batch(
+    model: MetaModel, batch: TaskBatch, device: Union[str, torch.device], caller: str = "infer"
+) -> TaskBatch:
     """``batch.to(device)`` after :func:`model_device` checked that the model is there."""
     if not isinstance(batch, TaskBatch):
         raise TypeError(f"batch must be a pyro_meta.TaskBatch, got {type(batch).__name__}")

@@ -76,9 +76,12 @@ class CompiledGradient:
 
     def info(self) -> dict:
         """``backend``, ``cache_hit``, ``trace_seconds``, ``compile_seconds`` (0 on a cache hit)."""
-        return {"backend": "inductor", "cache_hit": self.cache_hit,
-                "trace_seconds": 0.0 if self.cache_hit else self.trace_seconds,
-                "compile_seconds": 0.0 if self.cache_hit else self.compile_seconds}
+        return {
+            "backend": "inductor",
+            "cache_hit": self.cache_hit,
+            "trace_seconds": 0.0 if self.cache_hit else self.trace_seconds,
+            "compile_seconds": 0.0 if self.cache_hit else self.compile_seconds,
+        }
 
 
 def value_and_grad(fn: Callable[..., torch.Tensor], num_wrt: int) -> Callable[..., Tuple[torch.Tensor, ...]]:
@@ -182,8 +185,9 @@ def compile_value_and_grad(
     problem = _agree(out, ref)
     if problem is not None:
         raise CompileError(f"the compiled potential disagrees with the eager one ({problem})")
-    entry = CompiledGradient(fn=compiled, num_wrt=num_wrt, trace_seconds=t1 - t0, compile_seconds=t2 - t1,
-                             owner=weakref.ref(owner))
+    entry = CompiledGradient(
+        fn=compiled, num_wrt=num_wrt, trace_seconds=t1 - t0, compile_seconds=t2 - t1, owner=weakref.ref(owner)
+    )
     _CACHE[k] = entry
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -202,7 +206,8 @@ class _WithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         grads: List[Optional[torch.Tensor]] = [
-            grad_output.reshape(grad_output.shape + (1,) * (g.dim() - grad_output.dim())) * g for g in ctx.grads]
+            grad_output.reshape(grad_output.shape + (1,) * (g.dim() - grad_output.dim())) * g for g in ctx.grads
+        ]
         return (None, None, *grads, *([None] * ctx.num_rest))
 
 

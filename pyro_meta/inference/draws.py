@@ -165,7 +165,9 @@ def draw_sites(
     return out
 
 
-def to_posterior(values: Mapping[str, torch.Tensor], sites: Mapping[str, SiteInfo], num_chains: int) -> Dict[str, torch.Tensor]:
+def to_posterior(
+    values: Mapping[str, torch.Tensor], sites: Mapping[str, SiteInfo], num_chains: int
+) -> Dict[str, torch.Tensor]:
     """Draw values ``{site: [C*S, *natural]}`` -> samples ``[C, S, T, *event]`` (globals ``[C, S, *shape]``)."""
     out = {}
     for name, info in sites.items():

@@ -15,6 +15,7 @@ from .training import OptimizerSpec, _Training
 
 __all__ = ["FitResult", "fit"]
 
+
 @dataclasses.dataclass
 class FitResult:
     """What :func:`fit` returns.
@@ -45,8 +46,10 @@ class FitResult:
 
     def __repr__(self) -> str:
         first = f"{self.losses[0]:.4g}" if self.losses else "n/a"
-        return (f"FitResult(num_steps={self.num_steps}, loss {first} -> {self.final_loss:.4g} (mean of the last 10%), "
-                f"seconds={self.seconds:.1f}, interrupted={self.interrupted})")
+        return (
+            f"FitResult(num_steps={self.num_steps}, loss {first} -> {self.final_loss:.4g} (mean of the last 10%), "
+            f"seconds={self.seconds:.1f}, interrupted={self.interrupted})"
+        )
 
     @property
     def final_loss(self) -> float:
@@ -156,8 +159,26 @@ def fit(
     temporary file left). Each step's update, the setup and the first step run with Ctrl-C deferred
     (delivered when they end), so an interrupt never leaves a half-made step or a half-done import.
     """
-    return _Training(model, tasks, num_steps, tasks_per_batch, num_context, num_target, optimizer, lr, seed,
-                     progress, clip_norm, lr_decay, checkpoint, checkpoint_every, resume, callback, device,
-                     guide_objective, guide_particles, checkpoint_meta, distributed).run()
-
-
+    return _Training(
+        model,
+        tasks,
+        num_steps,
+        tasks_per_batch,
+        num_context,
+        num_target,
+        optimizer,
+        lr,
+        seed,
+        progress,
+        clip_norm,
+        lr_decay,
+        checkpoint,
+        checkpoint_every,
+        resume,
+        callback,
+        device,
+        guide_objective,
+        guide_particles,
+        checkpoint_meta,
+        distributed,
+    ).run()

@@ -48,7 +48,13 @@ class TaskGaussian(nn.Module):
     as log) for ``full_rank`` sites, else ``logscale_<site> [T, E]``.
     """
 
-    def __init__(self, sites: Mapping[str, SiteInfo], loc: Dict[str, torch.Tensor], scale_tril: Dict[str, torch.Tensor], full_rank: Dict[str, bool]) -> None:
+    def __init__(
+        self,
+        sites: Mapping[str, SiteInfo],
+        loc: Dict[str, torch.Tensor],
+        scale_tril: Dict[str, torch.Tensor],
+        full_rank: Dict[str, bool],
+    ) -> None:
         super().__init__()
         self.sites = dict(sites)
         self.full_rank = dict(full_rank)
@@ -66,7 +72,11 @@ class TaskGaussian(nn.Module):
     # ------------------------------------------------------------ fitting
     @classmethod
     def from_draws(
-        cls, sites: Mapping[str, SiteInfo], draws: Mapping[str, torch.Tensor], max_full_rank: int = 64, jitter: float = 1e-5
+        cls,
+        sites: Mapping[str, SiteInfo],
+        draws: Mapping[str, torch.Tensor],
+        max_full_rank: int = 64,
+        jitter: float = 1e-5,
     ) -> "TaskGaussian":
         """Moment-match draws ``{site: [N, T, 1, *event]}`` in unconstrained space.
 
@@ -83,7 +93,12 @@ class TaskGaussian(nn.Module):
             if full[name]:
                 c = u - m
                 cov = torch.einsum("nte,ntf->tef", c, c) / max(N - 1, 1)
-                cov = cov + jitter * torch.eye(E, dtype=u.dtype, device=u.device) * (1 + cov.diagonal(dim1=-2, dim2=-1).mean(-1))[:, None, None]
+                cov = (
+                    cov
+                    + jitter
+                    * torch.eye(E, dtype=u.dtype, device=u.device)
+                    * (1 + cov.diagonal(dim1=-2, dim2=-1).mean(-1))[:, None, None]
+                )
                 tril[name] = torch.linalg.cholesky(cov)
             else:
                 tril[name] = u.std(0).clamp_min(1e-6)

@@ -56,8 +56,12 @@ def first_nonfinite(named: Iterable[Tuple[str, Optional[torch.Tensor]]]) -> Opti
 def nonfinite_state(optimizer: torch.optim.Optimizer, names: Dict[int, str]) -> Optional[str]:
     """The first parameter or optimizer state tensor (described) holding NaN or inf, or ``None``."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    tensors = params + [v for slots in optimizer.state.values() for v in slots.values()
-                        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()]
+    tensors = params + [
+        v
+        for slots in optimizer.state.values()
+        for v in slots.values()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()
+    ]
     with torch.no_grad():
         if not tensors or _norms_finite(tensors):
             return None
@@ -135,7 +139,11 @@ class LastGood:
                 if isinstance(value, _Slot):
                     saved = self._buffers[value.index]
                     current = slots.get(key)
-                    if isinstance(current, torch.Tensor) and current.shape == saved.shape and current.dtype == saved.dtype:
+                    if (
+                        isinstance(current, torch.Tensor)
+                        and current.shape == saved.shape
+                        and current.dtype == saved.dtype
+                    ):
                         current.copy_(saved)
                     else:
                         slots[key] = saved.clone()

@@ -46,8 +46,10 @@ def guide_samples(problem: Problem, num: int) -> Tuple[Dict[str, torch.Tensor], 
     with torch.enable_grad():
         trace = trace_draws(model.guide, problem.guide_cond, num, model, log_prob=True)
     T = problem.num_tasks
-    values = {k: trace.nodes[k]["value"].detach().expand((num, T, 1) + tuple(info.event_shape))
-              for k, info in problem.sites.items()}
+    values = {
+        k: trace.nodes[k]["value"].detach().expand((num, T, 1) + tuple(info.event_shape))
+        for k, info in problem.sites.items()
+    }
     return values, _task_log_q(trace, problem)
 
 
@@ -56,8 +58,9 @@ def guide_log_density(problem: Problem, values: Dict[str, torch.Tensor]) -> torc
     model = problem.model
     num = next(iter(values.values())).shape[0]
     with torch.enable_grad():
-        trace = trace_draws(model.guide, problem.guide_cond, num, model, data=values,
-                            sites=problem.sites, log_prob=True)
+        trace = trace_draws(
+            model.guide, problem.guide_cond, num, model, data=values, sites=problem.sites, log_prob=True
+        )
     return _task_log_q(trace, problem)
 
 

@@ -66,17 +66,32 @@ class Importance(InferenceMethod):
         "defensive": Option(0.2, partial(check_number, minimum=0.0, maximum=1.0)),
     }
 
-    def run(self, problem: Problem, num_samples: int, num_proposals: int, widen: float, num_init_draws: int,
-            batch_size: int, min_ess: Optional[float], proposal: str, defensive: float) -> InferenceResult:
+    def run(
+        self,
+        problem: Problem,
+        num_samples: int,
+        num_proposals: int,
+        widen: float,
+        num_init_draws: int,
+        batch_size: int,
+        min_ess: Optional[float],
+        proposal: str,
+        defensive: float,
+    ) -> InferenceResult:
         T = problem.num_tasks
         if proposal == "auto":
             proposal = "guide" if guide_has_density(problem) else "gaussian"
         tasks_per_chunk, pass_size = _plan(problem, num_proposals, num_init_draws, batch_size)
         parts = []
         for start in range(0, T, tasks_per_chunk):
-            sub = problem if tasks_per_chunk >= T else problem.select(torch.arange(start, min(start + tasks_per_chunk, T)))
-            parts.append(_importance(sub, num_samples, num_proposals, widen, num_init_draws, pass_size, proposal,
-                                     defensive))
+            sub = (
+                problem
+                if tasks_per_chunk >= T
+                else problem.select(torch.arange(start, min(start + tasks_per_chunk, T)))
+            )
+            parts.append(
+                _importance(sub, num_samples, num_proposals, widen, num_init_draws, pass_size, proposal, defensive)
+            )
         values = {k: torch.cat([p[0][k] for p in parts], 1) for k in problem.sites}
         ess = torch.cat([p[1] for p in parts])
         log_evidence = torch.cat([p[2] for p in parts])
@@ -92,8 +107,13 @@ class Importance(InferenceMethod):
         return InferenceResult(
             samples=to_posterior(values, problem.sites, 1),
             per_task={"ess": ess, "log_evidence": log_evidence},
-            diagnostics={"num_proposals": num_proposals, "widen": widen, "proposal": proposal,
-                         "task_chunks": len(parts), "proposals_per_pass": pass_size},
+            diagnostics={
+                "num_proposals": num_proposals,
+                "widen": widen,
+                "proposal": proposal,
+                "task_chunks": len(parts),
+                "proposals_per_pass": pass_size,
+            },
             summary={"min_ess": float(ess.min())},
             bad_tasks=bad,
         )
@@ -120,17 +140,34 @@ def _plan(problem: Problem, num_proposals: int, num_init_draws: int, batch_size:
     def run_guide(n: int, t: int):
         return problem.select(torch.arange(t)).guide_draws(n)
 
-    key = (problem.cond.num_points("context"), problem.cond.x_dim, tuple(problem.cond.context_y.shape[2:]),
-           problem.cond.context_x.dtype)
-    passes = plan_chunks(run_pass, min(batch_size, num_proposals), T, key=(model, ("importance",) + key),
-                         split_tasks=split, extra_per_task=stored)
+    key = (
+        problem.cond.num_points("context"),
+        problem.cond.x_dim,
+        tuple(problem.cond.context_y.shape[2:]),
+        problem.cond.context_x.dtype,
+    )
+    passes = plan_chunks(
+        run_pass,
+        min(batch_size, num_proposals),
+        T,
+        key=(model, ("importance",) + key),
+        split_tasks=split,
+        extra_per_task=stored,
+    )
     guide = plan_chunks(run_guide, num_init_draws, T, key=(model, ("guide",) + key), split_tasks=split)
     return min(passes.tasks, guide.tasks), passes.draws
 
 
-def _importance(problem: Problem, num_samples: int, num_proposals: int, widen: float, num_init_draws: int,
-                batch_size: int, proposal: str, defensive: float) -> Tuple[Dict[str, torch.Tensor], torch.Tensor,
-                                                                           torch.Tensor]:
+def _importance(
+    problem: Problem,
+    num_samples: int,
+    num_proposals: int,
+    widen: float,
+    num_init_draws: int,
+    batch_size: int,
+    proposal: str,
+    defensive: float,
+) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Importance resampling for the problem's tasks: ``(draw values [S, T, 1, *event], ess [T], log_evidence [T])``."""
     model = problem.model
     T = problem.num_tasks

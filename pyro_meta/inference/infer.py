@@ -122,9 +122,17 @@ def infer(
             "unconstrained space); infer(..., globals='sample') with nuts/hmc samples them"
         )
     return Posterior(
-        model=model, batch=batch, method=impl.name, samples=result.samples, sites=problem.latent_sites,
-        diagnostics=diagnostics, sample_stats=result.sample_stats, seconds=time.perf_counter() - t0, fn=problem.fn,
-        per_task=tuple(result.per_task), summary=dict(result.summary), fixed_globals=problem.fixed_globals,
+        model=model,
+        batch=batch,
+        method=impl.name,
+        samples=result.samples,
+        sites=problem.latent_sites,
+        diagnostics=diagnostics,
+        sample_stats=result.sample_stats,
+        seconds=time.perf_counter() - t0,
+        fn=problem.fn,
+        per_task=tuple(result.per_task),
+        summary=dict(result.summary),
+        fixed_globals=problem.fixed_globals,
         draws_shape=result.draws_shape,
     )
-

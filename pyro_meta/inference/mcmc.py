@@ -164,8 +164,9 @@ class InductorPotential:
             return joint_potential(problem, dict(zip(self.names, args[:k])), dict(zip(rest_names, args[k:])))
 
         key = (tuple(self.names), tuple(rest_names), problem.globals)
-        self.compiled = compile_value_and_grad(potential, [start[n] for n in self.names] + self.rest, k,
-                                               owner=problem.model, kind="joint", key=key)
+        self.compiled = compile_value_and_grad(
+            potential, [start[n] for n in self.names] + self.rest, k, owner=problem.model, kind="joint", key=key
+        )
         self.transforms = {n: biject_to(problem.latent_sites[n].support).inv for n in self.names}
 
     def __call__(self, params: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -174,21 +175,36 @@ class InductorPotential:
 
 def _median_start(problem: Problem) -> Dict[str, torch.Tensor]:
     """Pyro's ``init_to_median`` start, unconstrained (what ``init="median"`` gives the model-based kernel)."""
-    params, _, _, _ = initialize_model(problem.fn, model_args=(problem.cond,), init_strategy=init_to_median,
-                                       max_plate_nesting=problem.model.max_plate_nesting)
+    params, _, _, _ = initialize_model(
+        problem.fn,
+        model_args=(problem.cond,),
+        init_strategy=init_to_median,
+        max_plate_nesting=problem.model.max_plate_nesting,
+    )
     return {k: v.detach() for k, v in params.items()}
 
 
-def _run_chain(problem: Problem, kernel_name: str, num_samples: int, num_warmup: int, start, jit_compile: bool,
-               kernel_kwargs, potential: Optional[InductorPotential] = None
-               ) -> Tuple[Dict[str, torch.Tensor], _Recorder, float, int]:
+def _run_chain(
+    problem: Problem,
+    kernel_name: str,
+    num_samples: int,
+    num_warmup: int,
+    start,
+    jit_compile: bool,
+    kernel_kwargs,
+    potential: Optional[InductorPotential] = None,
+) -> Tuple[Dict[str, torch.Tensor], _Recorder, float, int]:
     cls = _NUTS if kernel_name == "nuts" else _HMC
     kw: Dict[str, Any] = {}
     if potential is None:
         kw.update(max_plate_nesting=problem.model.max_plate_nesting, jit_compile=jit_compile, ignore_jit_warnings=True)
         if start is None:
             kw["init_strategy"] = init_to_median
-    if kernel_name == "hmc" and kernel_kwargs.get("num_steps") is None and kernel_kwargs.get("trajectory_length") is None:
+    if (
+        kernel_name == "hmc"
+        and kernel_kwargs.get("num_steps") is None
+        and kernel_kwargs.get("trajectory_length") is None
+    ):
         # Pyro's default trajectory (2 pi) is one full period of a unit-scale Gaussian coordinate
         # after mass adaptation, so HMC lands back near its start (measured r_hat 1.31 on
         # BayesianLinear); 1.3 is short of a half period and not a rational multiple of pi.
@@ -199,8 +215,15 @@ def _run_chain(problem: Problem, kernel_name: str, num_samples: int, num_warmup:
     else:
         kernel = cls(potential_fn=potential, transforms=potential.transforms, **kw)
     rec = _Recorder()
-    mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup, num_chains=1,
-                initial_params=start, disable_progbar=not problem.progress, hook_fn=rec)
+    mcmc = MCMC(
+        kernel,
+        num_samples=num_samples,
+        warmup_steps=num_warmup,
+        num_chains=1,
+        initial_params=start,
+        disable_progbar=not problem.progress,
+        hook_fn=rec,
+    )
     mcmc.run(problem.cond)
     return mcmc.get_samples(), rec, float(kernel.step_size), kernel.num_potential_calls
 
@@ -230,16 +253,26 @@ def convergence(samples: Dict[str, torch.Tensor], sites) -> Dict[str, Any]:
         for key in per_task:
             v = stats[key].reshape(T, -1)
             per_task[key].append(v.amax(-1) if key == "r_hat" else v.amin(-1))
-    out: Dict[str, Any] = {k: torch.stack(v).amax(0) if k == "r_hat" else torch.stack(v).amin(0)
-                           for k, v in per_task.items() if v}
+    out: Dict[str, Any] = {
+        k: torch.stack(v).amax(0) if k == "r_hat" else torch.stack(v).amin(0) for k, v in per_task.items() if v
+    }
     out["globals"] = glob
     return out
 
 
-def mcmc_result(name: str, samples: Dict[str, torch.Tensor], sites, num_chains: int, num_samples: int,
-                rhat_threshold: float, ess_threshold: Optional[float], divergences: torch.Tensor,
-                diagnostics: Dict[str, Any], sample_stats: Dict[str, torch.Tensor],
-                per_task: Optional[Dict[str, torch.Tensor]] = None) -> InferenceResult:
+def mcmc_result(
+    name: str,
+    samples: Dict[str, torch.Tensor],
+    sites,
+    num_chains: int,
+    num_samples: int,
+    rhat_threshold: float,
+    ess_threshold: Optional[float],
+    divergences: torch.Tensor,
+    diagnostics: Dict[str, Any],
+    sample_stats: Dict[str, torch.Tensor],
+    per_task: Optional[Dict[str, torch.Tensor]] = None,
+) -> InferenceResult:
     """The MCMC methods' common result: ArviZ convergence per task, the mixing warning, the summary.
 
     ``samples {site: [C, S, T, *event]}``; ``divergences [C]`` (divergent draws per chain).
@@ -252,8 +285,11 @@ def mcmc_result(name: str, samples: Dict[str, torch.Tensor], sites, num_chains: 
     r_hat, ess_bulk, ess_tail = conv["r_hat"], conv["ess_bulk"], conv["ess_tail"]
     bad_mask = (r_hat > rhat_threshold) | (ess_bulk < threshold) | (ess_tail < threshold)
     bad = torch.nonzero(bad_mask).flatten().tolist()
-    bad_globals = [n for n, g in conv["globals"].items()
-                   if g["r_hat"] > rhat_threshold or min(g["ess_bulk"], g["ess_tail"]) < threshold]
+    bad_globals = [
+        n
+        for n, g in conv["globals"].items()
+        if g["r_hat"] > rhat_threshold or min(g["ess_bulk"], g["ess_tail"]) < threshold
+    ]
     if bad or bad_globals:
         what = f"tasks {bad}" if bad else ""
         if bad_globals:
@@ -269,9 +305,12 @@ def mcmc_result(name: str, samples: Dict[str, torch.Tensor], sites, num_chains: 
         per_task={"r_hat": r_hat, "ess_bulk": ess_bulk, "ess_tail": ess_tail, "ess": ess_bulk, **(per_task or {})},
         diagnostics={"divergences": divergences, "globals": conv["globals"], **diagnostics},
         sample_stats=sample_stats,
-        summary={"divergences": int(divergences.sum()), "min_ess": float(ess_bulk.min()),
-                 "min_ess_tail": float(ess_tail.min()),
-                 **({"max_r_hat": _nanmax(r_hat)} if num_chains > 1 else {})},  # R-hat needs two chains
+        summary={
+            "divergences": int(divergences.sum()),
+            "min_ess": float(ess_bulk.min()),
+            "min_ess_tail": float(ess_tail.min()),
+            **({"max_r_hat": _nanmax(r_hat)} if num_chains > 1 else {}),
+        },  # R-hat needs two chains
         bad_tasks=bad,
     )
 
@@ -311,15 +350,32 @@ class NUTSMethod(InferenceMethod):
         "max_tree_depth": Option(None, optional(check_int)),
     }
     #: options passed to the Pyro kernel (when not None)
-    kernel_options = ("target_accept_prob", "step_size", "adapt_step_size", "adapt_mass_matrix", "full_mass",
-                      "max_tree_depth")
+    kernel_options = (
+        "target_accept_prob",
+        "step_size",
+        "adapt_step_size",
+        "adapt_mass_matrix",
+        "full_mass",
+        "max_tree_depth",
+    )
 
-    def run(self, problem: Problem, num_samples: int, num_warmup: int, num_chains: int, init: str,
-            chunk_size: Optional[int], jit_compile: Any, rhat_threshold: float, ess_threshold: Optional[float],
-            **kernel_kwargs: Any) -> InferenceResult:
+    def run(
+        self,
+        problem: Problem,
+        num_samples: int,
+        num_warmup: int,
+        num_chains: int,
+        init: str,
+        chunk_size: Optional[int],
+        jit_compile: Any,
+        rhat_threshold: float,
+        ess_threshold: Optional[float],
+        **kernel_kwargs: Any,
+    ) -> InferenceResult:
         if num_samples < 4:
-            raise ValueError(f"num_samples must be >= 4 draws per chain for {self.name} (R-hat and ESS need 4), "
-                             f"got {num_samples}")
+            raise ValueError(
+                f"num_samples must be >= 4 draws per chain for {self.name} (R-hat and ESS need 4), got {num_samples}"
+            )
         T = problem.num_tasks
         if chunk_size is not None and problem.globals == "sample":
             raise ValueError("chunk_size: sampled global latents couple every task; run them jointly (chunk_size=None)")
@@ -343,8 +399,9 @@ class NUTSMethod(InferenceMethod):
                         potential = InductorPotential(sub, starts[0] if starts is not None else _median_start(sub))
                         compile_info.append(potential.compiled.info())
                     except CompileError as err:
-                        warnings.warn(f"jit_compile='inductor' failed ({err}); running with jit_compile=True",
-                                      stacklevel=3)
+                        warnings.warn(
+                            f"jit_compile='inductor' failed ({err}); running with jit_compile=True", stacklevel=3
+                        )
                         used_jit = True
             for c in range(num_chains):
                 start = None if starts is None else starts[c]
@@ -352,16 +409,19 @@ class NUTSMethod(InferenceMethod):
                     start = _median_start(sub)
                 with frozen(problem.model), local_params():
                     try:
-                        samples, rec, step, calls = _run_chain(sub, self.kernel, num_samples, num_warmup, start,
-                                                               used_jit is True, kernel_kwargs, potential)
+                        samples, rec, step, calls = _run_chain(
+                            sub, self.kernel, num_samples, num_warmup, start, used_jit is True, kernel_kwargs, potential
+                        )
                     except Exception as err:  # JIT tracing failures surface as many error types
                         if used_jit is not True:
                             raise
-                        warnings.warn(f"jit_compile=True failed ({type(err).__name__}: {err}); running without JIT",
-                                      stacklevel=3)
+                        warnings.warn(
+                            f"jit_compile=True failed ({type(err).__name__}: {err}); running without JIT", stacklevel=3
+                        )
                         used_jit = False
-                        samples, rec, step, calls = _run_chain(sub, self.kernel, num_samples, num_warmup, start, False,
-                                                               kernel_kwargs)
+                        samples, rec, step, calls = _run_chain(
+                            sub, self.kernel, num_samples, num_warmup, start, False, kernel_kwargs
+                        )
                 grad_evals += calls
                 per_chain[c].append({n: v.detach() for n, v in samples.items() if n in sites})
                 w = len(idx) / T
@@ -376,8 +436,10 @@ class NUTSMethod(InferenceMethod):
                 out[name] = torch.stack([per_chain[c][0][name] for c in range(num_chains)])
                 continue
             # each chunk gives [S, t, 1, *event]; join tasks, squeeze the points singleton
-            chains = [torch.cat([ch[name] for ch in per_chain[c]], 1).squeeze(-(info.event_dim + 1))
-                      for c in range(num_chains)]
+            chains = [
+                torch.cat([ch[name] for ch in per_chain[c]], 1).squeeze(-(info.event_dim + 1))
+                for c in range(num_chains)
+            ]
             out[name] = torch.stack(chains)
         diagnostics = {
             "acceptance_rate": stats["acceptance_rate"].mean(-1),
@@ -391,8 +453,18 @@ class NUTSMethod(InferenceMethod):
         }
         if compile_info:
             diagnostics["compile"] = compile_info
-        return mcmc_result(self.name, out, sites, num_chains, num_samples, rhat_threshold, ess_threshold,
-                           stats["diverging"].sum(-1), diagnostics, stats)
+        return mcmc_result(
+            self.name,
+            out,
+            sites,
+            num_chains,
+            num_samples,
+            rhat_threshold,
+            ess_threshold,
+            stats["diverging"].sum(-1),
+            diagnostics,
+            stats,
+        )
 
 
 def _nanmax(x: torch.Tensor) -> float:
@@ -411,7 +483,9 @@ class HMCMethod(NUTSMethod):
         "trajectory_length": Option(None, optional(check_number, minimum=0.0)),
     }
     kernel_options = tuple(k for k in NUTSMethod.kernel_options if k != "max_tree_depth") + (
-        "num_steps", "trajectory_length")
+        "num_steps",
+        "trajectory_length",
+    )
 
 
 register_method(NUTSMethod())

@@ -36,8 +36,12 @@ def _same(values: Sequence[Any]) -> bool:
     first = values[0]
     for v in values[1:]:
         if isinstance(first, torch.Tensor) or isinstance(v, torch.Tensor):
-            if not (isinstance(first, torch.Tensor) and isinstance(v, torch.Tensor) and first.shape == v.shape
-                    and bool((first.cpu() == v.cpu()).all())):
+            if not (
+                isinstance(first, torch.Tensor)
+                and isinstance(v, torch.Tensor)
+                and first.shape == v.shape
+                and bool((first.cpu() == v.cpu()).all())
+            ):
                 return False
         elif type(v) is not type(first) or v != first:
             return False
@@ -93,15 +97,20 @@ def merge_posteriors(posteriors: Sequence[Posterior], batch: Optional[TaskBatch]
     first = posts[0]
     for k, p in enumerate(posts[1:], 1):
         if p.method != first.method or set(p.samples) != set(first.samples):
-            raise ValueError(f"posteriors[{k}] ({p.method}, sites {sorted(p.samples)}) does not match posteriors[0] "
-                             f"({first.method}, sites {sorted(first.samples)})")
+            raise ValueError(
+                f"posteriors[{k}] ({p.method}, sites {sorted(p.samples)}) does not match posteriors[0] "
+                f"({first.method}, sites {sorted(first.samples)})"
+            )
         if (p.num_chains, p.num_samples) != (first.num_chains, first.num_samples):
-            raise ValueError(f"posteriors[{k}] has {p.num_chains} chains x {p.num_samples} draws, posteriors[0] "
-                             f"{first.num_chains} x {first.num_samples}")
+            raise ValueError(
+                f"posteriors[{k}] has {p.num_chains} chains x {p.num_samples} draws, posteriors[0] "
+                f"{first.num_chains} x {first.num_samples}"
+            )
         if any(info.is_global for info in p.sites.values() if info.name in p.samples):
             raise ValueError("merge_posteriors: sampled global latents couple the tasks; chunks cannot be merged")
         if not _same([p.fixed_globals.get(n) for n in first.fixed_globals]) or set(p.fixed_globals) != set(
-                first.fixed_globals):
+            first.fixed_globals
+        ):
             raise ValueError("merge_posteriors: the chunks hold global latents at different point estimates")
     sizes = [p.batch.num_tasks for p in posts]
     starts = [sum(sizes[:k]) for k in range(len(sizes))]
@@ -113,8 +122,11 @@ def merge_posteriors(posteriors: Sequence[Posterior], batch: Optional[TaskBatch]
     weights = torch.tensor(sizes, dtype=torch.float64) / total
 
     samples = {name: torch.cat([p.samples[name] for p in posts], 2) for name in first.samples}
-    stats = {name: _merge_stat(name, [p.sample_stats[name] for p in posts], weights)
-             for name in first.sample_stats if all(name in p.sample_stats for p in posts)}
+    stats = {
+        name: _merge_stat(name, [p.sample_stats[name] for p in posts], weights)
+        for name in first.sample_stats
+        if all(name in p.sample_stats for p in posts)
+    }
     diagnostics: Dict[str, Any] = {}
     for name in first.diagnostics:
         values = [p.diagnostics.get(name) for p in posts]
@@ -129,10 +141,18 @@ def merge_posteriors(posteriors: Sequence[Posterior], batch: Optional[TaskBatch]
         else:
             diagnostics[name] = values
     diagnostics["chunks"] = [(s, s + n) for s, n in zip(starts, sizes)]
-    summary = {name: _merge_summary(name, [p.summary[name] for p in posts], weights)
-               for name in first.summary if all(name in p.summary for p in posts)}
+    summary = {
+        name: _merge_summary(name, [p.summary[name] for p in posts], weights)
+        for name in first.summary
+        if all(name in p.summary for p in posts)
+    }
     return dataclasses.replace(
-        first, batch=batch, samples=samples, sample_stats=stats, diagnostics=diagnostics, summary=summary,
+        first,
+        batch=batch,
+        samples=samples,
+        sample_stats=stats,
+        diagnostics=diagnostics,
+        summary=summary,
         seconds=float(sum(p.seconds for p in posts)),
         draws_shape=None if first.samples else first.draws_shape,
     )

@@ -37,8 +37,15 @@ from ..model import TASK_PLATE, MetaModel, check_batch, check_model, local_param
 from ..validation import check_int
 from .draws import DRAW_PLATE, per_task_log_density
 
-__all__ = ["GUIDE_OBJECTIVES", "GuideObjective", "guide_parameters", "iwae_loss", "model_parameters",
-           "rws_wake_loss", "sleep_loss"]
+__all__ = [
+    "GUIDE_OBJECTIVES",
+    "GuideObjective",
+    "guide_parameters",
+    "iwae_loss",
+    "model_parameters",
+    "rws_wake_loss",
+    "sleep_loss",
+]
 
 
 def _check(model: object, batch: object, num_particles: object) -> int:
@@ -54,7 +61,8 @@ def _in_tasks(site) -> bool:
 
 def _latent_sites(trace: poutine.Trace) -> Dict[str, dict]:
     return {
-        name: site for name, site in trace.nodes.items()
+        name: site
+        for name, site in trace.nodes.items()
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
     }
 
@@ -113,7 +121,9 @@ def _guide_sites(model: MetaModel, guide_trace: poutine.Trace, model_trace: pout
     return names
 
 
-def _particles(model: MetaModel, batch: TaskBatch, K: int, detach: bool) -> List[Tuple[poutine.Trace, torch.Tensor, List[str]]]:
+def _particles(
+    model: MetaModel, batch: TaskBatch, K: int, detach: bool
+) -> List[Tuple[poutine.Trace, torch.Tensor, List[str]]]:
     """Per trace: ``(guide trace, log p [n, T], guide site names)``.
 
     ``log p`` is the model's log joint at the guide's draws (``poutine.condition``, which keeps the
@@ -182,7 +192,9 @@ def rws_wake_loss(model: MetaModel, batch: TaskBatch, num_particles: int) -> tor
     return -(weights * log_q).sum(0).mean()
 
 
-def _simulate(model: MetaModel, batch: TaskBatch, K: int, names: List[str]) -> Tuple[Dict[str, torch.Tensor], TaskBatch]:
+def _simulate(
+    model: MetaModel, batch: TaskBatch, K: int, names: List[str]
+) -> Tuple[Dict[str, torch.Tensor], TaskBatch]:
     """``(z, y)`` from the model's prior at the batch's inputs: latents ``[K*T, 1, *event]`` and a ``K*T``-task batch.
 
     Simulated task ``k*T + t`` has task ``t``'s inputs and masks and the ``k``-th draw.
@@ -204,7 +216,7 @@ def _simulate(model: MetaModel, batch: TaskBatch, K: int, names: List[str]) -> T
         if name not in first.nodes:
             raise ValueError(f"sleep_loss: {type(model).__name__}.model has no task latent site {name!r}")
         site = first.nodes[name]
-        values[name] = collect(name, site["value"].shape[-(site["fn"].event_dim + 1):])
+        values[name] = collect(name, site["value"].shape[-(site["fn"].event_dim + 1) :])
     ys = {}
     for split in ("context", "target"):
         y = batch.y(split)
@@ -214,11 +226,17 @@ def _simulate(model: MetaModel, batch: TaskBatch, K: int, names: List[str]) -> T
             ys[split] = repeat(y)
             continue
         if f"y_{split}" not in first.nodes:
-            raise ValueError(f"sleep_loss: {type(model).__name__}.model has no site 'y_{split}' to simulate {split} y from")
+            raise ValueError(
+                f"sleep_loss: {type(model).__name__}.model has no site 'y_{split}' to simulate {split} y from"
+            )
         ys[split] = collect(f"y_{split}", y.shape[1:])
     sim_batch = TaskBatch(
-        context_x=repeat(batch.context_x), context_y=ys["context"], target_x=repeat(batch.target_x),
-        target_y=ys.get("target"), context_mask=repeat(batch.context_mask), target_mask=repeat(batch.target_mask),
+        context_x=repeat(batch.context_x),
+        context_y=ys["context"],
+        target_x=repeat(batch.target_x),
+        target_y=ys.get("target"),
+        context_mask=repeat(batch.context_mask),
+        target_mask=repeat(batch.target_mask),
         allow_empty_context=batch.allow_empty_context,
     )
     return values, sim_batch
@@ -323,11 +341,15 @@ class GuideObjective:
         self._split: Optional[Tuple[List[torch.nn.Parameter], List[torch.nn.Parameter]]] = None
         self.last: float = float("nan")
 
-    def _parameters(self, model: MetaModel, batch: TaskBatch) -> Tuple[List[torch.nn.Parameter], List[torch.nn.Parameter]]:
+    def _parameters(
+        self, model: MetaModel, batch: TaskBatch
+    ) -> Tuple[List[torch.nn.Parameter], List[torch.nn.Parameter]]:
         if self._split is None:
             guide = [p for p in guide_parameters(model, batch) if p.requires_grad]
             if not guide:
-                raise ValueError(f"guide_objective={self.name!r}: {type(model).__name__}.guide uses no trainable parameter")
+                raise ValueError(
+                    f"guide_objective={self.name!r}: {type(model).__name__}.guide uses no trainable parameter"
+                )
             used_by_model = {id(p) for p in model_parameters(model, batch)}
             guide_only = {id(p) for p in guide} - used_by_model
             model_side = [p for p in model.parameters() if p.requires_grad and id(p) not in guide_only]

@@ -77,8 +77,10 @@ class Posterior:
 
     def _site(self, site: Optional[str]) -> torch.Tensor:
         if not self.samples:
-            raise ValueError(f"{type(self.model).__name__} has no latent site: this posterior holds no samples "
-                             "(its predictive is the model's, see predict())")
+            raise ValueError(
+                f"{type(self.model).__name__} has no latent site: this posterior holds no samples "
+                "(its predictive is the model's, see predict())"
+            )
         return self.samples[site or next(iter(self.samples))]
 
     def mean(self, site: Optional[str] = None) -> torch.Tensor:
@@ -117,7 +119,9 @@ class Posterior:
         if batch is None:
             return self.batch
         if not isinstance(batch, TaskBatch):
-            raise TypeError(f"batch must be a pyro_meta.TaskBatch of the inferred tasks or None, got {type(batch).__name__}")
+            raise TypeError(
+                f"batch must be a pyro_meta.TaskBatch of the inferred tasks or None, got {type(batch).__name__}"
+            )
         ref = self.batch
         if batch.num_tasks != ref.num_tasks:
             raise ValueError(f"batch has {batch.num_tasks} tasks but the posterior was inferred for {ref.num_tasks}")
@@ -147,15 +151,17 @@ class Posterior:
         values = self.site_values(num_samples)
         total = self.num_chains * self.num_samples
         n = total if num_samples is None else min(num_samples, total)
-        y, density = predictive_samples(self.model, batch.without_target_y().without_task_index(), values, fn=self.fn,
-                                        sites=self.sites, num=n)
+        y, density = predictive_samples(
+            self.model, batch.without_target_y().without_task_index(), values, fn=self.fn, sites=self.sites, num=n
+        )
         C = self.num_chains if num_samples is None or num_samples >= self.num_chains * self.num_samples else 1
         y = y.reshape((C, n // C) + tuple(y.shape[1:]))
         return PosteriorPredictive(samples=y, batch=batch, _fn=density)
 
     @serialized
-    def function_draws(self, batch: Optional[TaskBatch] = None,
-                       num_functions: Optional[int] = None) -> Tuple[torch.Tensor, bool]:
+    def function_draws(
+        self, batch: Optional[TaskBatch] = None, num_functions: Optional[int] = None
+    ) -> Tuple[torch.Tensor, bool]:
         """``E[y | x, z_s]`` at ``batch.target_x`` for ``num_functions`` evenly spaced draws (None: all).
 
         ``y_target ~ p(y | x, z_s)`` is traced with the draws held fixed (vectorized, or draw by draw
@@ -169,8 +175,15 @@ class Posterior:
         values = self.site_values(num_functions)
         total = self.num_chains * self.num_samples
         n = total if num_functions is None else min(num_functions, total)
-        return predictive_samples(self.model, batch.without_target_y().without_task_index(), values, fn=self.fn,
-                                  sites=self.sites, num=n, means=True)
+        return predictive_samples(
+            self.model,
+            batch.without_target_y().without_task_index(),
+            values,
+            fn=self.fn,
+            sites=self.sites,
+            num=n,
+            means=True,
+        )
 
     def with_num_draws(self, num: int) -> "Posterior":
         """This posterior with exactly ``num`` draws as one chain: its draws thinned evenly, or reused cyclically."""
@@ -225,9 +238,13 @@ def evenly_spaced(n: int, k: int) -> torch.Tensor:
 def _differing_tasks(ref: TaskBatch, batch: TaskBatch) -> list:
     """Indices of the tasks whose context sets differ between two batches of ``T`` tasks."""
     T = ref.num_tasks
-    if (ref.context_x.shape != batch.context_x.shape or ref.context_y.shape != batch.context_y.shape
-            or ref.context_y.dtype != batch.context_y.dtype or ref.context_x.dtype != batch.context_x.dtype
-            or ref.device != batch.device):
+    if (
+        ref.context_x.shape != batch.context_x.shape
+        or ref.context_y.shape != batch.context_y.shape
+        or ref.context_y.dtype != batch.context_y.dtype
+        or ref.context_x.dtype != batch.context_x.dtype
+        or ref.device != batch.device
+    ):
         return list(range(T))
     mask = ref.context_mask
     same = (mask == batch.context_mask).all(-1)

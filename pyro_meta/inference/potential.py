@@ -129,7 +129,9 @@ class TaskPotential:
 
     def unpack(self, u: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``u [..., E]`` -> unconstrained ``{site: [..., *uevent]}``."""
-        return {c.name: u[..., c.offset:c.offset + c.size].reshape(u.shape[:-1] + c.uevent_shape) for c in self.coords}
+        return {
+            c.name: u[..., c.offset : c.offset + c.size].reshape(u.shape[:-1] + c.uevent_shape) for c in self.coords
+        }
 
     def constrain(self, u: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``u [..., T, E]`` -> site values ``{site: [..., T, *event]}`` (``biject_to(support)(u)``)."""
@@ -163,8 +165,9 @@ class TaskPotential:
         return self.energy(u, self.inputs)
 
 
-def joint_potential(problem: Problem, values: Mapping[str, torch.Tensor],
-                    inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def joint_potential(
+    problem: Problem, values: Mapping[str, torch.Tensor], inputs: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
     """Pyro's potential energy of every latent site, a scalar: ``-log p(context, z) - log|J|``.
 
     ``values``: unconstrained ``{site: [T, 1, *uevent]}`` for task sites (``[*ushape]`` for sampled

@@ -102,8 +102,14 @@ class ChunkedDensity:
             for draws, tasks in self.plan:
                 y_t = y[tasks]
                 conditioned = poutine.condition(self.fn, data={"y_target": y_t})
-                trace = trace_draws(conditioned, self.batch.select(tasks), draws.stop - draws.start, self.model,
-                                    data=slice_values(self.site_values, self.sites, draws, tasks), sites=self.sites)
+                trace = trace_draws(
+                    conditioned,
+                    self.batch.select(tasks),
+                    draws.stop - draws.start,
+                    self.model,
+                    data=slice_values(self.site_values, self.sites, draws, tasks),
+                    sites=self.sites,
+                )
                 lp = trace.nodes["y_target"]["fn"].log_prob(y_t)
                 lp = torch.logsumexp(lp.reshape((-1,) + tuple(lp.shape[-2:])), 0)
                 if out is None:
@@ -117,8 +123,14 @@ class ChunkedDensity:
         out = None
         with torch.no_grad():
             for draws, tasks in self.plan:
-                trace = trace_draws(self.fn, self.batch.select(tasks), draws.stop - draws.start, self.model,
-                                    data=slice_values(self.site_values, self.sites, draws, tasks), sites=self.sites)
+                trace = trace_draws(
+                    self.fn,
+                    self.batch.select(tasks),
+                    draws.stop - draws.start,
+                    self.model,
+                    data=slice_values(self.site_values, self.sites, draws, tasks),
+                    sites=self.sites,
+                )
                 lp = label_log_probs(trace.nodes["y_target"]["fn"])  # [..., t, Nt, K]
                 lp = torch.logsumexp(lp.reshape((-1,) + tuple(lp.shape[-3:])), 0)
                 if out is None:
@@ -190,8 +202,9 @@ class PosteriorPredictive:
         if self._fn is None:
             raise ValueError("class_log_probs: this predictive carries no distribution of y_target")
         if not self.is_classification:
-            raise ValueError("class_log_probs: y_target is real-valued (regression); class probabilities need "
-                             "class labels")
+            raise ValueError(
+                "class_log_probs: y_target is real-valued (regression); class probabilities need class labels"
+            )
         T, Nt = self.batch.target_mask.shape
         if isinstance(self._fn, ChunkedDensity):
             out = self._fn.class_log_probs()
@@ -220,8 +233,10 @@ class PosteriorPredictive:
         :attr:`class_probs`).
         """
         if self.is_classification:
-            raise ValueError("interval: y_target holds class labels, which have no predictive interval; use "
-                             "class_probs [T, Nt, K] (the predictive class probabilities) instead")
+            raise ValueError(
+                "interval: y_target holds class labels, which have no predictive interval; use "
+                "class_probs [T, Nt, K] (the predictive class probabilities) instead"
+            )
         prob = check_probability("prob", prob)
         q = torch.tensor([(1 - prob) / 2, (1 + prob) / 2], dtype=self.flat.dtype, device=self.flat.device)
         lo, hi = torch.quantile(self.flat, q, dim=0)
@@ -238,13 +253,16 @@ class PosteriorPredictive:
             raise ValueError("log_prob needs y [T, Nt, Dy]: the batch has no target_y")
         expected = tuple(self.samples.shape[2:])
         if not isinstance(y, torch.Tensor):
-            raise TypeError(f"y must be a tensor of shape {list(expected)} (the predictive's [T, Nt, Dy]), got "
-                            f"{type(y).__name__}")
+            raise TypeError(
+                f"y must be a tensor of shape {list(expected)} (the predictive's [T, Nt, Dy]), got {type(y).__name__}"
+            )
         if tuple(y.shape) != expected:
             raise ValueError(f"y must have shape {list(expected)} (the predictive's [T, Nt, Dy]), got {tuple(y.shape)}")
         if y.is_floating_point() != self.samples.is_floating_point():
-            raise TypeError(f"y must be {'real-valued (floating)' if self.samples.is_floating_point() else 'class labels (long)'}"
-                            f" like the predictive's draws, got dtype {y.dtype}")
+            raise TypeError(
+                f"y must be {'real-valued (floating)' if self.samples.is_floating_point() else 'class labels (long)'}"
+                f" like the predictive's draws, got dtype {y.dtype}"
+            )
         if y.is_floating_point() and not bool(torch.isfinite(y[self.batch.target_mask]).all()):
             raise ValueError("y has NaN or inf values at real target points")
         with torch.no_grad():
@@ -275,6 +293,9 @@ class Predictive(PosteriorPredictive, metaclass=_DeprecatedAlias):
     def __init__(self, *args, **kwargs) -> None:
         import warnings
 
-        warnings.warn("pyro_meta.Predictive is renamed PosteriorPredictive; the old name goes in the next release",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "pyro_meta.Predictive is renamed PosteriorPredictive; the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         super().__init__(*args, **kwargs)

@@ -60,8 +60,11 @@ def _payload(post: Posterior) -> Dict[str, Any]:
         "samples": {k: cpu(v) for k, v in post.samples.items()},
         "diagnostics": {k: cpu(v) for k, v in post.diagnostics.items() if not isinstance(v, torch.nn.Module)},
         "sample_stats": {k: cpu(v) for k, v in post.sample_stats.items()},
-        "summary": dict(post.summary), "per_task": tuple(post.per_task), "seconds": post.seconds,
-        "method": post.method, "draws_shape": post.draws_shape,
+        "summary": dict(post.summary),
+        "per_task": tuple(post.per_task),
+        "seconds": post.seconds,
+        "method": post.method,
+        "draws_shape": post.draws_shape,
     }
 
 
@@ -127,8 +130,16 @@ def infer_sharded(
     mine = []
     for k in range(rank, len(chunks), size):
         first, stop = chunks[k]
-        post = infer(model, batch.select(torch.arange(first, stop)), method=method, num_samples=num_samples,
-                     seed=chunk_seed(seed, first), device=device, progress=progress, **options)
+        post = infer(
+            model,
+            batch.select(torch.arange(first, stop)),
+            method=method,
+            num_samples=num_samples,
+            seed=chunk_seed(seed, first),
+            device=device,
+            progress=progress,
+            **options,
+        )
         if out_dir is not None:
             post.to_arviz().to_netcdf(os.path.join(out_dir, shard_file_name(first, stop)))
         mine.append((k, _payload(post) if gather else None))
@@ -141,16 +152,27 @@ def infer_sharded(
     posts = []
     for k, (first, stop) in enumerate(chunks):
         p = by_chunk[k]
-        posts.append(Posterior(
-            model=model, batch=batch.select(torch.arange(first, stop)), method=p["method"], samples=p["samples"],
-            sites=sites, diagnostics=p["diagnostics"], sample_stats=p["sample_stats"], seconds=p["seconds"],
-            per_task=p["per_task"], summary=p["summary"], draws_shape=p["draws_shape"],
-        ))
+        posts.append(
+            Posterior(
+                model=model,
+                batch=batch.select(torch.arange(first, stop)),
+                method=p["method"],
+                samples=p["samples"],
+                sites=sites,
+                diagnostics=p["diagnostics"],
+                sample_stats=p["sample_stats"],
+                seconds=p["seconds"],
+                per_task=p["per_task"],
+                summary=p["summary"],
+                draws_shape=p["draws_shape"],
+            )
+        )
     merged = merge_posteriors(posts, batch=batch)
     if device is not None:  # where infer put each chunk (the model's device)
         target = model_device(model, device, "infer_sharded")
-        merged = dataclasses.replace(merged, batch=batch.to(target),
-                                     samples={k: v.to(target) for k, v in merged.samples.items()})
+        merged = dataclasses.replace(
+            merged, batch=batch.to(target), samples={k: v.to(target) for k, v in merged.samples.items()}
+        )
     merged.seconds = time.perf_counter() - t0
     merged.diagnostics["world_size"] = size
     return merged

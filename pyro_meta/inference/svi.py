@@ -55,8 +55,18 @@ class SVI(InferenceMethod):
         "start": Option("gaussian", partial(check_one_of, choices=("gaussian", "guide"))),
     }
 
-    def run(self, problem: Problem, num_samples: int, num_steps: int, lr: float, num_particles: int,
-            final_lr_ratio: float, num_init_draws: int, max_full_rank: int, start: str) -> InferenceResult:
+    def run(
+        self,
+        problem: Problem,
+        num_samples: int,
+        num_steps: int,
+        lr: float,
+        num_particles: int,
+        final_lr_ratio: float,
+        num_init_draws: int,
+        max_full_rank: int,
+        start: str,
+    ) -> InferenceResult:
         if start == "guide":
             return _refine_guide(problem, num_samples, num_steps, lr, num_particles, final_lr_ratio)
         model = problem.model
@@ -69,15 +79,24 @@ class SVI(InferenceMethod):
                 max_plate_nesting=model.max_plate_nesting,
             )
             with frozen(model), local_params():
-                losses = _adam(list(q.parameters()), lambda: elbo.differentiable_loss(problem.fn, q.guide, problem.cond),
-                               num_steps, lr, final_lr_ratio, problem.progress)
+                losses = _adam(
+                    list(q.parameters()),
+                    lambda: elbo.differentiable_loss(problem.fn, q.guide, problem.cond),
+                    num_steps,
+                    lr,
+                    final_lr_ratio,
+                    problem.progress,
+                )
         with torch.no_grad():
             values = draw_sites(q.guide, problem.cond, num_samples, problem.sites, model)
-        return InferenceResult(samples=to_posterior(values, problem.sites, 1), diagnostics={"losses": losses, "guide": q})
+        return InferenceResult(
+            samples=to_posterior(values, problem.sites, 1), diagnostics={"losses": losses, "guide": q}
+        )
 
 
-def _refine_guide(problem: Problem, num_samples: int, num_steps: int, lr: float, num_particles: int,
-                  final_lr_ratio: float) -> InferenceResult:
+def _refine_guide(
+    problem: Problem, num_samples: int, num_steps: int, lr: float, num_particles: int, final_lr_ratio: float
+) -> InferenceResult:
     """``start="guide"``: a per-task affine map of the amortized guide's unconstrained draws, refined by SVI."""
     from .guide_density import guide_has_density, guide_samples
 
@@ -112,16 +131,25 @@ def _refine_guide(problem: Problem, num_samples: int, num_steps: int, lr: float,
     losses = []
     if num_steps > 0:
         with frozen(model):
-            losses = _adam(list(shift.values()) + list(log_scale.values()), loss, num_steps, lr, final_lr_ratio,
-                           problem.progress)
+            losses = _adam(
+                list(shift.values()) + list(log_scale.values()), loss, num_steps, lr, final_lr_ratio, problem.progress
+            )
     with torch.no_grad():
         z, _ = push(draws(num_samples))
-    return InferenceResult(samples=to_posterior({k: v.detach() for k, v in z.items()}, problem.sites, 1),
-                           diagnostics={"losses": losses, "start": "guide"})
+    return InferenceResult(
+        samples=to_posterior({k: v.detach() for k, v in z.items()}, problem.sites, 1),
+        diagnostics={"losses": losses, "start": "guide"},
+    )
 
 
-def _adam(params: List[torch.Tensor], loss_fn: Callable[[], torch.Tensor], num_steps: int, lr: float,
-          final_lr_ratio: float, progress: bool) -> List[float]:
+def _adam(
+    params: List[torch.Tensor],
+    loss_fn: Callable[[], torch.Tensor],
+    num_steps: int,
+    lr: float,
+    final_lr_ratio: float,
+    progress: bool,
+) -> List[float]:
     """``num_steps`` Adam steps on ``loss_fn()``, the step size decayed geometrically to ``lr * final_lr_ratio``."""
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=final_lr_ratio ** (1.0 / num_steps))

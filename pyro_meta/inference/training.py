@@ -45,7 +45,12 @@ def _check_optimizer(spec: Any) -> OptimizerSpec:
 
 def _make_optimizer(spec: OptimizerSpec, params, lr: float) -> torch.optim.Optimizer:
     if isinstance(spec, str):
-        table = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
+        table = {
+            "adam": torch.optim.Adam,
+            "adamw": torch.optim.AdamW,
+            "sgd": torch.optim.SGD,
+            "rmsprop": torch.optim.RMSprop,
+        }
         return table[spec.lower()](params, lr=lr)
     opt = spec(params, lr=lr)
     if not isinstance(opt, torch.optim.Optimizer):
@@ -62,7 +67,9 @@ class _TaskSource:
     With ``tasks_per_batch`` equal to the set's size every step sees the whole set, in order.
     """
 
-    def __init__(self, tasks: Any, tasks_per_batch: int, num_context: SizeSpec, num_target: SizeSpec, generator: torch.Generator):
+    def __init__(
+        self, tasks: Any, tasks_per_batch: int, num_context: SizeSpec, num_target: SizeSpec, generator: torch.Generator
+    ):
         self.tasks, self.generator = tasks, generator
         self.tasks_per_batch, self.num_context, self.num_target = tasks_per_batch, num_context, num_target
         if isinstance(tasks, TaskBatch):
@@ -91,7 +98,10 @@ class _TaskSource:
             idx = torch.randperm(self.tasks.num_tasks, generator=self.generator)[: self.tasks_per_batch]
             return self.tasks.select(idx.sort().values)
         batch = self.tasks.sample(
-            num_tasks=self.tasks_per_batch, num_context=self.num_context, num_target=self.num_target, generator=self.generator
+            num_tasks=self.tasks_per_batch,
+            num_context=self.num_context,
+            num_target=self.num_target,
+            generator=self.generator,
         )
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"tasks.sample(...) must return a TaskBatch, got {type(batch).__name__}")
@@ -119,8 +129,10 @@ def _check_autoguide_subsampling(model: MetaModel, source: "_TaskSource") -> Non
     for guide in model.modules():
         if not isinstance(guide, AutoContinuous) or guide.prototype_trace is None:
             continue
-        if any(any(f.name == TASK_PLATE for f in site["cond_indep_stack"])
-               for _, site in guide.prototype_trace.iter_stochastic_nodes()):
+        if any(
+            any(f.name == TASK_PLATE for f in site["cond_indep_stack"])
+            for _, site in guide.prototype_trace.iter_stochastic_nodes()
+        ):
             raise ValueError(
                 f"{type(guide).__name__} packs every task's latents into one vector and cannot follow a subsample "
                 f"of the task set: use tasks_per_batch={source.tasks.num_tasks} (the whole set every step) or "
@@ -192,9 +204,30 @@ class _Training:
         self.bar = None
         self.model = args[0]
 
-    def configure(self, model, tasks, num_steps, tasks_per_batch, num_context, num_target, optimizer, lr, seed,
-                  progress, clip_norm, lr_decay, checkpoint, checkpoint_every, resume, callback, device,
-                  guide_objective, guide_particles, checkpoint_meta, distributed) -> None:
+    def configure(
+        self,
+        model,
+        tasks,
+        num_steps,
+        tasks_per_batch,
+        num_context,
+        num_target,
+        optimizer,
+        lr,
+        seed,
+        progress,
+        clip_norm,
+        lr_decay,
+        checkpoint,
+        checkpoint_every,
+        resume,
+        callback,
+        device,
+        guide_objective,
+        guide_particles,
+        checkpoint_meta,
+        distributed,
+    ) -> None:
         """Check every argument (``ValueError``/``TypeError`` naming it) before anything runs."""
         self.model = check_model(model)
         self.tasks = tasks
@@ -213,7 +246,9 @@ class _Training:
         if self.resume and checkpoint is None:
             raise ValueError("resume=True needs checkpoint=path (the file to resume from)")
         if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable (step, loss, model) -> bool | None, got {type(callback).__name__}")
+            raise TypeError(
+                f"callback must be callable (step, loss, model) -> bool | None, got {type(callback).__name__}"
+            )
         self.callback = callback
         if device is not None:
             try:
@@ -273,7 +308,8 @@ class _Training:
         self.sched = None
         if self.lr_decay is not None:
             self.sched = torch.optim.lr_scheduler.ExponentialLR(
-                self.opt, gamma=self.lr_decay ** (1.0 / max(self.num_steps, 1)))
+                self.opt, gamma=self.lr_decay ** (1.0 / max(self.num_steps, 1))
+            )
         self.last_good = LastGood(self.opt)
         self.first = (first, first_generator_state)
         if self.checkpoint is not None and self.resume and os.path.exists(self.checkpoint):
@@ -288,10 +324,17 @@ class _Training:
                 self.sync.restore(state, self.source)
             self.first = None  # drawn before the RNG state was restored: the resumed run draws its own
         config = {
-            "tasks": type(self.tasks).__name__, "num_steps": self.num_steps, "tasks_per_batch": self.tasks_per_batch,
-            "num_context": num_context, "num_target": num_target, "lr": self.lr, "seed": self.seed,
-            "clip_norm": self.clip_norm, "lr_decay": self.lr_decay,
-            "optimizer": self.optimizer_spec if isinstance(self.optimizer_spec, str)
+            "tasks": type(self.tasks).__name__,
+            "num_steps": self.num_steps,
+            "tasks_per_batch": self.tasks_per_batch,
+            "num_context": num_context,
+            "num_target": num_target,
+            "lr": self.lr,
+            "seed": self.seed,
+            "clip_norm": self.clip_norm,
+            "lr_decay": self.lr_decay,
+            "optimizer": self.optimizer_spec
+            if isinstance(self.optimizer_spec, str)
             else getattr(self.optimizer_spec, "__name__", "?"),
         }
         self.meta = {"model_args": model.init_args, "config": _jsonable(config)}
@@ -300,8 +343,9 @@ class _Training:
         if self.progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.num_steps, initial=min(self.start_step, self.num_steps),
-                            desc=f"fit {type(model).__name__}")
+            self.bar = tqdm(
+                total=self.num_steps, initial=min(self.start_step, self.num_steps), desc=f"fit {type(model).__name__}"
+            )
         model.train()
 
     def _next_batch(self) -> TaskBatch:
@@ -338,8 +382,9 @@ class _Training:
             try:
                 self.guide_obj.backward(model, batch, loss)
             except FloatingPointError as err:
-                raise FloatingPointError(f"{err} at step {step}; no optimizer step was taken (the model keeps the "
-                                         f"parameters of step {step})") from None
+                raise FloatingPointError(
+                    f"{err} at step {step}; no optimizer step was taken (the model keeps the parameters of step {step})"
+                ) from None
             guide_value = self.guide_obj.last
         value = float(loss.detach())
         if step == self.start_step:
@@ -432,15 +477,24 @@ class _Training:
             if ready:
                 self.model.eval()
         if self.interrupted and self.sync is not None:
-            warnings.warn("distributed fit interrupted: no final checkpoint (the ranks stopped at different points); "
-                          "resume from the last periodic one", stacklevel=4)
+            warnings.warn(
+                "distributed fit interrupted: no final checkpoint (the ranks stopped at different points); "
+                "resume from the last periodic one",
+                stacklevel=4,
+            )
         else:
             try:
                 self.write()
             except KeyboardInterrupt:  # a second Ctrl-C during the last write: the file is in place (deferred)
                 self.interrupted = True
-        return FitResult(losses=self.losses, num_steps=self.step, seconds=time.perf_counter() - t0,
-                         interrupted=self.interrupted, optimizer=self.opt, guide_losses=self.guide_losses)
+        return FitResult(
+            losses=self.losses,
+            num_steps=self.step,
+            seconds=time.perf_counter() - t0,
+            interrupted=self.interrupted,
+            optimizer=self.opt,
+            guide_losses=self.guide_losses,
+        )
 
     def _keep_progress(self, err: Exception) -> None:
         """After a failed step: the last good state stays in memory and is written to the checkpoint."""

@@ -55,8 +55,9 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(dim_kv, dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Attend from ``q [..., T, Nq, Dq]`` to ``k, v [..., T, Nk, Dkv]`` with key mask ``[..., T, Nk]``.
 
         Returns ``[..., T, Nq, dim]``; leading dims of ``q``, ``k`` and ``mask`` broadcast.
@@ -65,13 +66,16 @@ class MultiHeadAttention(nn.Module):
         _check_points(k, "k", self.dim_kv)
         _check_points(v, "v", self.dim_kv)
         if v.shape[:-1] != k.shape[:-1]:
-            raise ValueError(f"v must have the shape of k [..., T, Nk, {self.dim_kv}], got {list(v.shape)} and "
-                             f"{list(k.shape)}")
+            raise ValueError(
+                f"v must have the shape of k [..., T, Nk, {self.dim_kv}], got {list(v.shape)} and {list(k.shape)}"
+            )
         try:
             lead = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]))
         except RuntimeError:
-            raise ValueError(f"q [..., T, Nq, Dq] and k [..., T, Nk, Dkv] must have broadcastable leading dims, "
-                             f"got {list(q.shape)} and {list(k.shape)}") from None
+            raise ValueError(
+                f"q [..., T, Nq, Dq] and k [..., T, Nk, Dkv] must have broadcastable leading dims, "
+                f"got {list(q.shape)} and {list(k.shape)}"
+            ) from None
         if mask is not None:
             _check_mask(mask, lead + (k.shape[-2],), "mask")
         H, dh = self.num_heads, self.dim // self.num_heads
@@ -122,8 +126,15 @@ class AttentionBlock(nn.Module):
         Pre-norm instead of post-norm.
     """
 
-    def __init__(self, dim: int, num_heads: int = 1, dim_kv: Optional[int] = None, hidden: Optional[int] = None,
-                 activation: str = "relu", norm_first: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 1,
+        dim_kv: Optional[int] = None,
+        hidden: Optional[int] = None,
+        activation: str = "relu",
+        norm_first: bool = False,
+    ) -> None:
         super().__init__()
         self.attention = MultiHeadAttention(dim, dim if dim_kv is None else dim_kv, dim, num_heads)
         self.mlp = module_mlp((dim, 2 * dim if hidden is None else hidden, dim), activation)
@@ -131,8 +142,9 @@ class AttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm_first = bool(norm_first)
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Points ``x [..., T, Nq, D]``, ``context [..., T, Nk, Dkv]`` or None (self-attention), mask ``[..., T, Nk]``.
 
         Returns ``[..., T, Nq, D]``.

@@ -186,9 +186,11 @@ class FunctionalConv4(nn.Module):
         flat = []
         for n in names:
             p, shape = params[n], self._shapes[n]
-            if not isinstance(p, torch.Tensor) or tuple(p.shape[p.dim() - len(shape):]) != shape:
-                raise ValueError(f"params[{n!r}] must have shape [..., {', '.join(map(str, shape))}], got "
-                                 f"{tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__}")
+            if not isinstance(p, torch.Tensor) or tuple(p.shape[p.dim() - len(shape) :]) != shape:
+                raise ValueError(
+                    f"params[{n!r}] must have shape [..., {', '.join(map(str, shape))}], got "
+                    f"{tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__}"
+                )
             flat.append(p.reshape(p.shape[: p.dim() - len(shape)] + (-1,)))
         lead = torch.broadcast_shapes(*(f.shape[:-1] for f in flat))
         return torch.cat([f.expand(lead + f.shape[-1:]) for f in flat], -1)
@@ -196,7 +198,7 @@ class FunctionalConv4(nn.Module):
     def split(self, phi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``phi [..., P]`` -> ``(backbone [..., num_feature_params], head [..., num_head_params])``."""
         self._check_phi(phi)
-        return phi[..., : self.num_feature_params], phi[..., self.num_feature_params:]
+        return phi[..., : self.num_feature_params], phi[..., self.num_feature_params :]
 
     # ------------------------------------------------------------------ evaluation
     def forward(self, x: torch.Tensor, phi: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -254,15 +256,17 @@ class FunctionalConv4(nn.Module):
         m = None if mask is None else mask.expand(lead + (N,)).reshape(B, N).T
         for i in range(1, 5):
             weight = params[f"conv{i}.weight"]
-            h = F.conv2d(h, weight.reshape((-1,) + weight.shape[2:]), params[f"conv{i}.bias"].reshape(-1),
-                         padding=1, groups=B)
+            h = F.conv2d(
+                h, weight.reshape((-1,) + weight.shape[2:]), params[f"conv{i}.bias"].reshape(-1), padding=1, groups=B
+            )
             if self.norm != "none":
                 h = self._normalise(h, params[f"norm{i}.weight"].reshape(-1), params[f"norm{i}.bias"].reshape(-1), m)
             h = torch.relu(F.max_pool2d(h, 2))
         return h.reshape(N, B, self.feature_dim).transpose(0, 1).reshape(lead + (N, self.feature_dim))
 
-    def _normalise(self, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
-                   mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _normalise(
+        self, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         """Batch or instance norm of ``h [N, B*C, H, W]`` with scale/shift ``[B*C]``; ``mask [N, B]`` (batch norm)."""
         if self.norm == "instance":
             return F.instance_norm(h, weight=gamma, bias=beta, eps=_EPS)
@@ -289,16 +293,22 @@ class FunctionalConv4(nn.Module):
     def _check_phi(self, phi: torch.Tensor, allow_features: bool = False) -> None:
         sizes: List[int] = [self.num_params] + ([self.num_feature_params] if allow_features else [])
         if not isinstance(phi, torch.Tensor) or not phi.is_floating_point():
-            raise TypeError(f"phi must be a floating tensor [..., T, {self.num_params}], got "
-                            f"{phi.dtype if isinstance(phi, torch.Tensor) else type(phi).__name__}")
+            raise TypeError(
+                f"phi must be a floating tensor [..., T, {self.num_params}], got "
+                f"{phi.dtype if isinstance(phi, torch.Tensor) else type(phi).__name__}"
+            )
         if phi.dim() < 1 or phi.shape[-1] not in sizes:
             what = " or [..., num_feature_params]" if allow_features and self.num_head_params else ""
-            raise ValueError(f"phi must have shape [..., T, {self.num_params}] (num_params){what} "
-                             f"with num_feature_params={self.num_feature_params}, got {tuple(phi.shape)}")
+            raise ValueError(
+                f"phi must have shape [..., T, {self.num_params}] (num_params){what} "
+                f"with num_feature_params={self.num_feature_params}, got {tuple(phi.shape)}"
+            )
 
     def extra_repr(self) -> str:
-        return (f"image_shape={self.image_shape}, channels={self.channels}, norm={self.norm!r}, "
-                f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, num_params={self.num_params}")
+        return (
+            f"image_shape={self.image_shape}, channels={self.channels}, norm={self.norm!r}, "
+            f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, num_params={self.num_params}"
+        )
 
 
 def _is_pos_int(value: object) -> bool:

@@ -44,7 +44,9 @@ class FunctionalMLP(nn.Module):
     torch.Size([8, 5, 1])
     """
 
-    def __init__(self, sizes: Sequence[int], activation: Union[str, Callable[[torch.Tensor], torch.Tensor]] = "relu") -> None:
+    def __init__(
+        self, sizes: Sequence[int], activation: Union[str, Callable[[torch.Tensor], torch.Tensor]] = "relu"
+    ) -> None:
         super().__init__()
         sizes = tuple(sizes)
         if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
@@ -106,8 +108,10 @@ class FunctionalMLP(nn.Module):
         parts = []
         for (W, b), (_, d_in, d_out, _) in zip(layers, self._slices):
             if tuple(W.shape[-2:]) != (d_in, d_out) or b.shape[-1] != d_out:
-                raise ValueError(f"layers: expected W [..., {d_in}, {d_out}] and b [..., {d_out}], got "
-                                 f"{tuple(W.shape)} and {tuple(b.shape)}")
+                raise ValueError(
+                    f"layers: expected W [..., {d_in}, {d_out}] and b [..., {d_out}], got "
+                    f"{tuple(W.shape)} and {tuple(b.shape)}"
+                )
             parts += [W.reshape(W.shape[:-2] + (d_in * d_out,)), b]
         return torch.cat(_broadcast_lead(parts), -1)
 

@@ -70,8 +70,12 @@ class SetEncoder(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("num_layers", num_layers),
-                            ("num_heads", num_heads)):
+        for name, value in (
+            ("in_dim", in_dim),
+            ("out_dim", out_dim),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(num_self_attention, bool) or not isinstance(num_self_attention, int) or num_self_attention < 0:

@@ -49,8 +49,15 @@ class ContextTargetTransformer(nn.Module):
         Pre-norm blocks instead of post-norm.
     """
 
-    def __init__(self, dim: int, num_layers: int, num_heads: int = 4, hidden: Optional[int] = None,
-                 activation: str = "relu", norm_first: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int,
+        num_heads: int = 4,
+        hidden: Optional[int] = None,
+        activation: str = "relu",
+        norm_first: bool = False,
+    ) -> None:
         super().__init__()
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")

@@ -36,8 +36,10 @@ def check_oracle(oracle: object) -> Oracle:
     """``oracle`` if it implements :class:`Oracle`, else ``TypeError`` naming what is missing."""
     missing = [m for m in ("predict", "log_prob", "sample") if not callable(getattr(oracle, m, None))]
     if missing:
-        raise TypeError(f"oracle must implement pyro_meta.oracles.Oracle (predict, log_prob, sample); "
-                        f"{type(oracle).__name__} has no {', '.join(missing)}")
+        raise TypeError(
+            f"oracle must implement pyro_meta.oracles.Oracle (predict, log_prob, sample); "
+            f"{type(oracle).__name__} has no {', '.join(missing)}"
+        )
     return oracle
 
 

@@ -104,7 +104,8 @@ class _GridOracle:
         log_ml = (
             -0.5 * (R2 - SY * mu) / sig2
             - 0.5 * n * math.log(2 * math.pi * sig2)
-            + torch.log(tau) + 0.5 * _LOG_2PI
+            + torch.log(tau)
+            + 0.5 * _LOG_2PI
             + log_diff_ndtr((lo - mu) / tau, (hi - mu) / tau)
             - math.log(hi - lo)
         )
@@ -309,9 +310,7 @@ class LineOrSineOracle(_GridOracle):
         self.tasks = tasks
         p = tasks.sine_prob
         log_prior = [math.log(p) if p > 0 else -math.inf, math.log1p(-p) if p < 1 else -math.inf]
-        super().__init__(
-            [_sine_family(tasks), _line_family(tasks)], log_prior, tasks.noise_std, num_grid, num_fine
-        )
+        super().__init__([_sine_family(tasks), _line_family(tasks)], log_prior, tasks.noise_std, num_grid, num_fine)
 
     def sine_probability(self, batch: TaskBatch) -> torch.Tensor:
         """Posterior probability that each task is a sinusoid, ``P(sine | context)``, ``[T]``."""

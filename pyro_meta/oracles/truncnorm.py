@@ -68,4 +68,3 @@ def truncnorm_sample(mu, tau, lo, hi, generator):
     z = ndtri((pa + u * (pb - pa)).clamp(1e-300, 1.0))
     z = torch.where(flip, -z, z)
     return (mu + tau * z).clamp(lo, hi)
-

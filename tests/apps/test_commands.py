@@ -79,15 +79,20 @@ def test_train_evaluate_predict_on_the_shipped_example(tmp_path, capsys):
     assert code == 0, err
     rows = _rows(out / "results.csv")
     assert [(r["method"], r["num_context"]) for r in rows] == [
-        ("amortized", "3"), ("importance", "3"), ("amortized", "5"), ("importance", "5")]
+        ("amortized", "3"),
+        ("importance", "3"),
+        ("amortized", "5"),
+        ("importance", "5"),
+    ]
     assert all(r["num_tasks"] == "8" and float(r["nll"]) == float(r["nll"]) for r in rows)
     assert (out / "results.md").read_text().count("\n") == 2 + len(rows)
     assert "| NeuralProcess | importance | 5 |" in printed
 
     pred_path = tmp_path / "pred.csv"
     data = str(ROOT / "examples" / "sine_predict.csv")
-    code, printed, err = _run(["predict", "--checkpoint", str(ckpt), "--data", data, "--out", str(pred_path),
-                               "--no-progress"], capsys)
+    code, printed, err = _run(
+        ["predict", "--checkpoint", str(ckpt), "--data", data, "--out", str(pred_path), "--no-progress"], capsys
+    )
     assert code == 0, err
     preds = _rows(pred_path)
     with open(ROOT / "examples" / "sine_predict.csv") as f:
@@ -99,8 +104,10 @@ def test_train_evaluate_predict_on_the_shipped_example(tmp_path, capsys):
         assert float(r["y_q05"]) < float(r["y_mean"]) < float(r["y_q95"])
     # independent of the CLI: the same posterior from the library, the context being the observed rows
     model = pyro_meta.rebuild_model(ckpt)
-    ctx = {t: [(float(r["x"]), float(r["y"])) for r in source if r["task_id"] == t and r["y"] != ""]
-           for t in ("200", "201", "202")}
+    ctx = {
+        t: [(float(r["x"]), float(r["y"])) for r in source if r["task_id"] == t and r["y"] != ""]
+        for t in ("200", "201", "202")
+    }
     tgt = {t: [float(r["x"]) for r in source if r["task_id"] == t and r["y"] == ""] for t in ctx}
     batch = pyro_meta.TaskBatch(
         context_x=torch.tensor([[[x] for x, _ in ctx[t]] for t in ctx]),
@@ -117,8 +124,12 @@ def test_resume_after_a_kill_gives_the_uninterrupted_run(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(TINY.format(steps=100000, every=10))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "pyro_meta", "train", "--config", str(cfg), "--out", str(killed),
-                             "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyro_meta", "train", "--config", str(cfg), "--out", str(killed), "--no-progress"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     ckpt = killed / "checkpoint.ckpt"
     try:
         deadline = time.time() + 120
@@ -160,20 +171,29 @@ def tiny_config(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("replace,words", [
-    (("num_steps = 3", "num_stepz = 3"), ["train.num_stepz", "unknown key"]),
-    (("lr = 0.01", 'lr = "fast"'), ["train.lr", "number"]),
-    (('name = "NeuralProcess"', 'name = "NeuralProcesss"'), ["model.name", "NeuralProcesss"]),
-    (('methods = ["amortized"]', 'methods = ["amortised"]'), ["evaluate.methods", "amortised", "registered"]),
-    (('oracle = "SinusoidOracle"', 'oracle = "GPOracl"'), ["evaluate.oracle", "GPOracl"]),
-    (('[evaluate]', '[evaluate.options.nuts]\nnum_warmpu = 3\n[evaluate]'), ["evaluate.options.nuts", "num_warmpu"]),
-    (('[tasks]\nname = "Sinusoid"\n[tasks.args]\nnoise_std = 0.2', '[data]\npath = "missing.csv"'),
-     ["data.path", "missing.csv"]),
-])
+@pytest.mark.parametrize(
+    "replace,words",
+    [
+        (("num_steps = 3", "num_stepz = 3"), ["train.num_stepz", "unknown key"]),
+        (("lr = 0.01", 'lr = "fast"'), ["train.lr", "number"]),
+        (('name = "NeuralProcess"', 'name = "NeuralProcesss"'), ["model.name", "NeuralProcesss"]),
+        (('methods = ["amortized"]', 'methods = ["amortised"]'), ["evaluate.methods", "amortised", "registered"]),
+        (('oracle = "SinusoidOracle"', 'oracle = "GPOracl"'), ["evaluate.oracle", "GPOracl"]),
+        (
+            ("[evaluate]", "[evaluate.options.nuts]\nnum_warmpu = 3\n[evaluate]"),
+            ["evaluate.options.nuts", "num_warmpu"],
+        ),
+        (
+            ('[tasks]\nname = "Sinusoid"\n[tasks.args]\nnoise_std = 0.2', '[data]\npath = "missing.csv"'),
+            ["data.path", "missing.csv"],
+        ),
+    ],
+)
 def test_bad_configs_exit_2_with_one_line(tiny_config, tmp_path, capsys, replace, words):
     tiny_config.write_text(tiny_config.read_text().replace(*replace))
-    code, out, err = _run(["train", "--config", str(tiny_config), "--out", str(tmp_path / "o"), "--no-progress"],
-                          capsys)
+    code, out, err = _run(
+        ["train", "--config", str(tiny_config), "--out", str(tmp_path / "o"), "--no-progress"], capsys
+    )
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err and lines[0].startswith("pyro-meta train: error: "), err
@@ -182,15 +202,18 @@ def test_bad_configs_exit_2_with_one_line(tiny_config, tmp_path, capsys, replace
     assert not (tmp_path / "o" / "checkpoint.ckpt").exists(), "nothing is trained after a bad config"
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["train", "--config", "{tmp}/none.toml"], ["none.toml", "no such configuration file"]),
-    (["train"], ["--config"]),
-    (["train", "--preset", "nope"], ["--preset", "nope", "maml_sinusoid"]),
-    (["evaluate", "--checkpoint", "{tmp}/none.ckpt"], ["--checkpoint", "no such file"]),
-    (["evaluate", "--checkpoint", "{tiny}"], ["--checkpoint", "not a pyro_meta checkpoint"]),
-    (["train", "--config", "{tiny}", "--out", "{tiny}/sub"], ["--out", "cannot write"]),
-    (["evaluate", "--checkpoint", "{tmp}"], ["--checkpoint", "directory"]),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["train", "--config", "{tmp}/none.toml"], ["none.toml", "no such configuration file"]),
+        (["train"], ["--config"]),
+        (["train", "--preset", "nope"], ["--preset", "nope", "maml_sinusoid"]),
+        (["evaluate", "--checkpoint", "{tmp}/none.ckpt"], ["--checkpoint", "no such file"]),
+        (["evaluate", "--checkpoint", "{tiny}"], ["--checkpoint", "not a pyro_meta checkpoint"]),
+        (["train", "--config", "{tiny}", "--out", "{tiny}/sub"], ["--out", "cannot write"]),
+        (["evaluate", "--checkpoint", "{tmp}"], ["--checkpoint", "directory"]),
+    ],
+)
 def test_bad_command_lines_exit_2_with_one_line(tiny_config, tmp_path, capsys, argv, words):
     argv = [a.format(tmp=tmp_path, tiny=tiny_config) for a in argv]
     code, _, err = _run(argv, capsys)
@@ -200,11 +223,19 @@ def test_bad_command_lines_exit_2_with_one_line(tiny_config, tmp_path, capsys, a
         assert w in lines[0], (w, lines[0])
 
 
-@pytest.mark.parametrize("argv", [
-    ["demo", "--threads", "100000"], ["demo", "--threads", "0"], ["train", "--threads", "x"],
-    ["demo", "--seed", "-1"], ["demo", "--seed", str(2**32)], ["evaluate", "--checkpoint", "c", "--seed", "1.5"],
-    ["demo", "--steps", "0"], ["predict", "--checkpoint", "c"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--threads", "100000"],
+        ["demo", "--threads", "0"],
+        ["train", "--threads", "x"],
+        ["demo", "--seed", "-1"],
+        ["demo", "--seed", str(2**32)],
+        ["evaluate", "--checkpoint", "c", "--seed", "1.5"],
+        ["demo", "--steps", "0"],
+        ["predict", "--checkpoint", "c"],
+    ],
+)
 def test_out_of_range_options_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as err:
         cli.main(argv)
@@ -221,8 +252,9 @@ def test_threads_and_seed_bounds_accept_the_edges(capsys):
 
 def test_a_runtime_failure_exits_1_with_one_line(tiny_config, tmp_path, capsys):
     """A failure while running (here a NaN loss from a huge learning rate) is not a usage error."""
-    tiny_config.write_text(tiny_config.read_text().replace("lr = 0.01", "lr = 1e30").replace("num_steps = 3",
-                                                                                              "num_steps = 50"))
+    tiny_config.write_text(
+        tiny_config.read_text().replace("lr = 0.01", "lr = 1e30").replace("num_steps = 3", "num_steps = 50")
+    )
     code, _, err = _run(["train", "--config", str(tiny_config), "--out", str(tmp_path / "o"), "--no-progress"], capsys)
     lines = err.strip().splitlines()
     assert code == 1 and lines[-1].startswith("pyro-meta train: failed: "), err
@@ -239,16 +271,20 @@ def test_user_model_needs_allow_module_then_trains_evaluates_and_predicts_labels
         y = (x @ w > 0).long()
         rows += [(t, float(a), float(b), int(c)) for (a, b), c in zip(x.tolist(), y.tolist())]
         if t < 2:
-            pred_rows += [(t, float(a), float(b), int(c) if i < 6 else "") for i, ((a, b), c) in
-                          enumerate(zip(x.tolist(), y.tolist()))]
+            pred_rows += [
+                (t, float(a), float(b), int(c) if i < 6 else "")
+                for i, ((a, b), c) in enumerate(zip(x.tolist(), y.tolist()))
+            ]
     for name, table in (("labels.csv", rows), ("new.csv", pred_rows)):
         with open(tmp_path / name, "w", newline="") as f:
             csv.writer(f).writerows([("task", "x1", "x2", "label"), *table])
     cfg = tmp_path / "user.toml"
-    cfg.write_text('[model]\nname = "tests.apps.user_models:TinyClassifier"\n[model.args]\nx_dim = 2\n'
-                   '[data]\npath = "labels.csv"\ntask = "task"\nx = ["x1", "x2"]\ny = "label"\nnum_context = 6\n'
-                   '[train]\nnum_steps = 20\ntasks_per_batch = 3\nlr = 0.05\ncheckpoint_every = 0\n'
-                   '[evaluate]\nnum_context = [4]\nnum_samples = 50\n')
+    cfg.write_text(
+        '[model]\nname = "tests.apps.user_models:TinyClassifier"\n[model.args]\nx_dim = 2\n'
+        '[data]\npath = "labels.csv"\ntask = "task"\nx = ["x1", "x2"]\ny = "label"\nnum_context = 6\n'
+        "[train]\nnum_steps = 20\ntasks_per_batch = 3\nlr = 0.05\ncheckpoint_every = 0\n"
+        "[evaluate]\nnum_context = [4]\nnum_samples = 50\n"
+    )
     out = tmp_path / "run"
     code, _, err = _run(["train", "--config", str(cfg), "--out", str(out), "--no-progress"], capsys)
     assert code == 2 and "--allow-module tests" in err
@@ -261,8 +297,19 @@ def test_user_model_needs_allow_module_then_trains_evaluates_and_predicts_labels
     code, _, err = _run(["evaluate", "--checkpoint", str(out / "checkpoint.ckpt"), *allow], capsys)
     assert code == 0, err
     assert {"accuracy", "ece", "brier"} <= set(_rows(out / "results.csv")[0])
-    code, _, err = _run(["predict", "--checkpoint", str(out / "checkpoint.ckpt"), "--data", str(tmp_path / "new.csv"),
-                         "--out", str(tmp_path / "p.csv"), *allow], capsys)
+    code, _, err = _run(
+        [
+            "predict",
+            "--checkpoint",
+            str(out / "checkpoint.ckpt"),
+            "--data",
+            str(tmp_path / "new.csv"),
+            "--out",
+            str(tmp_path / "p.csv"),
+            *allow,
+        ],
+        capsys,
+    )
     assert code == 0, err
     preds = _rows(tmp_path / "p.csv")
     assert list(preds[0]) == ["task", "x1", "x2", "predicted", "p_0", "p_1"] and len(preds) == 12
@@ -272,10 +319,12 @@ def test_user_model_needs_allow_module_then_trains_evaluates_and_predicts_labels
 
 
 def test_reference_line_puts_the_published_number_beside_the_measured_one():
-    table = pyro_meta.EvaluationTable([
-        {"model": "M", "method": "amortized", "num_context": 10, "num_tasks": 600, "mse": 0.123, "mse_se": 0.01},
-        {"model": "M", "method": "amortized", "num_context": 5, "num_tasks": 600, "mse": 0.5, "mse_se": 0.02},
-    ])
+    table = pyro_meta.EvaluationTable(
+        [
+            {"model": "M", "method": "amortized", "num_context": 10, "num_tasks": 600, "mse": 0.123, "mse_se": 0.01},
+            {"model": "M", "method": "amortized", "num_context": 5, "num_tasks": 600, "mse": 0.5, "mse_se": 0.02},
+        ]
+    )
     ref = {"metric": "mse", "value": 0.2, "method": "amortized", "num_context": 10, "source": "Paper, Table 1"}
     line = reference_line(ref, table, ["amortized"], [5, 10])
     assert line.startswith("published: mse 0.2 [Paper, Table 1] | measured here: mse 0.123 +- 0.01")
@@ -290,8 +339,10 @@ def test_evaluate_prints_a_presets_reference(tmp_path, capsys):
     cfg.write_text(TINY.format(steps=5, every=0) + '[reference]\nmetric = "nll"\nvalue = 0.5\nsource = "X et al."\n')
     assert cli.main(["train", "--config", str(cfg), "--out", str(tmp_path), "--no-progress"]) == 0
     capsys.readouterr()
-    code, out, err = _run(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.ckpt"), "--no-progress",
-                           "--out", str(tmp_path / "ev")], capsys)
+    code, out, err = _run(
+        ["evaluate", "--checkpoint", str(tmp_path / "checkpoint.ckpt"), "--no-progress", "--out", str(tmp_path / "ev")],
+        capsys,
+    )
     assert code == 0, err
     assert "published: nll 0.5 [X et al.] | measured here: nll " in out
     methods = [r["method"] for r in _rows(tmp_path / "ev" / "results.csv")]
@@ -320,8 +371,9 @@ def test_unwritable_out_is_a_clear_error(tmp_path, capsys):
 
 def test_the_maml_preset_trains_and_evaluates_with_its_reference(tmp_path, capsys):
     """``--preset maml_sinusoid --steps 2``: the published protocol runs end to end and names its reference."""
-    code, out, err = _run(["train", "--preset", "maml_sinusoid", "--steps", "2", "--out", str(tmp_path),
-                           "--no-progress"], capsys)
+    code, out, err = _run(
+        ["train", "--preset", "maml_sinusoid", "--steps", "2", "--out", str(tmp_path), "--no-progress"], capsys
+    )
     assert code == 0, err
     header = pyro_meta.read_checkpoint_meta(tmp_path / "checkpoint.ckpt")
     assert header["step"] == 2 and header["meta"]["app"]["config"]["train"]["num_steps"] == 2
@@ -340,18 +392,21 @@ def test_the_omniglot_preset_evaluates_on_the_meta_test_alphabets(tmp_path, caps
     assert cfg["tasks"]["args"]["split"] == "train" and cfg["evaluate"]["tasks"]["args"]["split"] == "test"
     assert type(build_tasks(cfg, "evaluate")).__name__ == "OmniglotEpisodes"
     assert build_tasks(cfg, "evaluate").split == "test" and build_tasks(cfg).split == "train"
-    code, out, err = _run(["train", "--preset", "omniglot", "--steps", "2", "--out", str(tmp_path),
-                           "--no-progress"], capsys)
+    code, out, err = _run(
+        ["train", "--preset", "omniglot", "--steps", "2", "--out", str(tmp_path), "--no-progress"], capsys
+    )
     assert code == 0, err
     small = tmp_path / "small.toml"
     small.write_text(
         '[model]\nname = "ProtoNet"\n[model.args]\nimage_shape = [1, 28, 28]\n'
         '[tasks]\nname = "OmniglotEpisodes"\n[tasks.args]\nsplit = "train"\n'
-        '[evaluate]\nnum_context = [1]\nnum_tasks = 3\nnum_samples = 1\n'
+        "[evaluate]\nnum_context = [1]\nnum_tasks = 3\nnum_samples = 1\n"
         '[evaluate.tasks]\nname = "OmniglotEpisodes"\n[evaluate.tasks.args]\nsplit = "test"\nway = 5\nshots = 1\n'
-        'queries = 2\n')
-    code, out, err = _run(["evaluate", "--checkpoint", str(tmp_path / "checkpoint.ckpt"), "--config", str(small),
-                           "--no-progress"], capsys)
+        "queries = 2\n"
+    )
+    code, out, err = _run(
+        ["evaluate", "--checkpoint", str(tmp_path / "checkpoint.ckpt"), "--config", str(small), "--no-progress"], capsys
+    )
     assert code == 0, err
     assert "split='test'" in out
     (row,) = _rows(tmp_path / "results.csv")

@@ -60,11 +60,15 @@ BAD = [
     (GOOD.replace("[train]", "[train]\nseed = 4294967296"), ["train.seed", "4294967295"]),
     (GOOD.replace('name = "NeuralProcess"', "name = 7"), ["model.name", "string"]),
     (GOOD.replace('name = "NeuralProcess"\n', ""), ["model.name", "missing"]),
-    (GOOD.replace('[model]\nname = "NeuralProcess"\n[model.args]\nlatent_dim = 2\nhidden = 8\n', ""),
-     ["model", "missing"]),
+    (
+        GOOD.replace('[model]\nname = "NeuralProcess"\n[model.args]\nlatent_dim = 2\nhidden = 8\n', ""),
+        ["model", "missing"],
+    ),
     (GOOD + '\n[data]\npath = "x.csv"\n', ["tasks/data", "exactly one"]),
-    (GOOD.replace('[tasks]\nname = "Sinusoid"\n[tasks.args]\nnoise_std = 0.1\n', '[data]\npath = "nope.csv"\n'),
-     ["data.path", "nope.csv", "no such file"]),
+    (
+        GOOD.replace('[tasks]\nname = "Sinusoid"\n[tasks.args]\nnoise_std = 0.1\n', '[data]\npath = "nope.csv"\n'),
+        ["data.path", "nope.csv", "no such file"],
+    ),
     (GOOD.replace("[train]\n", "[train]\nmodel = 3\n"), ["train.model", "unknown key"]),
     ("model = 3\n", ["model", "table"]),
     ("[model\nname = 1", ["not valid TOML"]),
@@ -89,16 +93,19 @@ def test_missing_and_directory_config_files(tmp_path):
         load_config(str(tmp_path))
 
 
-@pytest.mark.parametrize("change,words", [
-    (('name = "NeuralProcess"', 'name = "NeuralProces"'), ["model.name", "NeuralProces", "zoo models"]),
-    (("hidden = 8", "hiddden = 8"), ["model.args.hiddden", "unknown argument", "latent_dim"]),
-    (("latent_dim = 2", "latent_dim = 0"), ["model.args", "latent_dim"]),
-    (('name = "Sinusoid"', 'name = "Sinusoidal"'), ["tasks.name", "Sinusoidal", "GPCurves"]),
-    (("noise_std = 0.1", "noise_stdd = 0.1"), ["tasks.args.noise_stdd", "unknown argument"]),
-    (('name = "NeuralProcess"', 'name = "os:system"'), ["model.name", "not allowed", "--allow-module os"]),
-    (('name = "NeuralProcess"', 'name = "pyro_meta.data:Sinusoid"'), ["model.name", "not a pyro_meta.MetaModel"]),
-    (('name = "NeuralProcess"', 'name = "pyro_meta.nope:X"'), ["model.name", "cannot import"]),
-])
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        (('name = "NeuralProcess"', 'name = "NeuralProces"'), ["model.name", "NeuralProces", "zoo models"]),
+        (("hidden = 8", "hiddden = 8"), ["model.args.hiddden", "unknown argument", "latent_dim"]),
+        (("latent_dim = 2", "latent_dim = 0"), ["model.args", "latent_dim"]),
+        (('name = "Sinusoid"', 'name = "Sinusoidal"'), ["tasks.name", "Sinusoidal", "GPCurves"]),
+        (("noise_std = 0.1", "noise_stdd = 0.1"), ["tasks.args.noise_stdd", "unknown argument"]),
+        (('name = "NeuralProcess"', 'name = "os:system"'), ["model.name", "not allowed", "--allow-module os"]),
+        (('name = "NeuralProcess"', 'name = "pyro_meta.data:Sinusoid"'), ["model.name", "not a pyro_meta.MetaModel"]),
+        (('name = "NeuralProcess"', 'name = "pyro_meta.nope:X"'), ["model.name", "cannot import"]),
+    ],
+)
 def test_model_and_task_problems_name_the_key(tmp_path, change, words):
     cfg = load_config(_write(tmp_path, GOOD.replace(*change)))
     with pytest.raises(ConfigError) as err:

@@ -22,9 +22,17 @@ def test_smoke_config_is_smaller_than_the_demo():
 
 def test_mixing_report_lists_the_badly_mixed_tasks():
     post = types.SimpleNamespace(
-        method="nuts", num_chains=2, num_samples=50,
-        diagnostics={"r_hat": torch.tensor([1.01, 1.2, 1.0]), "ess_bulk": torch.tensor([80.0, 9.0, 70.0]),
-                     "divergences": torch.tensor([1, 2]), "step_size": torch.tensor([0.25, 0.3]), "bad_tasks": [1]})
+        method="nuts",
+        num_chains=2,
+        num_samples=50,
+        diagnostics={
+            "r_hat": torch.tensor([1.01, 1.2, 1.0]),
+            "ess_bulk": torch.tensor([80.0, 9.0, 70.0]),
+            "divergences": torch.tensor([1, 2]),
+            "step_size": torch.tensor([0.25, 0.3]),
+            "bad_tasks": [1],
+        },
+    )
     line, bad = mixing_report(post, 5)
     assert bad == [1]
     assert line.startswith("nuts, context size 5: max r_hat 1.200, min ESS 9 (over 3 tasks, 2 chains x 50 draws)")

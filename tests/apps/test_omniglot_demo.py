@@ -14,9 +14,13 @@ def test_smoke_demo_writes_table_and_figures(tmp_path, capsys):
     result = run_omniglot_demo(config, tmp_path, progress=False)
     out = capsys.readouterr().out
     rows = {(r["model"], r["method"], r["num_tasks"]) for r in result["table"]}
-    assert rows == {("ProtoNet", "amortized", 6), ("BayesianLastLayer", "amortized", 6),
-                    ("ProtoNet", "amortized", 2), ("BayesianLastLayer", "amortized", 2),
-                    ("BayesianLastLayer", "nuts", 2)}
+    assert rows == {
+        ("ProtoNet", "amortized", 6),
+        ("BayesianLastLayer", "amortized", 6),
+        ("ProtoNet", "amortized", 2),
+        ("BayesianLastLayer", "amortized", 2),
+        ("BayesianLastLayer", "nuts", 2),
+    }
     for r in result["table"]:
         assert 0 <= r["accuracy"] <= 1 and r["nll"] > 0 and 0 <= r["ece"] <= 1 and r["accuracy_se"] >= 0
     assert "accuracy (95% CI)" in out and "NUTS per task" in out

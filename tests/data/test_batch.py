@@ -10,8 +10,10 @@ from pyro_meta.data import TaskBatch
 
 def make(T=2, Nc=3, Nt=4, Dx=1, Dy=1, **kw):
     fields = dict(
-        context_x=torch.randn(T, Nc, Dx), context_y=torch.randn(T, Nc, Dy),
-        target_x=torch.randn(T, Nt, Dx), target_y=torch.randn(T, Nt, Dy),
+        context_x=torch.randn(T, Nc, Dx),
+        context_y=torch.randn(T, Nc, Dy),
+        target_x=torch.randn(T, Nt, Dx),
+        target_y=torch.randn(T, Nt, Dy),
     )
     fields.update(kw)
     return TaskBatch(**fields)
@@ -126,10 +128,16 @@ def test_from_tasks_numpy_lists_and_1d_x():
     assert ints.context_x[0, :, 0].tolist() == [0.0, 1.0, 2.0]
 
 
-@pytest.mark.parametrize("labels", [
-    np.array([2, 0, 1], dtype=np.int32), np.array([2, 0, 1], dtype=np.uint8), torch.tensor([2, 0, 1], dtype=torch.int32),
-    torch.tensor([2, 0, 1]), [2, 0, 1],
-])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([2, 0, 1], dtype=np.int32),
+        np.array([2, 0, 1], dtype=np.uint8),
+        torch.tensor([2, 0, 1], dtype=torch.int32),
+        torch.tensor([2, 0, 1]),
+        [2, 0, 1],
+    ],
+)
 def test_from_tasks_integer_labels_become_long(labels):
     b = TaskBatch.from_tasks([(torch.randn(3, 2), labels), (torch.randn(2, 2), np.array([1, 1]))])
     assert b.is_classification and b.context_y.dtype == torch.long and b.context_y.shape == (2, 3)
@@ -137,8 +145,9 @@ def test_from_tasks_integer_labels_become_long(labels):
 
 
 def test_from_tasks_bool_labels_are_binary_long():
-    b = TaskBatch.from_tasks([(torch.randn(3, 1), np.array([True, False, True]))],
-                             [(torch.randn(2, 1), torch.tensor([False, True]))])
+    b = TaskBatch.from_tasks(
+        [(torch.randn(3, 1), np.array([True, False, True]))], [(torch.randn(2, 1), torch.tensor([False, True]))]
+    )
     assert b.context_y.dtype == torch.long and b.context_y.tolist() == [[1, 0, 1]] and b.target_y.tolist() == [[0, 1]]
 
 
@@ -152,8 +161,13 @@ def _xy(n=4, dx=1, dy=1, dtype=torch.float32):
         ([_xy(), _xy(dy=2)], None, {}, ValueError, r"context\[1\] y \(task 1\).*Dy = 2.*context\[0\] y.*Dy = 1"),
         ([_xy(), (torch.randn(4, 1), torch.arange(4))], None, {}, ValueError, r"context\[1\] y.*labels"),
         ([_xy()], [(torch.randn(2, 1), torch.tensor([0, 1]))], {}, ValueError, r"target\[0\] y.*labels"),
-        ([(torch.randn(4, 1, dtype=torch.float64), torch.randn(4, 1))], None, {}, TypeError,
-         r"context\[0\] y \(task 0\) is torch.float32 but context\[0\] x \(task 0\) is torch.float64.*dtype="),
+        (
+            [(torch.randn(4, 1, dtype=torch.float64), torch.randn(4, 1))],
+            None,
+            {},
+            TypeError,
+            r"context\[0\] y \(task 0\) is torch.float32 but context\[0\] x \(task 0\) is torch.float64.*dtype=",
+        ),
         ([_xy(), _xy(dtype=torch.float64)], None, {}, TypeError, r"context\[1\] x \(task 1\) is torch.float64"),
         ([_xy()], [_xy(dtype=torch.float64)], {}, TypeError, r"target\[0\] x"),
         ([(np.random.randn(4, 1), np.random.randn(4, 1).astype(np.float32))], None, {}, TypeError, r"context\[0\] y"),
@@ -174,8 +188,13 @@ def _xy(n=4, dx=1, dy=1, dtype=torch.float32):
         ([_xy()], None, dict(dtype=torch.long), TypeError, "dtype"),
         ([_xy()], None, dict(dtype="float32"), TypeError, "dtype"),
         ([_xy()], None, dict(pad_value=float("nan")), ValueError, "pad_value"),
-        ([_xy(), (torch.randn(4, 1, device="meta"), torch.randn(4, 1, device="meta"))], None, {}, ValueError,
-         r"context\[1\] x.*meta.*device="),
+        (
+            [_xy(), (torch.randn(4, 1, device="meta"), torch.randn(4, 1, device="meta"))],
+            None,
+            {},
+            ValueError,
+            r"context\[1\] x.*meta.*device=",
+        ),
         (torch.randn(2, 4, 1), None, {}, TypeError, "context must be a list"),
         ([], None, {}, ValueError, "at least one task"),
     ],
@@ -197,8 +216,14 @@ def test_from_tasks_dtype_and_device_options():
 def _table(seed=0):
     rng = np.random.default_rng(seed)
     ids = np.array([3, 1, 3, 2, 1, 3, 2, 1, 3, 2, 1, 1])  # 5 rows of task 1, 3 of task 2, 4 of task 3
-    return {"task_id": ids, "x0": rng.normal(size=12), "x1": rng.normal(size=12), "y": rng.normal(size=12),
-            "label": rng.integers(0, 3, size=12), "role": np.where(np.isin(np.arange(12), [0, 1, 3, 4]), "context", "target")}
+    return {
+        "task_id": ids,
+        "x0": rng.normal(size=12),
+        "x1": rng.normal(size=12),
+        "y": rng.normal(size=12),
+        "label": rng.integers(0, 3, size=12),
+        "role": np.where(np.isin(np.arange(12), [0, 1, 3, 4]), "context", "target"),
+    }
 
 
 def _reference(table, x_cols, y_col, is_context):
@@ -244,8 +269,9 @@ def test_from_table_labels_and_string_ids():
     table["task_id"] = np.array(["c", "a", "c", "b", "a", "c", "b", "a", "c", "b", "b", "a"])
     b = TaskBatch.from_table(pd.DataFrame(table), x="x0", y="label", split="role", dtype=torch.float32)
     assert b.info["task_id"] == ["a", "b", "c"] and b.is_classification and b.context_x.dtype == torch.float32
-    _check_against_reference(b, dict(table, x0=table["x0"].astype(np.float32)), ["x0"], "label",
-                             table["role"] == "context")
+    _check_against_reference(
+        b, dict(table, x0=table["x0"].astype(np.float32)), ["x0"], "label", table["role"] == "context"
+    )
     assert b.select([2, 0]).info["task_id"] == ["c", "a"]
 
 
@@ -338,12 +364,16 @@ def test_split_pools_and_resplits_each_task():
         assert ys == xs  # y travels with its x
     again = b.split(2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.context_x, s.context_x)
-    assert any(not torch.equal(b.split(2, torch.Generator().manual_seed(k)).context_x, s.context_x) for k in range(1, 6))
+    assert any(
+        not torch.equal(b.split(2, torch.Generator().manual_seed(k)).context_x, s.context_x) for k in range(1, 6)
+    )
 
 
 def test_split_errors_and_labels():
-    b = TaskBatch.from_tasks([(torch.randn(2, 1), [0, 1]), (torch.randn(3, 1), [1, 1, 0])],
-                             [(torch.randn(1, 1), [1]), (torch.randn(1, 1), [0])])
+    b = TaskBatch.from_tasks(
+        [(torch.randn(2, 1), [0, 1]), (torch.randn(3, 1), [1, 1, 0])],
+        [(torch.randn(1, 1), [1]), (torch.randn(1, 1), [0])],
+    )
     s = b.split(3, torch.Generator().manual_seed(0))
     assert s.is_classification and s.target_mask.sum(-1).tolist() == [0, 1]
     with pytest.raises(ValueError, match="task 0 has 3 observed points, fewer than num_context=4"):

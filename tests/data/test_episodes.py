@@ -143,8 +143,14 @@ def test_rotations_are_new_classes_of_rotated_images(generator):
 
 def test_from_images_groups_and_classes(generator):
     images, labels = _images(4, 3)
-    data = LabelledImages(images, labels, ("a0", "a1", "b0", "b1"), torch.tensor([0, 0, 1, 1]), ("A", "B"),
-                          tuple(str(i) for i in range(12)))
+    data = LabelledImages(
+        images,
+        labels,
+        ("a0", "a1", "b0", "b1"),
+        torch.tensor([0, 0, 1, 1]),
+        ("A", "B"),
+        tuple(str(i) for i in range(12)),
+    )
     eps = Episodes.from_images(data, groups=["B"], way=2, shots=1, queries=2)
     assert eps.class_names == ("b0", "b1")
     b = eps.sample(3, generator=generator)
@@ -188,7 +194,8 @@ def test_fit_and_evaluate_take_episodes():
     model = _PrototypeClassifier(3)
     pyro_meta.fit(model, eps, num_steps=3, tasks_per_batch=4, num_context=None, num_target=None, progress=False)
     assert model.shapes[0] == ((4, 6, 25), (4, 9, 25))  # fit passed None: the constructor's shots and queries
-    table = pyro_meta.evaluate(model, eps, methods="amortized", num_tasks=5, num_context=[1, 2], num_target=2,
-                               num_samples=20, seed=0)
+    table = pyro_meta.evaluate(
+        model, eps, methods="amortized", num_tasks=5, num_context=[1, 2], num_target=2, num_samples=20, seed=0
+    )
     rows = table.rows
     assert [r["num_context"] for r in rows] == [1, 2] and all(0.0 <= r["accuracy"] <= 1.0 for r in rows)

@@ -139,6 +139,7 @@ def test_kernel_matrix_bad_shapes_raise():
 # ----------------------------------------------------------------------------- the BNP / TNP protocol
 def test_bnp_protocol_sizes_follow_the_papers_sampler(generator):
     """Nc ~ U{3..46} and, given Nc, Nt ~ U{3..49 - Nc} (their randint(3, 47), randint(3, 50 - Nc))."""
+
     class SizesOnly(BNPGPCurves):  # the size protocol without the (slow, here irrelevant) GP draws
         def sample_y(self, x, params, generator):
             return torch.zeros(x.shape[:-1] + (1,))
@@ -158,8 +159,11 @@ def test_bnp_protocol_sizes_follow_the_papers_sampler(generator):
 
 def test_bnp_protocol_hyperparameters_and_disjoint_targets(generator):
     tasks = BNPGPCurves("periodic")
-    assert (tasks.lengthscale_range, tasks.period_range, tasks.signal_scale_range) == ((0.1, 0.6), (0.1, 0.5),
-                                                                                       (0.1, 1.0))
+    assert (tasks.lengthscale_range, tasks.period_range, tasks.signal_scale_range) == (
+        (0.1, 0.6),
+        (0.1, 0.5),
+        (0.1, 1.0),
+    )
     assert tasks.noise_std == 0.02 and tasks.x_range == (-2.0, 2.0) and not tasks.targets_include_context
     batch = tasks.sample(500, generator=generator)
     assert bool(batch.context_mask.all())

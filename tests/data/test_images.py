@@ -18,9 +18,9 @@ def _omniglot_like(seed, size=105):
     for _ in range(4):
         r, c = rng.integers(5, size - 20, 2)
         if rng.random() < 0.5:
-            img[r:r + 3, c:c + rng.integers(5, 15)] = False
+            img[r : r + 3, c : c + rng.integers(5, 15)] = False
         else:
-            img[r:r + rng.integers(5, 15), c:c + 3] = False
+            img[r : r + rng.integers(5, 15), c : c + 3] = False
     return img
 
 

@@ -69,7 +69,8 @@ def test_validation_errors():
     with pytest.raises(ValueError, match="class_groups must be a long tensor"):
         LabelledImages(d.images, d.labels, d.class_names, d.class_groups[:2], d.group_names, d.paths)
     with pytest.raises(ValueError, match="have no image"):
-        LabelledImages(d.images, d.labels, d.class_names + ("c4",), torch.tensor([0, 1, 0, 2, 0]),
-                       d.group_names, d.paths)
+        LabelledImages(
+            d.images, d.labels, d.class_names + ("c4",), torch.tensor([0, 1, 0, 2, 0]), d.group_names, d.paths
+        )
     with pytest.raises(ValueError, match="paths"):
         LabelledImages(d.images, d.labels, d.class_names, d.class_groups, d.group_names, d.paths[:3])

@@ -17,8 +17,16 @@ from pyro_meta.data.omniglot import OMNIGLOT_CONTENT_SHA256, OMNIGLOT_SHA256, co
 
 ROOT = Path(__file__).resolve().parents[2]
 # characters per alphabet, from the data README (brendenlake/omniglot images_background_small1/2)
-ALPHABETS = {"Balinese": 24, "Early_Aramaic": 22, "Greek": 24, "Japanese_(katakana)": 47, "Korean": 40,
-             "Latin": 26, "Sanskrit": 42, "Tagalog": 17}
+ALPHABETS = {
+    "Balinese": 24,
+    "Early_Aramaic": 22,
+    "Greek": 24,
+    "Japanese_(katakana)": 47,
+    "Korean": 40,
+    "Latin": 26,
+    "Sanskrit": 42,
+    "Tagalog": 17,
+}
 
 
 def _shipped_bytes():
@@ -113,7 +121,7 @@ def _png(seed):
     rng = np.random.default_rng(seed)
     img = np.ones((105, 105), dtype=bool)
     r, c = rng.integers(10, 80, 2)
-    img[r:r + 20, c:c + 3] = False
+    img[r : r + 20, c : c + 3] = False
     buf = io.BytesIO()
     from PIL import Image
 
@@ -129,7 +137,9 @@ def _zips(src, shared_differs=False):
             for alphabet, chars in sorted(alphabets.items()):
                 for c in range(chars):
                     for d in range(3):
-                        seed = sum(map(ord, alphabet)) + 10 * c + d + (k if shared_differs and alphabet == "Greek" else 0)
+                        seed = (
+                            sum(map(ord, alphabet)) + 10 * c + d + (k if shared_differs and alphabet == "Greek" else 0)
+                        )
                         name = f"images_background_small{k}/{alphabet}/character{c + 1:02d}/{len(alphabet):02d}{c:02d}_{d + 1:02d}.png"
                         z.writestr(name, _png(seed))
     (src / "LICENSE").write_text("MIT License (test copy)")
@@ -151,8 +161,13 @@ def test_build_script_is_deterministic_and_uses_read_images(tmp_path, capsys):
     with np.load(out1, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     assert arrays["group_names"].tolist() == ["Balinese", "Greek", "Tagalog"]  # Greek kept once
-    assert arrays["class_names"].tolist() == ["Balinese/character01", "Greek/character01", "Greek/character02",
-                                              "Tagalog/character01", "Tagalog/character02"]
+    assert arrays["class_names"].tolist() == [
+        "Balinese/character01",
+        "Greek/character01",
+        "Greek/character02",
+        "Tagalog/character01",
+        "Tagalog/character02",
+    ]
     assert arrays["images"].shape == (15, 28, 28) and arrays["images"].dtype == np.uint8
     # the stored levels are exactly read_images of the source PNGs, in sorted path order
     paths = omniglot_module._paths(arrays)

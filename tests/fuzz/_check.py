@@ -28,8 +28,13 @@ def _alarm(signum, frame):
     raise Hang()
 
 
-def expect_clear_error(area: str, call: Callable[[], object], names: Iterable[str], seconds: float = 30.0,
-                       allowed: Tuple[Type[BaseException], ...] = CLEAR) -> BaseException:
+def expect_clear_error(
+    area: str,
+    call: Callable[[], object],
+    names: Iterable[str],
+    seconds: float = 30.0,
+    allowed: Tuple[Type[BaseException], ...] = CLEAR,
+) -> BaseException:
     """Run ``call``; assert it raises one of ``allowed`` naming one of ``names`` within ``seconds``."""
     names = tuple(names)
     use_alarm = threading.current_thread() is threading.main_thread()
@@ -40,7 +45,9 @@ def expect_clear_error(area: str, call: Callable[[], object], names: Iterable[st
         call()
     except Hang:
         TALLY[area]["hang"] += 1
-        raise AssertionError(f"{area}: no answer within {seconds} s (a hang) for an input malformed in {names}") from None
+        raise AssertionError(
+            f"{area}: no answer within {seconds} s (a hang) for an input malformed in {names}"
+        ) from None
     except allowed as err:
         message = str(err)
         if not any(n in message for n in names):
@@ -50,8 +57,9 @@ def expect_clear_error(area: str, call: Callable[[], object], names: Iterable[st
         return err
     except Exception as err:
         TALLY[area]["raw"] += 1
-        raise AssertionError(f"{area}: raw {type(err).__name__} for an input malformed in {names}: "
-                             f"{str(err)[:300]}") from err
+        raise AssertionError(
+            f"{area}: raw {type(err).__name__} for an input malformed in {names}: {str(err)[:300]}"
+        ) from err
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)

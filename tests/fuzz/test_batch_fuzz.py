@@ -35,17 +35,36 @@ def valid_fields(draw):
 
 
 def _grow(t: torch.Tensor, dim: int) -> torch.Tensor:
-    return torch.cat([t, t.narrow(dim, 0, 1)], dim) if t.shape[dim] else t.new_zeros(t.shape[:dim] + (1,) + t.shape[dim + 1:])
+    return (
+        torch.cat([t, t.narrow(dim, 0, 1)], dim)
+        if t.shape[dim]
+        else t.new_zeros(t.shape[:dim] + (1,) + t.shape[dim + 1 :])
+    )
 
 
 # every mutation: (field that is malformed, fields whose agreement it breaks: acceptable names in the error)
 @st.composite
 def malformed(draw):
     fields = dict(draw(valid_fields()))
-    kind = draw(st.sampled_from([
-        "ndim", "size", "nan", "inf", "int_x", "float_mask", "not_tensor", "empty_context", "negative_label",
-        "kind_mismatch", "task_index", "no_tasks", "info",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "ndim",
+                "size",
+                "nan",
+                "inf",
+                "int_x",
+                "float_mask",
+                "not_tensor",
+                "empty_context",
+                "negative_label",
+                "kind_mismatch",
+                "task_index",
+                "no_tasks",
+                "info",
+            ]
+        )
+    )
     T = fields["context_x"].shape[0]
     labels = not fields["context_y"].is_floating_point()
     if kind == "ndim":
@@ -141,10 +160,22 @@ def test_malformed_batch_methods(fields, method, data):
     batch = TaskBatch(**fields)
     T = batch.num_tasks
     if method == "select":
-        index = data.draw(st.sampled_from([[T], [-T - 1], torch.tensor([T + 2]), torch.zeros(T + 1, dtype=torch.bool),
-                                           [0.5], "all", torch.tensor([[0]]).float()]))
-        expect_clear_error("TaskBatch.select", lambda: batch.select(index), ("index",),
-                           allowed=(ValueError, TypeError, IndexError))  # IndexError: out of range (documented)
+        index = data.draw(
+            st.sampled_from(
+                [
+                    [T],
+                    [-T - 1],
+                    torch.tensor([T + 2]),
+                    torch.zeros(T + 1, dtype=torch.bool),
+                    [0.5],
+                    "all",
+                    torch.tensor([[0]]).float(),
+                ]
+            )
+        )
+        expect_clear_error(
+            "TaskBatch.select", lambda: batch.select(index), ("index",), allowed=(ValueError, TypeError, IndexError)
+        )  # IndexError: out of range (documented)
     elif method == "replace":
         value = data.draw(st.sampled_from([np.zeros(3), torch.zeros(T + 1, 1, 1), torch.full((T, 1, 1), math.nan)]))
         expect_clear_error("TaskBatch.replace", lambda: batch.replace(context_x=value), ("context_x",))

@@ -22,8 +22,9 @@ def original(tmp_path_factory):
     opt = torch.optim.Adam(model.parameters())
     model.loss(pyro_meta.data.LinearTasks().sample(2, 3, 3)).backward()
     opt.step()
-    pyro_meta.save_checkpoint(path, model, opt, extra={"step": 3, "losses": [1.0, 2.0]},
-                              meta={"model_args": model.init_args})
+    pyro_meta.save_checkpoint(
+        path, model, opt, extra={"step": 3, "losses": [1.0, 2.0]}, meta={"model_args": model.init_args}
+    )
     return path.read_bytes()
 
 
@@ -75,8 +76,11 @@ def test_bad_loader_arguments_name_the_argument(original, tmp_path_factory, data
     folder = tmp_path_factory.mktemp("args")
     path = folder / "c.ckpt"
     path.write_bytes(original)
-    kind = data.draw(st.sampled_from(["path", "model", "optimizer", "optimizer_alone", "other_optimizer",
-                                      "other_model", "allow", "directory"]))
+    kind = data.draw(
+        st.sampled_from(
+            ["path", "model", "optimizer", "optimizer_alone", "other_optimizer", "other_model", "allow", "directory"]
+        )
+    )
     if kind == "path":
         value = data.draw(st.sampled_from([3, None, ["c.ckpt"], b"\x00bad"]))
         call, names = (lambda: load_checkpoint(value)), ("path",)
@@ -99,8 +103,9 @@ def test_bad_loader_arguments_name_the_argument(original, tmp_path_factory, data
         call, names = (lambda: rebuild_model(path, allow=value)), ("allow",)
     else:
         call, names = (lambda: load_checkpoint(folder)), (str(folder), "path")
-    expect_clear_error("checkpoint arguments", call, names, allowed=(ValueError, TypeError, IsADirectoryError,
-                                                                     FileNotFoundError))
+    expect_clear_error(
+        "checkpoint arguments", call, names, allowed=(ValueError, TypeError, IsADirectoryError, FileNotFoundError)
+    )
 
 
 def test_a_missing_file_is_file_not_found(tmp_path):

@@ -53,10 +53,31 @@ def test_malformed_from_tasks_names_the_argument(valid, data):
     which = draw(st.sampled_from(["context", "target"]))
     sets = {"context": context, "target": target}
     x, y = sets[which][t]
-    kind = draw(st.sampled_from([
-        "not_list", "empty", "pair", "x_3d", "x_int", "x_complex", "x_ragged", "x_nan", "y_len", "y_none",
-        "y_2d_labels", "y_negative", "mix_kind", "mix_dx", "mix_dtype", "target_len", "pad", "dtype", "device",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "not_list",
+                "empty",
+                "pair",
+                "x_3d",
+                "x_int",
+                "x_complex",
+                "x_ragged",
+                "x_nan",
+                "y_len",
+                "y_none",
+                "y_2d_labels",
+                "y_negative",
+                "mix_kind",
+                "mix_dx",
+                "mix_dtype",
+                "target_len",
+                "pad",
+                "dtype",
+                "device",
+            ]
+        )
+    )
     names = (which,)
     if kind == "not_list":
         arg = draw(st.sampled_from([torch.zeros(2, 3), {"x": 1}, 3, "tasks"]))
@@ -129,8 +150,14 @@ def table(draw):
     rows = draw(st.integers(T * 2, T * 5))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     ids = np.concatenate([np.arange(T), rng.integers(0, T, rows - T)])
-    cols = {"task_id": ids, "x": rng.normal(size=rows), "x2": rng.normal(size=rows), "y": rng.normal(size=rows),
-            "label": rng.integers(0, 3, rows), "role": np.where(rng.random(rows) < 0.5, "context", "target")}
+    cols = {
+        "task_id": ids,
+        "x": rng.normal(size=rows),
+        "x2": rng.normal(size=rows),
+        "y": rng.normal(size=rows),
+        "label": rng.integers(0, 3, rows),
+        "role": np.where(rng.random(rows) < 0.5, "context", "target"),
+    }
     TaskBatch.from_table(cols, x=["x", "x2"], y="y", num_context=1)
     return cols
 
@@ -140,10 +167,29 @@ def test_malformed_from_table_names_the_argument(cols, data):
     draw = data.draw
     cols = dict(cols)
     kw = dict(task="task_id", x=["x", "x2"], y="y", num_context=1)
-    kind = draw(st.sampled_from([
-        "no_table", "missing_column", "x_nan", "x_text", "lengths", "column_2d", "num_context", "fraction", "two_rules",
-        "no_rule", "split_values", "seed", "generator", "y_nan_context", "empty", "task_nan", "y_list_labels",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "no_table",
+                "missing_column",
+                "x_nan",
+                "x_text",
+                "lengths",
+                "column_2d",
+                "num_context",
+                "fraction",
+                "two_rules",
+                "no_rule",
+                "split_values",
+                "seed",
+                "generator",
+                "y_nan_context",
+                "empty",
+                "task_nan",
+                "y_list_labels",
+            ]
+        )
+    )
     if kind == "no_table":
         table_arg, names = draw(st.sampled_from([[1, 2, 3], 3, "table", None])), ("table",)
     else:

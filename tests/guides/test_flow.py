@@ -54,6 +54,6 @@ def test_draws_broadcast_against_the_context():
     z = torch.randn(7, 5, 1, 2)
     together = head(h).log_prob(z)  # context [5, 1, 4] against values [7, 5, 1, 2]
     one_by_one = torch.stack([head(h).log_prob(z[s]) for s in range(7)])
-    task_by_task = torch.stack([head(h[t:t + 1]).log_prob(z[:, t:t + 1])[:, 0] for t in range(5)], 1)
+    task_by_task = torch.stack([head(h[t : t + 1]).log_prob(z[:, t : t + 1])[:, 0] for t in range(5)], 1)
     torch.testing.assert_close(together, one_by_one)
     torch.testing.assert_close(together, task_by_task, atol=1e-5, rtol=1e-5)

@@ -138,27 +138,39 @@ def test_rsample_gradient_matches_finite_differences(name):
     _finite_difference_check(name)
 
 
-@pytest.mark.parametrize("bad, error", [
-    ([[0.0] * H], TypeError),
-    (torch.zeros(T, H, dtype=torch.long), TypeError),
-    (torch.zeros(T, H + 1), ValueError),
-    (torch.zeros(H), ValueError),
-    (torch.zeros(0, H), ValueError),
-    (torch.full((T, H), float("nan")), ValueError),
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        ([[0.0] * H], TypeError),
+        (torch.zeros(T, H, dtype=torch.long), TypeError),
+        (torch.zeros(T, H + 1), ValueError),
+        (torch.zeros(H), ValueError),
+        (torch.zeros(0, H), ValueError),
+        (torch.full((T, H), float("nan")), ValueError),
+    ],
+)
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_bad_embeddings_are_refused(name, bad, error):
     with pytest.raises(error, match=r"h "):
         HEADS[name](H, 2)(bad)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: NormalHead(0, 2), lambda: NormalHead(3, 2, min_scale=1.5), lambda: LowRankNormalHead(3, 2, rank=0),
-    lambda: LowRankNormalHead(3, 2, rank=4, factor_init=0.6), lambda: MixtureHead(3, 2, num_components=0),
-    lambda: MixtureHead(3, 2, init_spread=1.0), lambda: FlowHead(3, 2, transform="planar"),
-    lambda: FlowHead(3, 4, flow_hidden=(2,)), lambda: FlowHead(3, 2, count_bins=1), lambda: FlowHead(3, 2, direction="both"),
-    lambda: NormalHead(3, 2, hidden=(0,)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: NormalHead(0, 2),
+        lambda: NormalHead(3, 2, min_scale=1.5),
+        lambda: LowRankNormalHead(3, 2, rank=0),
+        lambda: LowRankNormalHead(3, 2, rank=4, factor_init=0.6),
+        lambda: MixtureHead(3, 2, num_components=0),
+        lambda: MixtureHead(3, 2, init_spread=1.0),
+        lambda: FlowHead(3, 2, transform="planar"),
+        lambda: FlowHead(3, 4, flow_hidden=(2,)),
+        lambda: FlowHead(3, 2, count_bins=1),
+        lambda: FlowHead(3, 2, direction="both"),
+        lambda: NormalHead(3, 2, hidden=(0,)),
+    ],
+)
 def test_bad_constructor_arguments_are_refused(make):
     with pytest.raises(ValueError):
         make()

@@ -110,7 +110,9 @@ def test_one_dimensional_mixture_and_head():
     z = q.rsample((4,))
     grad = torch.autograd.grad(z.sum(), locs)[0]
     pi = torch.softmax(logits, -1).detach()
-    dens = pi * torch.distributions.Normal(locs.detach()[:, 0], scales.detach()[:, 0]).log_prob(z.detach()).exp()  # [4, K]
+    dens = (
+        pi * torch.distributions.Normal(locs.detach()[:, 0], scales.detach()[:, 0]).log_prob(z.detach()).exp()
+    )  # [4, K]
     expected = (dens / dens.sum(1, keepdim=True)).sum(0)  # dz/dm_k = -dF/dm_k / q(z) = pi_k N_k(z) / q(z)
     torch.testing.assert_close(grad[:, 0], expected)
     assert MixtureHead(2, 1, num_components=2)(torch.randn(3, 2)).rsample().shape == (3, 1, 1)

@@ -39,11 +39,15 @@ def _fit_forward_kl(head, steps, lr, batch=128, seed=0):
     return error, kl
 
 
-@pytest.mark.parametrize("make", [
-    lambda: NormalHead(1, 2, hidden=(32,)),
-    lambda: LowRankNormalHead(1, 2, rank=1, hidden=(32,)),
-    lambda: FullNormalHead(1, 2, hidden=(32,)),
-], ids=["normal", "lowrank", "full"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: NormalHead(1, 2, hidden=(32,)),
+        lambda: LowRankNormalHead(1, 2, rank=1, hidden=(32,)),
+        lambda: FullNormalHead(1, 2, hidden=(32,)),
+    ],
+    ids=["normal", "lowrank", "full"],
+)
 def test_gaussian_heads_cannot_capture_both_modes(make):
     """The same fit, the same metric: a Gaussian puts its mass between the modes (the metric can fail)."""
     torch.manual_seed(0)

@@ -29,8 +29,9 @@ class NormalTasks:
         n = num_context + num_target
         y = z + self.sigma * torch.randn(num_tasks, n, 1, generator=generator)
         x = torch.zeros(num_tasks, n, 1)
-        return TaskBatch(x[:, :num_context], y[:, :num_context], x[:, num_context:], y[:, num_context:],
-                         info={"z": z[:, 0, 0]})
+        return TaskBatch(
+            x[:, :num_context], y[:, :num_context], x[:, num_context:], y[:, num_context:], info={"z": z[:, 0, 0]}
+        )
 
 
 def encode_mean(batch, linear):
@@ -68,8 +69,9 @@ class Hierarchical(MetaModel):
 def test_autonormal_globals_with_an_amortized_task_guide_recover_known_globals():
     tasks = NormalTasks(mu=1.5, tau=0.7)
     model = Hierarchical()
-    result = pyro_meta.fit(model, tasks, num_steps=1500, tasks_per_batch=64, num_context=5, num_target=5, lr=0.02,
-                           progress=False, seed=0)
+    result = pyro_meta.fit(
+        model, tasks, num_steps=1500, tasks_per_batch=64, num_context=5, num_target=5, lr=0.02, progress=False, seed=0
+    )
     assert result.losses[-1] < result.losses[0]
     mu, tau = float(model.global_guide.locs.mu.detach()), float(model.global_guide.locs.tau.detach().exp())
     assert abs(mu - 1.5) < 0.15 and abs(tau - 0.7) < 0.15, (mu, tau)
@@ -80,14 +82,24 @@ def test_autonormal_globals_with_an_amortized_task_guide_recover_known_globals()
     assert abs(float(post.fixed_globals["mu"]) - 1.5) < 0.2
 
 
-@pytest.mark.parametrize("guide_cls", [AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal,
-                                       AutoLowRankMultivariateNormal])
+@pytest.mark.parametrize(
+    "guide_cls", [AutoNormal, AutoDiagonalNormal, AutoMultivariateNormal, AutoLowRankMultivariateNormal]
+)
 def test_every_autoguide_for_the_globals_is_trained(guide_cls):
     """fit builds its optimizer after the AutoGuide created its parameters (they were never trained before)."""
     model = Hierarchical(global_guide=guide_cls)
     assert not list(model.global_guide.parameters())  # created lazily, on the first call
-    pyro_meta.fit(model, NormalTasks(), num_steps=300, tasks_per_batch=32, num_context=5, num_target=5, lr=0.03,
-                  progress=False, seed=0)
+    pyro_meta.fit(
+        model,
+        NormalTasks(),
+        num_steps=300,
+        tasks_per_batch=32,
+        num_context=5,
+        num_target=5,
+        lr=0.03,
+        progress=False,
+        seed=0,
+    )
     params = dict(model.global_guide.named_parameters())
     assert params, "the AutoGuide has no parameters after fit"
     loc = next(v for k, v in params.items() if "loc" in k)
@@ -128,8 +140,9 @@ def test_per_task_autonormal_on_a_fixed_task_set_lines_up_with_the_tasks():
     batch = _fixed_tasks()
     model = GuideAssigned()
     # trained on the context sets alone, so that q_t approximates p(z_t | context_t) as NUTS samples it
-    pyro_meta.fit(model, batch.context_only(), num_steps=2000, tasks_per_batch=8, lr=0.05, lr_decay=0.01,
-                  progress=False, seed=0)
+    pyro_meta.fit(
+        model, batch.context_only(), num_steps=2000, tasks_per_batch=8, lr=0.05, lr_decay=0.01, progress=False, seed=0
+    )
     mean, sd = _exact(batch)
     q = pyro_meta.infer(model, batch, method="amortized", num_samples=4000, seed=0)
     nuts = pyro_meta.infer(model, batch, method="nuts", num_samples=500, num_warmup=300, num_chains=2, seed=0)
@@ -200,13 +213,18 @@ def test_autoguidelist_combines_an_amortized_task_guide_and_an_autonormal():
     model = Listed()
     model.sigma = 0.5
     tasks = NormalTasks()
-    pyro_meta.fit(model, tasks, num_steps=800, tasks_per_batch=64, num_context=5, num_target=5, lr=0.02,
-                  progress=False)
+    pyro_meta.fit(model, tasks, num_steps=800, tasks_per_batch=64, num_context=5, num_target=5, lr=0.02, progress=False)
     assert abs(float(dict(model.named_children())["guide"][0].locs.mu.detach()) - 1.5) < 0.2
     batch = tasks.sample(3, generator=torch.Generator().manual_seed(2))
     for method in ("amortized", "importance"):
-        post = pyro_meta.infer(model, batch, method=method, num_samples=20, seed=0,
-                               **({"num_proposals": 200} if method == "importance" else {}))
+        post = pyro_meta.infer(
+            model,
+            batch,
+            method=method,
+            num_samples=20,
+            seed=0,
+            **({"num_proposals": 200} if method == "importance" else {}),
+        )
         assert post.samples["z"].shape == (1, 20, 3)
 
 
@@ -217,6 +235,7 @@ def test_lazy_torch_modules_are_trained():
             self.encoder = nn.LazyLinear(2)
 
     model = Lazy()
-    pyro_meta.fit(model, NormalTasks(), num_steps=20, tasks_per_batch=8, num_context=5, num_target=5, lr=0.05,
-                  progress=False)
+    pyro_meta.fit(
+        model, NormalTasks(), num_steps=20, tasks_per_batch=8, num_context=5, num_target=5, lr=0.05, progress=False
+    )
     assert model.encoder.weight.shape == (2, 2) and model.encoder.weight.grad is not None

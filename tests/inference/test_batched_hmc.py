@@ -241,8 +241,11 @@ def _pot(u):
         (dict(inverse_mass=torch.ones(4)), ValueError, r"inverse_mass must broadcast to \[2, 3, 1\]"),
         (dict(potential_fn=lambda u: 0.5 * (u**2).sum()), ValueError, r"shape \[C, T\] = \[2, 3\]"),
         (dict(potential_fn=lambda u: u.detach().sum(-1)), ValueError, "autograd"),
-        (dict(potential_fn=lambda u: torch.where(u[..., 0] > -1, math.inf, 0.0) + u.sum(-1)), ValueError,
-         "not finite at init"),
+        (
+            dict(potential_fn=lambda u: torch.where(u[..., 0] > -1, math.inf, 0.0) + u.sum(-1)),
+            ValueError,
+            "not finite at init",
+        ),
         (dict(potential_fn="not callable"), TypeError, "potential_fn must be callable"),
     ],
 )

@@ -73,9 +73,16 @@ def test_result_has_the_keys_of_nuts_and_exports_to_arviz(linear):
     # evaluate reports the MCMC columns
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        table = pyro_meta.evaluate(model, LinearTasks(), methods=["batched_hmc"], num_tasks=3, num_context=4,
-                                   num_target=5, num_samples=20,
-                                   method_options={"batched_hmc": {"num_warmup": 20, "num_chains": 2}})
+        table = pyro_meta.evaluate(
+            model,
+            LinearTasks(),
+            methods=["batched_hmc"],
+            num_tasks=3,
+            num_context=4,
+            num_target=5,
+            num_samples=20,
+            method_options={"batched_hmc": {"num_warmup": 20, "num_chains": 2}},
+        )
     (row,) = table.rows
     assert {"divergences", "min_ess", "min_ess_tail", "max_r_hat"} <= set(row)
 
@@ -86,8 +93,18 @@ def test_same_seed_same_draws_and_progress_bar(linear, capsys):
     for _ in range(2):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            runs.append(pyro_meta.infer(model, batch, method="batched_hmc", num_samples=10, num_warmup=10,
-                                        num_chains=2, seed=3, progress=True))
+            runs.append(
+                pyro_meta.infer(
+                    model,
+                    batch,
+                    method="batched_hmc",
+                    num_samples=10,
+                    num_warmup=10,
+                    num_chains=2,
+                    seed=3,
+                    progress=True,
+                )
+            )
     assert torch.equal(runs[0].samples["w"], runs[1].samples["w"])
     assert "batched HMC" in capsys.readouterr().err
 
@@ -98,8 +115,17 @@ def test_divergences_are_counted_per_task():
     batch = LinearTasks().sample(3, 5, 5, generator=torch.Generator().manual_seed(1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        post = pyro_meta.infer(model, batch, method="batched_hmc", num_samples=10, num_warmup=0, num_chains=2,
-                               step_size=50.0, adapt_mass_matrix=False, seed=0)
+        post = pyro_meta.infer(
+            model,
+            batch,
+            method="batched_hmc",
+            num_samples=10,
+            num_warmup=0,
+            num_chains=2,
+            step_size=50.0,
+            adapt_mass_matrix=False,
+            seed=0,
+        )
     assert int(post.diagnostics["task_divergences"].min()) > 0
     assert post.summary["divergences"] == int(post.diagnostics["task_divergences"].sum())
     assert bool(post.sample_stats["diverging"].any())
@@ -115,14 +141,25 @@ def test_matches_nuts_on_a_trained_neural_process():
     tasks = Sinusoid(noise_std=0.2)
     torch.manual_seed(0)
     model = NeuralProcess(latent_dim=4, hidden=32, num_layers=2)
-    pyro_meta.fit(model, tasks, num_steps=400, tasks_per_batch=16, num_context=(2, 8), num_target=10, lr=5e-3,
-                  progress=False, seed=0)
+    pyro_meta.fit(
+        model,
+        tasks,
+        num_steps=400,
+        tasks_per_batch=16,
+        num_context=(2, 8),
+        num_target=10,
+        lr=5e-3,
+        progress=False,
+        seed=0,
+    )
     batch = tasks.sample(4, 4, 15, generator=torch.Generator().manual_seed(2))
     runs = {
-        "batched_hmc": pyro_meta.infer(model, batch, method="batched_hmc", num_samples=200, num_warmup=150,
-                                       num_chains=4, seed=0),
-        "nuts": pyro_meta.infer(model, batch, method="nuts", num_samples=200, num_warmup=150, num_chains=2, seed=0,
-                                jit_compile=True),
+        "batched_hmc": pyro_meta.infer(
+            model, batch, method="batched_hmc", num_samples=200, num_warmup=150, num_chains=4, seed=0
+        ),
+        "nuts": pyro_meta.infer(
+            model, batch, method="nuts", num_samples=200, num_warmup=150, num_chains=2, seed=0, jit_compile=True
+        ),
         "prior": pyro_meta.infer(model, batch, method="prior", num_samples=400, seed=0),
     }
     assert int(runs["batched_hmc"].diagnostics["divergences"].sum()) == 0
@@ -153,8 +190,9 @@ class GatedLineOrSine(pyro_meta.MetaModel):
     def model(self, batch):
         x0 = batch.context_x
         with pyro_meta.task_plate(batch):
-            mix = dist.MixtureSameFamily(dist.Categorical(x0.new_tensor([0.5, 0.5])),
-                                         dist.Normal(x0.new_tensor([-2.0, 2.0]), 0.4))
+            mix = dist.MixtureSameFamily(
+                dist.Categorical(x0.new_tensor([0.5, 0.5])), dist.Normal(x0.new_tensor([-2.0, 2.0]), 0.4)
+            )
             gate = pyro.sample("gate", mix.expand(mix.batch_shape))
             theta = pyro.sample("theta", dist.Normal(x0.new_zeros(2), 2.0).to_event(1))
 
@@ -173,8 +211,17 @@ def test_multimodal_line_or_sine_posterior_is_reported():
     """Chains started at prior draws land in different modes and stay: R-hat says so and the warning names the tasks."""
     batch = LineOrSine(noise_std=0.1).sample(4, 1, 0, generator=torch.Generator().manual_seed(0)).context_only()
     with pytest.warns(UserWarning, match=r"BATCHED_HMC: tasks \[.*\] mixed badly") as record:
-        post = pyro_meta.infer(GatedLineOrSine(), batch, method="batched_hmc", init="prior", num_chains=4,
-                               num_samples=60, num_warmup=60, max_leapfrog=32, seed=0)
+        post = pyro_meta.infer(
+            GatedLineOrSine(),
+            batch,
+            method="batched_hmc",
+            init="prior",
+            num_chains=4,
+            num_samples=60,
+            num_warmup=60,
+            max_leapfrog=32,
+            seed=0,
+        )
     flagged = [int(t) for t in re.search(r"tasks \[([0-9, ]*)\]", str(record[-1].message)).group(1).split(",")]
     line_share = (torch.sigmoid(3 * post.samples["gate"]) > 0.5).double().mean(1)  # [C, T]: draws in the line mode
     split = ((line_share.amax(0) > 0.9) & (line_share.amin(0) < 0.1)).nonzero().flatten().tolist()

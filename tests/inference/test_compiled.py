@@ -58,8 +58,9 @@ def test_inductor_potential_equals_pyros_and_is_cached_across_batches(linear):
 def test_nuts_inductor_samples_the_closed_form_posterior(linear):
     model = linear
     batch = _batch(3)  # same shapes as the fixture's batches: the compiled graph is reused
-    post = pyro_meta.infer(model, batch, method="nuts", jit_compile="inductor", num_samples=300, num_warmup=200,
-                           num_chains=2, seed=0)
+    post = pyro_meta.infer(
+        model, batch, method="nuts", jit_compile="inductor", num_samples=300, num_warmup=200, num_chains=2, seed=0
+    )
     d = post.diagnostics
     assert d["jit"] == "inductor" and d["compile"][0]["cache_hit"] in (True, False) and d["num_grad_evals"] > 500
     mean, cov = model.exact_posterior(batch)
@@ -69,8 +70,9 @@ def test_nuts_inductor_samples_the_closed_form_posterior(linear):
     # HMC takes the same compiled potential (same model, weights and shapes: a cache hit)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        hmc = pyro_meta.infer(model, batch, method="hmc", jit_compile="inductor", num_samples=20, num_warmup=20,
-                              num_chains=1, seed=0)
+        hmc = pyro_meta.infer(
+            model, batch, method="hmc", jit_compile="inductor", num_samples=20, num_warmup=20, num_chains=1, seed=0
+        )
     assert hmc.diagnostics["compile"][0]["cache_hit"] is True
 
 
@@ -127,8 +129,16 @@ def test_tracing_failure_falls_back_to_jit_with_a_warning(linear, monkeypatch):
 
     monkeypatch.setattr(mcmc, "compile_value_and_grad", fail)
     with pytest.warns(UserWarning, match="jit_compile='inductor' failed.*simulated"):
-        post = pyro_meta.infer(linear, _batch(1), method="nuts", jit_compile="inductor", num_samples=10,
-                               num_warmup=10, num_chains=1, seed=0)
+        post = pyro_meta.infer(
+            linear,
+            _batch(1),
+            method="nuts",
+            jit_compile="inductor",
+            num_samples=10,
+            num_warmup=10,
+            num_chains=1,
+            seed=0,
+        )
     assert post.diagnostics["jit"] is True
 
 
@@ -139,12 +149,21 @@ def test_batched_hmc_compiled_matches_eager_potential(linear):
     for _ in range(2):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            runs.append(pyro_meta.infer(linear, batch, method="batched_hmc", compile=True, num_samples=200,
-                                        num_warmup=150, num_chains=2, seed=0))
+            runs.append(
+                pyro_meta.infer(
+                    linear,
+                    batch,
+                    method="batched_hmc",
+                    compile=True,
+                    num_samples=200,
+                    num_warmup=150,
+                    num_chains=2,
+                    seed=0,
+                )
+            )
     assert runs[1].diagnostics["compile"]["cache_hit"] is True
     assert torch.equal(runs[0].samples["w"], runs[1].samples["w"])
     mean, cov = linear.exact_posterior(batch)
     sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
     assert ((runs[0].mean("w") - mean).abs() / sd).mean() < 0.15
     pyro.clear_param_store()
-

@@ -13,7 +13,14 @@ import pyro_meta
 from pyro_meta.data import LinearTasks
 from pyro_meta.models import BayesianLinear
 
-BOUNDS = {"nuts": (0.1, 0.1), "hmc": (0.1, 0.1), "batched_hmc": (0.1, 0.1), "svi": (0.15, 0.15), "importance": (0.15, 0.15), "amortized": (0.25, 0.25)}
+BOUNDS = {
+    "nuts": (0.1, 0.1),
+    "hmc": (0.1, 0.1),
+    "batched_hmc": (0.1, 0.1),
+    "svi": (0.15, 0.15),
+    "importance": (0.15, 0.15),
+    "amortized": (0.25, 0.25),
+}
 OPTIONS = {
     "nuts": dict(num_warmup=300, num_chains=2, jit_compile=True),
     "hmc": dict(num_warmup=300, num_chains=2, jit_compile=True),
@@ -28,8 +35,18 @@ OPTIONS = {
 def trained():
     tasks = LinearTasks()
     model = BayesianLinear()
-    pyro_meta.fit(model, tasks, num_steps=800, tasks_per_batch=32, num_context=(3, 10), num_target=(10, 20),
-                  lr=0.03, lr_decay=0.05, progress=False, seed=0)
+    pyro_meta.fit(
+        model,
+        tasks,
+        num_steps=800,
+        tasks_per_batch=32,
+        num_context=(3, 10),
+        num_target=(10, 20),
+        lr=0.03,
+        lr_decay=0.05,
+        progress=False,
+        seed=0,
+    )
     batch = tasks.sample(20, (3, 10), 10, generator=torch.Generator().manual_seed(123))
     return model, batch
 
@@ -46,8 +63,14 @@ def errors(model, batch, post):
 @pytest.mark.parametrize("method", list(BOUNDS))
 def test_method_matches_closed_form(trained, method):
     model, batch = trained
-    post = pyro_meta.infer(model, batch, method=method, num_samples=500 if method in ("nuts", "batched_hmc") else 1000,
-                           seed=0, **OPTIONS[method])
+    post = pyro_meta.infer(
+        model,
+        batch,
+        method=method,
+        num_samples=500 if method in ("nuts", "batched_hmc") else 1000,
+        seed=0,
+        **OPTIONS[method],
+    )
     mean_err, sd_err = errors(model, batch, post)
     print(f"{method}: mean error {mean_err:.3f} sd, sd error {sd_err:.1%} ({post.seconds:.1f}s)")
     bound_mean, bound_sd = BOUNDS[method]

@@ -14,8 +14,18 @@ def test_fit_recovers_the_task_distribution():
     """Type-II ML through the ELBO recovers mu and s of LinearTasks (known answer)."""
     tasks = LinearTasks()
     model = BayesianLinear()
-    result = pyro_meta.fit(model, tasks, num_steps=1200, tasks_per_batch=32, num_context=(3, 10),
-                           num_target=(10, 20), lr=0.03, lr_decay=0.02, progress=False, seed=0)
+    result = pyro_meta.fit(
+        model,
+        tasks,
+        num_steps=1200,
+        tasks_per_batch=32,
+        num_context=(3, 10),
+        num_target=(10, 20),
+        lr=0.03,
+        lr_decay=0.02,
+        progress=False,
+        seed=0,
+    )
     assert result.num_steps == 1200 and len(result.losses) == 1200
     assert result.final_loss < sum(result.losses[:50]) / 50
     # measured errors ~0.015 (seeds 0, 1); the bound leaves room for optimisation noise
@@ -119,7 +129,9 @@ def test_interrupt_keeps_progress_and_writes_checkpoint(tmp_path):
 
 
 def test_callback_can_stop_and_non_finite_loss_raises():
-    res = pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=50, progress=False, callback=lambda step, loss, m: step >= 3)
+    res = pyro_meta.fit(
+        BayesianLinear(), LinearTasks(), num_steps=50, progress=False, callback=lambda step, loss, m: step >= 3
+    )
     assert res.num_steps == 3
 
     class Broken(BayesianLinear):
@@ -138,7 +150,7 @@ def test_progress_bar_runs(capsys):
 def test_custom_loss_is_used():
     class MSEOnly(BayesianLinear):
         def loss(self, batch):
-            return ((self.mu.sum() - 1.0) ** 2)
+            return (self.mu.sum() - 1.0) ** 2
 
     m = MSEOnly()
     pyro_meta.fit(m, LinearTasks(), num_steps=300, lr=0.05, progress=False)
@@ -152,8 +164,16 @@ def test_dist_import_is_pyro():  # keeps the Pyro distributions namespace honest
 def test_guide_objective_trains_the_guide_by_its_own_objective():
     """``guide_objective="sleep"``: the conjugate guide learns the exact posterior; the prior keeps the ELBO."""
     model = BayesianLinear()
-    result = pyro_meta.fit(model, LinearTasks(), num_steps=300, tasks_per_batch=32, lr=0.05, progress=False,
-                           guide_objective="sleep", guide_particles=4)
+    result = pyro_meta.fit(
+        model,
+        LinearTasks(),
+        num_steps=300,
+        tasks_per_batch=32,
+        lr=0.05,
+        progress=False,
+        guide_objective="sleep",
+        guide_particles=4,
+    )
     assert len(result.guide_losses) == 300  # (its value moves with the model: not monotone)
     batch = LinearTasks().sample(8, 5, 5, generator=torch.Generator().manual_seed(3))
     mean, cov = model.exact_posterior(batch)
@@ -182,10 +202,18 @@ def test_guide_objective_gradients_split_between_model_and_guide():
         model.zero_grad()
         pyro.set_rng_seed(1)
         loss = model.loss(batch)
-        elbo = dict(zip([n for n, _ in model.named_parameters()],
-                        torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)))
-        sleep = dict(zip([n for n, _ in model.named_parameters()],
-                         torch.autograd.grad(sleep_loss(model, batch, 4), list(model.parameters()), allow_unused=True)))
+        elbo = dict(
+            zip(
+                [n for n, _ in model.named_parameters()],
+                torch.autograd.grad(loss, list(model.parameters()), allow_unused=True),
+            )
+        )
+        sleep = dict(
+            zip(
+                [n for n, _ in model.named_parameters()],
+                torch.autograd.grad(sleep_loss(model, batch, 4), list(model.parameters()), allow_unused=True),
+            )
+        )
     for name in ("mu", "log_s"):  # the prior: the ELBO's gradient
         torch.testing.assert_close(got[name], elbo[name])
     for name in ("q_mu", "q_log_s", "q_log_noise"):  # the guide: the sleep phase's, not the ELBO's
@@ -196,13 +224,25 @@ def test_guide_objective_gradients_split_between_model_and_guide():
 def test_checkpoint_meta_is_recorded_beside_model_args_and_config(tmp_path):
     path = tmp_path / "c.ckpt"
     model = BayesianLinear(degree=2)
-    pyro_meta.fit(model, LinearTasks(), num_steps=2, progress=False, checkpoint=path,
-                  checkpoint_meta={"app": {"config": {"model": {"name": "BayesianLinear"}}, "labels": False}})
+    pyro_meta.fit(
+        model,
+        LinearTasks(),
+        num_steps=2,
+        progress=False,
+        checkpoint=path,
+        checkpoint_meta={"app": {"config": {"model": {"name": "BayesianLinear"}}, "labels": False}},
+    )
     meta = pyro_meta.read_checkpoint_meta(path)["meta"]
     assert meta["app"] == {"config": {"model": {"name": "BayesianLinear"}}, "labels": False}
     assert meta["model_args"]["degree"] == 2 and meta["config"]["num_steps"] == 2
     with pytest.raises(ValueError, match="keys fit records itself: \\['config'\\]"):
-        pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=1, progress=False, checkpoint=path,
-                      checkpoint_meta={"config": {}})
+        pyro_meta.fit(
+            BayesianLinear(),
+            LinearTasks(),
+            num_steps=1,
+            progress=False,
+            checkpoint=path,
+            checkpoint_meta={"config": {}},
+        )
     with pytest.raises(TypeError, match="checkpoint_meta must be a dict"):
         pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=1, progress=False, checkpoint_meta=[1])

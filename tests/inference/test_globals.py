@@ -49,8 +49,15 @@ class WithPyroSample(MetaModel):
     def guide(self, batch):
         self.global_guide(batch)
         x, y, m = batch.observed()
-        h = self.encoder(torch.cat([(y[..., 0] * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True),
-                                    m.sum(-1, keepdim=True).float().rsqrt()], -1))
+        h = self.encoder(
+            torch.cat(
+                [
+                    (y[..., 0] * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True),
+                    m.sum(-1, keepdim=True).float().rsqrt(),
+                ],
+                -1,
+            )
+        )
         with task_plate(batch):
             pyro.sample("z", dist.Normal(h[:, :1], h[:, 1:].exp()))
 
@@ -65,7 +72,9 @@ def test_pyrosample_global_is_a_site_in_fit_and_every_method():
     for method in pyro_meta.available_methods():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # short chains and few proposals warn
-            post = pyro_meta.infer(model, _batch(), method=method, num_samples=8, seed=0, **METHOD_OPTIONS.get(method, {}))
+            post = pyro_meta.infer(
+                model, _batch(), method=method, num_samples=8, seed=0, **METHOD_OPTIONS.get(method, {})
+            )
         assert post.fixed_globals["w"].shape == (2,), method
         assert post.samples["z"].shape[1:] == (8, 3), method
         assert bool(torch.isfinite(post.predict().samples).all()), method
@@ -89,8 +98,15 @@ class ScalarGlobal(MetaModel):
     def guide(self, batch):
         self.global_guide(batch)
         x, y, m = batch.observed()
-        h = self.encoder(torch.cat([(y[..., 0] * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True),
-                                    m.sum(-1, keepdim=True).float().rsqrt()], -1))
+        h = self.encoder(
+            torch.cat(
+                [
+                    (y[..., 0] * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True),
+                    m.sum(-1, keepdim=True).float().rsqrt(),
+                ],
+                -1,
+            )
+        )
         with task_plate(batch):
             pyro.sample("z", dist.Normal(h[:, None, :2], h[:, None, 2:].exp()).to_event(1))
 
@@ -139,8 +155,12 @@ def _mean_sd_mcse(draws: np.ndarray):
     import arviz as az
 
     ds = az.convert_to_dataset({"x": draws})
-    return (draws.mean((0, 1)), draws.std((0, 1)), az.mcse(ds, method="mean")["x"].values,
-            az.mcse(ds, method="sd")["x"].values)
+    return (
+        draws.mean((0, 1)),
+        draws.std((0, 1)),
+        az.mcse(ds, method="mean")["x"].values,
+        az.mcse(ds, method="sd")["x"].values,
+    )
 
 
 @pytest.mark.slow
@@ -149,8 +169,17 @@ def test_full_hierarchical_nuts_agrees_with_plain_pyro_nuts():
     batch = eight_schools()
     model = EightSchools()
     pyro_meta.fit(model, batch, num_steps=300, tasks_per_batch=8, lr=0.05, progress=False)
-    post = pyro_meta.infer(model, batch, method="nuts", globals="sample", num_samples=600, num_warmup=300,
-                           num_chains=2, seed=0, jit_compile=True)
+    post = pyro_meta.infer(
+        model,
+        batch,
+        method="nuts",
+        globals="sample",
+        num_samples=600,
+        num_warmup=300,
+        num_chains=2,
+        seed=0,
+        jit_compile=True,
+    )
     assert post.diagnostics["jit"]
     assert post.samples["mu"].shape == (2, 600) and post.samples["tau"].shape == (2, 600)
     assert post.samples["eta"].shape == (2, 600, 8)

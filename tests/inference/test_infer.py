@@ -55,8 +55,17 @@ def test_chunks_and_chains_shape_and_agree(setup):
     model, batch = setup
     mean, cov = model.exact_posterior(batch)
     sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
-    post = pyro_meta.infer(model, batch, method="nuts", num_samples=150, num_warmup=100, num_chains=2, chunk_size=3, seed=0,
-                           max_tree_depth=6)
+    post = pyro_meta.infer(
+        model,
+        batch,
+        method="nuts",
+        num_samples=150,
+        num_warmup=100,
+        num_chains=2,
+        chunk_size=3,
+        seed=0,
+        max_tree_depth=6,
+    )
     assert post.samples["w"].shape == (2, 150, 4, 4)
     assert post.diagnostics["num_chunks"] == 2 and post.diagnostics["step_size"].shape == (2, 2)
     assert post.sample_stats["diverging"].shape == (2, 150) and post.sample_stats["lp"].shape == (2, 150)
@@ -67,8 +76,9 @@ def test_chunks_and_chains_shape_and_agree(setup):
 @pytest.mark.parametrize("init", ["guide", "prior", "median"])
 def test_inits(setup, init):
     model, batch = setup
-    post = pyro_meta.infer(model, batch, method="nuts", num_samples=50, num_warmup=50, num_chains=1, init=init, seed=0,
-                           max_tree_depth=6)
+    post = pyro_meta.infer(
+        model, batch, method="nuts", num_samples=50, num_warmup=50, num_chains=1, init=init, seed=0, max_tree_depth=6
+    )
     assert post.diagnostics["init"] == init and bool(torch.isfinite(post.samples["w"]).all())
 
 
@@ -87,8 +97,12 @@ def test_guide_init_starts_chains_at_the_guide(setup, monkeypatch):
 
 def test_same_seed_same_mcmc_draws(setup):
     model, batch = setup
-    a = pyro_meta.infer(model, batch, method="nuts", num_samples=20, num_warmup=20, num_chains=1, seed=3, max_tree_depth=6)
-    b = pyro_meta.infer(model, batch, method="nuts", num_samples=20, num_warmup=20, num_chains=1, seed=3, max_tree_depth=6)
+    a = pyro_meta.infer(
+        model, batch, method="nuts", num_samples=20, num_warmup=20, num_chains=1, seed=3, max_tree_depth=6
+    )
+    b = pyro_meta.infer(
+        model, batch, method="nuts", num_samples=20, num_warmup=20, num_chains=1, seed=3, max_tree_depth=6
+    )
     assert torch.equal(a.samples["w"], b.samples["w"])
 
 
@@ -124,8 +138,19 @@ def test_jit_falls_back_cleanly(setup):
 def test_bad_mixing_is_reported_by_task(setup):
     model, batch = setup
     with pytest.warns(UserWarning, match=r"tasks \[.*\] mixed badly"):
-        post = pyro_meta.infer(model, batch, method="hmc", num_samples=20, num_warmup=0, num_chains=2,
-                               init="prior", step_size=1e-3, num_steps=1, adapt_step_size=False, seed=0)
+        post = pyro_meta.infer(
+            model,
+            batch,
+            method="hmc",
+            num_samples=20,
+            num_warmup=0,
+            num_chains=2,
+            init="prior",
+            step_size=1e-3,
+            num_steps=1,
+            adapt_step_size=False,
+            seed=0,
+        )
     assert post.diagnostics["bad_tasks"]
 
 
@@ -156,7 +181,13 @@ def test_model_parameters_untouched_by_inference(setup):
     model, batch = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for method in ("svi", "importance", "nuts"):
-        pyro_meta.infer(model, batch, method=method, num_samples=10, **({"num_warmup": 10, "max_tree_depth": 5} if method == "nuts" else {}))
+        pyro_meta.infer(
+            model,
+            batch,
+            method=method,
+            num_samples=10,
+            **({"num_warmup": 10, "max_tree_depth": 5} if method == "nuts" else {}),
+        )
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 

@@ -93,7 +93,11 @@ def test_iwae_with_one_particle_is_the_elbo():
     model, batch = _model(), _batch(T=32)
     values = torch.stack([-iwae_loss(model, batch, 1).detach() for _ in range(100)])
     se = values.std() / math.sqrt(len(values))
-    assert abs(values.mean() - _exact_elbo(model, batch).mean()) < 4 * se, (values.mean(), _exact_elbo(model, batch).mean(), se)
+    assert abs(values.mean() - _exact_elbo(model, batch).mean()) < 4 * se, (
+        values.mean(),
+        _exact_elbo(model, batch).mean(),
+        se,
+    )
 
 
 def test_iwae_bound_rises_to_the_exact_log_evidence():
@@ -168,7 +172,10 @@ def test_gradients_reach_the_parameters_they_should():
     model, batch = _model(), _batch(T=6)
     guide = {"q_mu", "q_log_s", "q_log_noise"}
     assert {n for n, p in model.named_parameters() if any(p is q for q in guide_parameters(model, batch))} == guide
-    assert {n for n, p in model.named_parameters() if any(p is q for q in model_parameters(model, batch))} == {"mu", "log_s"}
+    assert {n for n, p in model.named_parameters() if any(p is q for q in model_parameters(model, batch))} == {
+        "mu",
+        "log_s",
+    }
     assert set(_grads(iwae_loss(model, batch, 4), model)) == guide | {"mu", "log_s"}  # IWAE trains both
     assert set(_grads(rws_wake_loss(model, batch, 4), model)) == guide  # wake and sleep: the guide only
     assert set(_grads(sleep_loss(model, batch, 4), model)) == guide
@@ -179,7 +186,9 @@ def test_gradients_reach_the_parameters_they_should():
 def test_neural_process_parameters_split_into_encoder_and_decoder():
     model = NeuralProcess(latent_dim=3, hidden=8, deterministic_path=True)
     batch = Sinusoid().sample(4, 3, 5, generator=torch.Generator().manual_seed(0))
-    guide = {n.split(".")[0] for n, p in model.named_parameters() if any(p is q for q in guide_parameters(model, batch))}
+    guide = {
+        n.split(".")[0] for n, p in model.named_parameters() if any(p is q for q in guide_parameters(model, batch))
+    }
     used = {n.split(".")[0] for n, p in model.named_parameters() if any(p is q for q in model_parameters(model, batch))}
     assert guide == {"latent_encoder", "latent_head"} and used == {"det_encoder", "decoder"}
     for objective in (iwae_loss, rws_wake_loss, sleep_loss):

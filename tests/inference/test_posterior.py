@@ -55,7 +55,6 @@ def test_same_tasks_at_new_inputs_are_predicted(inferred):
     x[~batch.context_mask] = 123.0
     post.predict(batch.replace(context_x=x))
     # and a rebuilt batch of the same tasks is accepted
-    tasks = [(batch.context_x[t][batch.context_mask[t]], batch.context_y[t][batch.context_mask[t]])
-             for t in range(4)]
+    tasks = [(batch.context_x[t][batch.context_mask[t]], batch.context_y[t][batch.context_mask[t]]) for t in range(4)]
     rebuilt = TaskBatch.from_tasks(tasks, [(batch.target_x[t], None) for t in range(4)])
     post.predict(rebuilt)

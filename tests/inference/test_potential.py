@@ -79,8 +79,9 @@ def test_joint_potential_equals_pyros():
     # the batch's tensors are inputs: other data of the same shapes gives that data's potential
     other = _batch(seed=7)
     prob2 = prepare(model, other, progress=False)
-    assert torch.allclose(joint_potential(problem, params, problem_inputs(prob2)), _pyro_potential(model, other)(params),
-                          rtol=1e-5)
+    assert torch.allclose(
+        joint_potential(problem, params, problem_inputs(prob2)), _pyro_potential(model, other)(params), rtol=1e-5
+    )
 
 
 class Fragile(MetaModel):

@@ -37,8 +37,10 @@ def _tasks(T: int = 5):
 
 def _by_hand(model, batch, chunk_size, seed, **kw):
     """``infer`` on each chunk with its seed: the reference the sharded runs must reproduce."""
-    return [pyro_meta.infer(model, batch.select(torch.arange(a, b)), seed=chunk_seed(seed, a), progress=False, **kw)
-            for a, b in task_chunks(batch.num_tasks, chunk_size)]
+    return [
+        pyro_meta.infer(model, batch.select(torch.arange(a, b)), seed=chunk_seed(seed, a), progress=False, **kw)
+        for a, b in task_chunks(batch.num_tasks, chunk_size)
+    ]
 
 
 def test_task_chunks_and_chunk_seeds():
@@ -82,8 +84,12 @@ def test_merge_posteriors_weights_summaries_and_checks():
     with pytest.raises(ValueError, match=r"posteriors\[1\]"):
         merge_posteriors([parts[0], amortized])
     with pytest.raises(ValueError, match="draws"):
-        merge_posteriors([parts[0], pyro_meta.infer(model, batch.select([3, 4]), method="importance", num_samples=7,
-                                                    num_proposals=50)])
+        merge_posteriors(
+            [
+                parts[0],
+                pyro_meta.infer(model, batch.select([3, 4]), method="importance", num_samples=7, num_proposals=50),
+            ]
+        )
     with pytest.raises(ValueError, match="batch has 4 tasks"):
         merge_posteriors(parts, batch=batch.select([0, 1, 2, 3]))
 
@@ -127,12 +133,19 @@ def test_bad_arguments_and_global_latents_refused():
 
 # ------------------------------------------------------------------------------------ two processes
 def sharded_worker(rank: int, world_size: int, out: str) -> None:
-    post = infer_sharded(_model(), _tasks(4), chunk_size=2, seed=4, out_dir=os.path.join(out, "shards"),
-                         progress=False, **NUTS)
+    post = infer_sharded(
+        _model(), _tasks(4), chunk_size=2, seed=4, out_dir=os.path.join(out, "shards"), progress=False, **NUTS
+    )
     assert (post is None) == (rank != 0)
     if rank == 0:
-        torch.save({"w": post.samples["w"], "world_size": post.diagnostics["world_size"],
-                    "ess_bulk": post.diagnostics["ess_bulk"]}, os.path.join(out, "gathered.pt"))
+        torch.save(
+            {
+                "w": post.samples["w"],
+                "world_size": post.diagnostics["world_size"],
+                "ess_bulk": post.diagnostics["ess_bulk"],
+            },
+            os.path.join(out, "gathered.pt"),
+        )
 
 
 @pytest.mark.slow

@@ -105,43 +105,46 @@ class NoTraining(BayesianLinear):
         raise AssertionError("training started")
 
 
-@pytest.mark.parametrize("kw, exc, name", [
-    ({"clip_norm": -1.0}, ValueError, "clip_norm"),  # main: gradient ascent
-    ({"clip_norm": 0.0}, ValueError, "clip_norm"),  # main: no training
-    ({"clip_norm": math.nan}, ValueError, "clip_norm"),
-    ({"lr_decay": 0.0}, ValueError, "lr_decay"),  # main: lr 0 after step 1
-    ({"lr_decay": 1.5}, ValueError, "lr_decay"),
-    ({"lr_decay": -0.5}, ValueError, "lr_decay"),
-    ({"lr": 0.0}, ValueError, "lr"),
-    ({"lr": -1e-3}, ValueError, "lr"),
-    ({"lr": math.inf}, ValueError, "lr"),
-    ({"lr": "0.1"}, TypeError, "lr"),
-    ({"checkpoint_every": -1}, ValueError, "checkpoint_every"),
-    ({"checkpoint_every": True}, ValueError, "checkpoint_every"),
-    ({"num_steps": True}, ValueError, "num_steps"),
-    ({"num_steps": 10.0}, ValueError, "num_steps"),
-    ({"tasks_per_batch": True}, ValueError, "tasks_per_batch"),
-    ({"tasks_per_batch": 0}, ValueError, "tasks_per_batch"),
-    ({"seed": -1}, ValueError, "seed"),
-    ({"seed": 2**32}, ValueError, "seed"),
-    ({"progress": "yes"}, TypeError, "progress"),
-    ({"resume": 1}, TypeError, "resume"),
-    ({"resume": True}, ValueError, "resume"),  # without a checkpoint
-    ({"callback": 3}, TypeError, "callback"),
-    ({"optimizer": "lbfgs2"}, ValueError, "optimizer"),
-    ({"optimizer": torch.nn.Linear}, TypeError, "optimizer"),
-    ({"optimizer": 3}, TypeError, "optimizer"),
-    ({"device": "gpu0"}, ValueError, "device"),
-    ({"num_context": (5, 2)}, ValueError, "num_context"),
-    ({"num_context": -1}, ValueError, "num_context"),
-    ({"num_target": (1.5, 3)}, ValueError, "num_target"),
-    ({"checkpoint": 3}, TypeError, "checkpoint"),
-    ({"guide_objective": "kl"}, ValueError, "guide_objective"),
-    ({"guide_objective": None}, TypeError, "guide_objective"),
-    ({"guide_particles": 0}, ValueError, "guide_particles"),  # checked even when the ELBO does not use it
-    ({"checkpoint_meta": [("a", 1)]}, TypeError, "checkpoint_meta"),
-    ({"checkpoint_meta": {"config": {}}}, ValueError, "checkpoint_meta"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, name",
+    [
+        ({"clip_norm": -1.0}, ValueError, "clip_norm"),  # main: gradient ascent
+        ({"clip_norm": 0.0}, ValueError, "clip_norm"),  # main: no training
+        ({"clip_norm": math.nan}, ValueError, "clip_norm"),
+        ({"lr_decay": 0.0}, ValueError, "lr_decay"),  # main: lr 0 after step 1
+        ({"lr_decay": 1.5}, ValueError, "lr_decay"),
+        ({"lr_decay": -0.5}, ValueError, "lr_decay"),
+        ({"lr": 0.0}, ValueError, "lr"),
+        ({"lr": -1e-3}, ValueError, "lr"),
+        ({"lr": math.inf}, ValueError, "lr"),
+        ({"lr": "0.1"}, TypeError, "lr"),
+        ({"checkpoint_every": -1}, ValueError, "checkpoint_every"),
+        ({"checkpoint_every": True}, ValueError, "checkpoint_every"),
+        ({"num_steps": True}, ValueError, "num_steps"),
+        ({"num_steps": 10.0}, ValueError, "num_steps"),
+        ({"tasks_per_batch": True}, ValueError, "tasks_per_batch"),
+        ({"tasks_per_batch": 0}, ValueError, "tasks_per_batch"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": 2**32}, ValueError, "seed"),
+        ({"progress": "yes"}, TypeError, "progress"),
+        ({"resume": 1}, TypeError, "resume"),
+        ({"resume": True}, ValueError, "resume"),  # without a checkpoint
+        ({"callback": 3}, TypeError, "callback"),
+        ({"optimizer": "lbfgs2"}, ValueError, "optimizer"),
+        ({"optimizer": torch.nn.Linear}, TypeError, "optimizer"),
+        ({"optimizer": 3}, TypeError, "optimizer"),
+        ({"device": "gpu0"}, ValueError, "device"),
+        ({"num_context": (5, 2)}, ValueError, "num_context"),
+        ({"num_context": -1}, ValueError, "num_context"),
+        ({"num_target": (1.5, 3)}, ValueError, "num_target"),
+        ({"checkpoint": 3}, TypeError, "checkpoint"),
+        ({"guide_objective": "kl"}, ValueError, "guide_objective"),
+        ({"guide_objective": None}, TypeError, "guide_objective"),
+        ({"guide_particles": 0}, ValueError, "guide_particles"),  # checked even when the ELBO does not use it
+        ({"checkpoint_meta": [("a", 1)]}, TypeError, "checkpoint_meta"),
+        ({"checkpoint_meta": {"config": {}}}, ValueError, "checkpoint_meta"),
+    ],
+)
 def test_bad_options_are_refused_before_training(kw, exc, name):
     with pytest.raises(exc, match=name):
         pyro_meta.fit(NoTraining(), LinearTasks(), **dict(dict(FIT, num_steps=2), **kw))
@@ -150,8 +153,14 @@ def test_bad_options_are_refused_before_training(kw, exc, name):
 def test_checkpoint_every_0_writes_only_at_the_end(tmp_path):
     path = tmp_path / "c.pt"
     seen = []
-    result = pyro_meta.fit(BayesianLinear(), LinearTasks(), checkpoint=path, checkpoint_every=0,
-                           callback=lambda step, loss, model: seen.append(path.exists()), **FIT)
+    result = pyro_meta.fit(
+        BayesianLinear(),
+        LinearTasks(),
+        checkpoint=path,
+        checkpoint_every=0,
+        callback=lambda step, loss, model: seen.append(path.exists()),
+        **FIT,
+    )
     assert seen == [False] * 30  # no periodic checkpoint during training
     assert pyro_meta.load_checkpoint(path)["step"] == result.num_steps == 30
 

@@ -66,8 +66,9 @@ def assert_padding_and_order_change_nothing(model, batch):
     base = seeded_loss(model, batch)
     assert_close(seeded_loss(model, _padded(batch)), base, atol=1e-4, rtol=1e-5, what="loss with padding")
     perm = torch.randperm(batch.context_x.shape[1], generator=torch.Generator().manual_seed(5))
-    shuffled = batch.replace(context_x=batch.context_x[:, perm], context_y=batch.context_y[:, perm],
-                             context_mask=batch.context_mask[:, perm])
+    shuffled = batch.replace(
+        context_x=batch.context_x[:, perm], context_y=batch.context_y[:, perm], context_mask=batch.context_mask[:, perm]
+    )
     state, state_s = model.encode_context(batch), model.encode_context(shuffled)
     h, h_s = model.features(state, batch.target_x), model.features(state_s, batch.target_x)
     assert_close(h_s[batch.target_mask], h[batch.target_mask], atol=1e-5, what="features, permuted context")

@@ -27,8 +27,9 @@ def test_kl_matches_torch_distributions(generator):
 
 def test_first_inner_step_matches_a_per_task_reference(generator):
     """Explicit step on E[MSE / 2] (log s and mu), then the exact prox step of the w-weighted KL mean term on mu."""
-    model = ABML(hidden=(6,), prior_scale=0.05, noise_std=0.4, inner_lr=0.05, inner_lr_scale=0.3, inner_steps=1,
-                 kl_weight=0.5)
+    model = ABML(
+        hidden=(6,), prior_scale=0.05, noise_std=0.4, inner_lr=0.05, inner_lr_scale=0.3, inner_steps=1, kl_weight=0.5
+    )
     batch = Sinusoid().sample(3, (2, 5), 4, generator=generator)
     torch.manual_seed(3)
     mu, log_s = model.adapt(batch.context_x, batch.context_y, batch.context_mask)

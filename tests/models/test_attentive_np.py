@@ -46,8 +46,12 @@ def test_elbo_loss_with_particles_and_objectives_differ():
     pyro.set_rng_seed(4)
     loss = model.loss(batch)
     pyro.set_rng_seed(4)
-    expected = TraceMeanField_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=2).differentiable_loss(
-        model.model, model.guide, batch) / batch.num_tasks
+    expected = (
+        TraceMeanField_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=2).differentiable_loss(
+            model.model, model.guide, batch
+        )
+        / batch.num_tasks
+    )
     assert_close(loss, expected, atol=1e-4, what="3-particle ELBO")
     other = AttentiveNP(hidden=8, num_heads=2, latent_dim=3, objective="np")
     other.load_state_dict(model.state_dict())

@@ -29,8 +29,9 @@ class TestBayesianLastLayerBernoulliContract(TestBayesianLastLayerContract):
     check_unvectorized = True
 
     def make_model(self):
-        return BayesianLastLayer(backbone="mlp", x_dim=4, hidden=(8,), feature_dim=3, guide_hidden=8,
-                                 likelihood="bernoulli")
+        return BayesianLastLayer(
+            backbone="mlp", x_dim=4, hidden=(8,), feature_dim=3, guide_hidden=8, likelihood="bernoulli"
+        )
 
     def make_tasks(self):
         return toy_episodes(way=2, dim=4)
@@ -46,7 +47,9 @@ class TestBayesianLastLayerRegressionContract(MetaModelContract):
 
 def test_loss_is_the_mean_field_elbo():
     """Class labels: ``loss`` equals ``TraceMeanField_ELBO / T`` of model and guide on the same draw (analytic KL)."""
-    batch = toy_episodes(way=3, dim=4, shots=(1, 2), queries=(1, 3)).sample(3, generator=torch.Generator().manual_seed(0))
+    batch = toy_episodes(way=3, dim=4, shots=(1, 2), queries=(1, 3)).sample(
+        3, generator=torch.Generator().manual_seed(0)
+    )
     model = BayesianLastLayer(backbone="mlp", x_dim=4, hidden=(8,), feature_dim=3, guide_hidden=8)
     model.eval()  # an MLP extractor: the same features in both modes
     pyro.set_rng_seed(1)
@@ -64,23 +67,27 @@ def test_regression_loss_is_an_unbiased_elbo_with_the_exact_kl():
     pyro.set_rng_seed(2)
     with torch.no_grad():
         ours = torch.stack([model.loss(batch) for _ in range(300)])
-        pyro_loss = torch.tensor([Trace_ELBO(max_plate_nesting=2).loss(model.model, model.guide, batch) / 3
-                                  for _ in range(300)], dtype=ours.dtype)
+        pyro_loss = torch.tensor(
+            [Trace_ELBO(max_plate_nesting=2).loss(model.model, model.guide, batch) / 3 for _ in range(300)],
+            dtype=ours.dtype,
+        )
     se = (ours.var() / 300 + pyro_loss.var() / 300).sqrt()
     assert abs(float(ours.mean() - pyro_loss.mean())) < 4 * float(se) + 1e-4, (ours.mean(), pyro_loss.mean(), se)
     loc, tril = model.posterior_params(batch)
     p_loc, p_scale = model.prior_params(1)
     expected = torch.distributions.kl_divergence(
         torch.distributions.MultivariateNormal(loc, scale_tril=tril),
-        torch.distributions.MultivariateNormal(p_loc, scale_tril=torch.diag_embed(p_scale)))
+        torch.distributions.MultivariateNormal(p_loc, scale_tril=torch.diag_embed(p_scale)),
+    )
     assert_close(_kl_mvn_diag(loc, tril, p_loc, p_scale).detach(), expected.detach(), atol=1e-4, what="KL")
 
 
 def test_nuts_and_the_guide_match_the_exact_regression_posterior():
     """Gaussian likelihood: the guide is the closed-form posterior, and NUTS samples it."""
     torch.manual_seed(0)
-    model = BayesianLastLayer(backbone="mlp", x_dim=1, hidden=(16,), feature_dim=2, likelihood="normal",
-                              noise_std=0.3, learn_noise=False)
+    model = BayesianLastLayer(
+        backbone="mlp", x_dim=1, hidden=(16,), feature_dim=2, likelihood="normal", noise_std=0.3, learn_noise=False
+    )
     tasks = LineOrSine(noise_std=0.3)
     pyro_meta.fit(model, tasks, num_steps=30, tasks_per_batch=8, lr=1e-2, progress=False)
     batch = tasks.sample(3, 4, 5, generator=torch.Generator().manual_seed(2))
@@ -110,8 +117,9 @@ def test_classification_methods_and_arviz_log_likelihood():
     batch = tasks.sample(2, generator=torch.Generator().manual_seed(5))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        post = pyro_meta.infer(model, batch, method="nuts", num_samples=20, num_warmup=20, num_chains=2,
-                               max_tree_depth=4, seed=0)
+        post = pyro_meta.infer(
+            model, batch, method="nuts", num_samples=20, num_warmup=20, num_chains=2, max_tree_depth=4, seed=0
+        )
     assert post.samples["w"].shape == (2, 20, 2, 3, 4)
     assert post.diagnostics["r_hat"].shape == (2,)
     idata = post.to_arviz()
@@ -119,8 +127,9 @@ def test_classification_methods_and_arviz_log_likelihood():
     with torch.no_grad():
         a = model.augmented(model.features(batch.context_x))  # [T, Nc, F+1]
         logits = torch.einsum("tnf,cstkf->cstnk", a, post.samples["w"])
-        lp = torch.log_softmax(logits, -1).gather(-1, batch.context_y[None, None, ..., None].expand(
-            2, 20, -1, -1, 1))[..., 0]
+        lp = torch.log_softmax(logits, -1).gather(-1, batch.context_y[None, None, ..., None].expand(2, 20, -1, -1, 1))[
+            ..., 0
+        ]
     assert_close(lik, lp.reshape(2, 20, -1), atol=1e-5, what="pointwise log-likelihood of the labels")
     probs = post.predict().class_probs
     assert probs.shape == (2, 6, 3)

@@ -26,12 +26,16 @@ def _log_post(model, x, y, p):
 def test_log_posterior_matches_torch_distributions_up_to_a_constant(generator):
     model = BMAML(hidden=(5,), num_particles=3)
     batch = Sinusoid(noise_std=0.1).sample(2, 4, 3, generator=generator)
-    particles = model.particles.detach().expand(2, 3, -1) + 0.1 * torch.randn(2, 3, model.num_params, generator=generator)
+    particles = model.particles.detach().expand(2, 3, -1) + 0.1 * torch.randn(
+        2, 3, model.num_params, generator=generator
+    )
     ours = model.log_posterior(batch.context_x, batch.context_y, batch.context_mask)(particles).detach()
-    ref = torch.stack([
-        torch.stack([_log_post(model, batch.context_x[t], batch.context_y[t], particles[t, m]) for m in range(3)])
-        for t in range(2)
-    ]).detach()
+    ref = torch.stack(
+        [
+            torch.stack([_log_post(model, batch.context_x[t], batch.context_y[t], particles[t, m]) for m in range(3)])
+            for t in range(2)
+        ]
+    ).detach()
     diff = ours - ref
     assert_close(diff, diff[0, 0].expand_as(diff), atol=1e-3, what="log posterior up to a constant")
 

@@ -28,8 +28,15 @@ class TestMAMLCategoricalContract(_ToyEpisodes, MetaModelContract):
 
 class TestABMLCategoricalHeadContract(_ToyEpisodes, MetaModelContract):
     def make_model(self):
-        return ABML(x_dim=DIM, hidden=(8,), likelihood="categorical", num_classes=WAY, adapt="head", inner_lr=0.3,
-                    inner_lr_scale=0.1)
+        return ABML(
+            x_dim=DIM,
+            hidden=(8,),
+            likelihood="categorical",
+            num_classes=WAY,
+            adapt="head",
+            inner_lr=0.3,
+            inner_lr_scale=0.1,
+        )
 
 
 class TestBMAMLBernoulliContract(MetaModelContract):
@@ -83,8 +90,14 @@ def test_maml_loss_is_the_cross_entropy_after_adaptation(likelihood, way, loss_f
     tasks = toy_episodes(way=way, dim=DIM, shots=(1, 3), queries=(1, 3))
     batch = tasks.sample(4, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = MAML(x_dim=DIM, hidden=(8,), likelihood=likelihood, num_classes=way if likelihood == "categorical" else None,
-                 inner_lr=0.5, inner_steps=2)
+    model = MAML(
+        x_dim=DIM,
+        hidden=(8,),
+        likelihood=likelihood,
+        num_classes=way if likelihood == "categorical" else None,
+        inner_lr=0.5,
+        inner_steps=2,
+    )
     loss = model.loss(batch)
     expected = _reference_maml(model, batch, 2, loss_fn)
     assert_close(loss, expected, atol=1e-5, what=f"MAML {likelihood} loss")
@@ -98,8 +111,9 @@ def test_head_adaptation_adapts_only_the_last_layer_on_shared_features():
     tasks = toy_episodes(way=WAY, dim=DIM, shots=2, queries=2)
     batch = tasks.sample(3, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
-    model = MAML(x_dim=DIM, hidden=(8, 6), likelihood="categorical", num_classes=WAY, adapt="head", inner_lr=0.5,
-                 inner_steps=1)
+    model = MAML(
+        x_dim=DIM, hidden=(8, 6), likelihood="categorical", num_classes=WAY, adapt="head", inner_lr=0.5, inner_steps=1
+    )
     assert model.num_params == 6 * WAY + WAY  # the head only
     assert model.net.sizes == (6, WAY)
     feats = (model.backbone(batch.context_x), model.backbone(batch.target_x))  # an MLP: no batch statistics
@@ -108,8 +122,9 @@ def test_head_adaptation_adapts_only_the_last_layer_on_shared_features():
     # the shared features get a meta-gradient, theta has the head's size
     model.loss(batch).backward()
     assert model.backbone.net[0][0].weight.grad.abs().sum() > 0
-    post = pyro_meta.infer(model, batch, method="nuts", num_samples=5, num_warmup=5, num_chains=1, max_tree_depth=3,
-                           seed=0)
+    post = pyro_meta.infer(
+        model, batch, method="nuts", num_samples=5, num_warmup=5, num_chains=1, max_tree_depth=3, seed=0
+    )
     assert post.samples["phi"].shape == (1, 5, 3, model.num_params)
 
 
@@ -118,8 +133,12 @@ def test_family_learns_toy_episodes(cls):
     """A few dozen meta-steps: every member classifies held-out toy episodes far above chance."""
     tasks = toy_episodes(way=WAY, num_classes=12, dim=DIM, shots=2, queries=3, seed=1)
     options = {"x_dim": DIM, "hidden": (16,), "likelihood": "categorical", "num_classes": WAY, "inner_steps": 2}
-    extra = {MAML: {"inner_lr": 0.5}, ABML: {"inner_lr": 0.5, "inner_lr_scale": 0.1, "prior_scale": 0.1},
-             BMAML: {"num_particles": 3, "svgd_lr": 0.5}, PLATIPUS: {"inner_lr": 0.5}}[cls]
+    extra = {
+        MAML: {"inner_lr": 0.5},
+        ABML: {"inner_lr": 0.5, "inner_lr_scale": 0.1, "prior_scale": 0.1},
+        BMAML: {"num_particles": 3, "svgd_lr": 0.5},
+        PLATIPUS: {"inner_lr": 0.5},
+    }[cls]
     model = cls(**options, **extra)
     pyro_meta.fit(model, tasks, num_steps=60, tasks_per_batch=8, lr=1e-2, seed=0, progress=False)
     table = pyro_meta.evaluate(model, tasks, methods="amortized", num_tasks=40, num_context=2, num_samples=8, seed=3)
@@ -132,16 +151,26 @@ def test_conv4_family_runs_on_images():
     tasks = toy_episodes(way=2, num_classes=4, per_class=4, image_shape=(16, 16), shots=1, queries=1)
     batch = tasks.sample(2, generator=torch.Generator().manual_seed(0))
     for cls in (MAML, ABML, BMAML, PLATIPUS):
-        model = cls(net="conv4", image_shape=(1, 16, 16), channels=3, likelihood="categorical", num_classes=2,
-                    **({"num_particles": 2} if cls is BMAML else {}))
+        model = cls(
+            net="conv4",
+            image_shape=(1, 16, 16),
+            channels=3,
+            likelihood="categorical",
+            num_classes=2,
+            **({"num_particles": 2} if cls is BMAML else {}),
+        )
         result = pyro_meta.fit(model, tasks, num_steps=1, tasks_per_batch=2, progress=False)
         assert all(torch.isfinite(torch.tensor(result.losses))), cls.__name__
         probs = pyro_meta.infer(model, batch, method="amortized", num_samples=2, seed=0).predict().class_probs
         assert probs.shape == (2, 2, 2) and bool(torch.isfinite(probs).all())
     # the model's outputs are FunctionalConv4's
     phi = model.theta.detach().expand(2, -1)
-    assert_close(model.outputs(batch.target_x, phi, batch.target_mask),
-                 model.net(batch.target_x, phi, batch.target_mask), atol=0, what="conv outputs")
+    assert_close(
+        model.outputs(batch.target_x, phi, batch.target_mask),
+        model.net(batch.target_x, phi, batch.target_mask),
+        atol=0,
+        what="conv outputs",
+    )
 
 
 def test_bad_options_and_batches():

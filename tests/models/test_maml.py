@@ -119,8 +119,17 @@ def test_meta_training_improves_adapted_mse():
         return float(model.mse(test.target_x, test.target_y, test.target_mask, phi).mean())
 
     before = test_mse()
-    fit(model, Sinusoid(), num_steps=300, tasks_per_batch=10, num_context=10, num_target=10, lr=3e-3, seed=0,
-        progress=False)
+    fit(
+        model,
+        Sinusoid(),
+        num_steps=300,
+        tasks_per_batch=10,
+        num_context=10,
+        num_target=10,
+        lr=3e-3,
+        seed=0,
+        progress=False,
+    )
     after = test_mse()
     assert after < 0.6 * before, (before, after)
 

@@ -17,8 +17,9 @@ class TestNeuralProcessClassifierContract(MetaModelContract):
     num_target = 2
 
     def make_model(self):
-        return NeuralProcessClassifier(backbone="mlp", x_dim=4, hidden=(8,), latent_dim=2, decoder_hidden=8,
-                                       guide_hidden=8)
+        return NeuralProcessClassifier(
+            backbone="mlp", x_dim=4, hidden=(8,), latent_dim=2, decoder_hidden=8, guide_hidden=8
+        )
 
     def make_tasks(self):
         return toy_episodes(way=3, dim=4)
@@ -26,20 +27,24 @@ class TestNeuralProcessClassifierContract(MetaModelContract):
 
 class TestNeuralProcessClassifierVersaContract(TestNeuralProcessClassifierContract):
     def make_model(self):
-        return NeuralProcessClassifier(backbone="mlp", x_dim=4, hidden=(8,), latent_dim=2, decoder_hidden=8,
-                                       guide_hidden=8, objective="versa")
+        return NeuralProcessClassifier(
+            backbone="mlp", x_dim=4, hidden=(8,), latent_dim=2, decoder_hidden=8, guide_hidden=8, objective="versa"
+        )
 
 
 def _model(**kwargs):
     torch.manual_seed(0)
-    model = NeuralProcessClassifier(backbone="mlp", x_dim=4, hidden=(8,), latent_dim=3, decoder_hidden=8,
-                                    guide_hidden=8, **kwargs)
+    model = NeuralProcessClassifier(
+        backbone="mlp", x_dim=4, hidden=(8,), latent_dim=3, decoder_hidden=8, guide_hidden=8, **kwargs
+    )
     model.eval()  # an MLP extractor: the same features in both modes
     return model
 
 
 def _batch(seed=0):
-    return toy_episodes(way=3, dim=4, shots=(1, 2), queries=(1, 3)).sample(3, generator=torch.Generator().manual_seed(seed))
+    return toy_episodes(way=3, dim=4, shots=(1, 2), queries=(1, 3)).sample(
+        3, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_elbo_loss_is_pyros_mean_field_elbo():
@@ -78,10 +83,13 @@ def test_versa_loss_is_the_log_mean_predictive_per_target_point():
 
 def test_one_model_serves_any_way_and_every_method():
     tasks = toy_episodes(way=3, num_classes=8, dim=4, shots=2, queries=2)
-    model = NeuralProcessClassifier(backbone="mlp", x_dim=4, hidden=(8,), latent_dim=2, decoder_hidden=8,
-                                    guide_hidden=8)
+    model = NeuralProcessClassifier(
+        backbone="mlp", x_dim=4, hidden=(8,), latent_dim=2, decoder_hidden=8, guide_hidden=8
+    )
     pyro_meta.fit(model, tasks, num_steps=5, tasks_per_batch=4, lr=1e-2, progress=False)
-    five = toy_episodes(way=5, num_classes=8, dim=4, shots=1, queries=2).sample(2, generator=torch.Generator().manual_seed(4))
+    five = toy_episodes(way=5, num_classes=8, dim=4, shots=1, queries=2).sample(
+        2, generator=torch.Generator().manual_seed(4)
+    )
     for method, opts in (("amortized", {}), ("importance", {"num_proposals": 50}), ("svi", {"num_steps": 3})):
         post = pyro_meta.infer(model, five, method=method, num_samples=6, seed=0, **opts)
         assert post.samples["z"].shape == (1, 6, 2, 5, 2), method

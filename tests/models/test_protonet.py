@@ -28,7 +28,7 @@ def _hand_logits(model, batch):
     out = []
     for t in range(T):
         protos = torch.stack([hc[t][batch.context_mask[t] & (batch.context_y[t] == k)].mean(0) for k in range(K)])
-        out.append(-torch.cdist(ht[t], protos) ** 2)
+        out.append(-(torch.cdist(ht[t], protos) ** 2))
     return torch.stack(out)
 
 

@@ -48,8 +48,15 @@ def test_tnp_d_matches_the_authors_formulation():
     model = TransformerNP(**{**SMALL, "num_layers": 3})
     batch = ragged_batch(T=3, nc=4, nt=5)
     Nc, Nt = 4, 5
-    seq = model.embedder(torch.cat([torch.cat([batch.context_x, batch.context_y], -1),
-                                    torch.cat([batch.target_x, torch.zeros_like(batch.target_y)], -1)], 1))
+    seq = model.embedder(
+        torch.cat(
+            [
+                torch.cat([batch.context_x, batch.context_y], -1),
+                torch.cat([batch.target_x, torch.zeros_like(batch.target_y)], -1),
+            ],
+            1,
+        )
+    )
     mask = torch.full((Nc + Nt, Nc + Nt), float("-inf"))
     mask[:, :Nc] = 0.0
     for layer in nn.ModuleList(_torch_encoder_layer(b) for b in model.encoder.blocks):

@@ -96,15 +96,30 @@ def test_padding_and_permutation_invariance(generator):
 
 def _torch_encoder_layer(block: AttentionBlock) -> nn.TransformerEncoderLayer:
     D = block.norm1.normalized_shape[0]
-    ref = nn.TransformerEncoderLayer(D, block.attention.num_heads, dim_feedforward=block.mlp[0].out_features,
-                                     dropout=0.0, batch_first=True, norm_first=block.norm_first)
+    ref = nn.TransformerEncoderLayer(
+        D,
+        block.attention.num_heads,
+        dim_feedforward=block.mlp[0].out_features,
+        dropout=0.0,
+        batch_first=True,
+        norm_first=block.norm_first,
+    )
     _load_torch_mha(ref.self_attn, block.attention)
-    ref.load_state_dict({**ref.state_dict(), **{
-        "linear1.weight": block.mlp[0].weight, "linear1.bias": block.mlp[0].bias,
-        "linear2.weight": block.mlp[2].weight, "linear2.bias": block.mlp[2].bias,
-        "norm1.weight": block.norm1.weight, "norm1.bias": block.norm1.bias,
-        "norm2.weight": block.norm2.weight, "norm2.bias": block.norm2.bias,
-    }})
+    ref.load_state_dict(
+        {
+            **ref.state_dict(),
+            **{
+                "linear1.weight": block.mlp[0].weight,
+                "linear1.bias": block.mlp[0].bias,
+                "linear2.weight": block.mlp[2].weight,
+                "linear2.bias": block.mlp[2].bias,
+                "norm1.weight": block.norm1.weight,
+                "norm1.bias": block.norm1.bias,
+                "norm2.weight": block.norm2.weight,
+                "norm2.bias": block.norm2.bias,
+            },
+        }
+    )
     return ref.train()  # dropout is 0; train mode keeps torch off its fused inference path
 
 

@@ -27,8 +27,11 @@ def _reference(net: FunctionalConv4, phi: torch.Tensor):
         if net.norm != "none":
             names[f"norm{i}.weight"] = (f"{len(layers)}.weight", False)
             names[f"norm{i}.bias"] = (f"{len(layers)}.bias", False)
-            norm = nn.BatchNorm2d(c_out, track_running_stats=False) if net.norm == "batch" else nn.InstanceNorm2d(
-                c_out, affine=True)
+            norm = (
+                nn.BatchNorm2d(c_out, track_running_stats=False)
+                if net.norm == "batch"
+                else nn.InstanceNorm2d(c_out, affine=True)
+            )
             layers.append(norm)
         layers += [nn.ReLU(), nn.MaxPool2d(2)]
         c_in = c_out

@@ -14,9 +14,9 @@ def _reference(net: FunctionalMLP, x: torch.Tensor, flat: torch.Tensor) -> torch
     for d_in, d_out in zip(net.sizes[:-1], net.sizes[1:]):
         lin = nn.Linear(d_in, d_out)
         with torch.no_grad():
-            lin.weight.copy_(flat[offset:offset + d_in * d_out].reshape(d_in, d_out).T)
+            lin.weight.copy_(flat[offset : offset + d_in * d_out].reshape(d_in, d_out).T)
             offset += d_in * d_out
-            lin.bias.copy_(flat[offset:offset + d_out])
+            lin.bias.copy_(flat[offset : offset + d_out])
             offset += d_out
         layers += [lin, nn.Tanh()]
     return nn.Sequential(*layers[:-1])(x)
