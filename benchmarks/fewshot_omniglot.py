@@ -34,6 +34,7 @@ Timings (train / inference seconds) are wall-clock on a shared machine: noisy, s
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import math
 import multiprocessing
@@ -445,6 +446,34 @@ def load_average() -> str:
         return "n/a"
 
 
+def _arm_file(work: Path, arm: Arm) -> Path:
+    return work / ("arm_" + "".join(c if c.isalnum() else "_" for c in arm.name) + ".pt")
+
+
+def _run_arms(arms: List[Arm], config: Config, jobs: int, work: Optional[Path]) -> Dict[str, Dict[str, Any]]:
+    """Train and score ``arms`` (in ``jobs`` fresh processes); each result is saved to ``work`` as it arrives."""
+    done: Dict[str, Dict[str, Any]] = {}
+
+    def keep(arm: Arm, result: Dict[str, Any]) -> None:
+        done[arm.name] = result
+        if work is not None:
+            torch.save(result, _arm_file(work, arm))
+        print(f"  trained and scored {arm.name} ({result['train_seconds']:.0f} s training)", flush=True)
+
+    if jobs > 1 and not config.smoke and len(arms) > 1:
+        # a fresh process per arm (max_tasks_per_child=1); a worker that dies raises BrokenProcessPool here
+        # (multiprocessing.Pool would wait forever for its lost result)
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+            pending = {pool.submit(run_arm, arm, config): arm for arm in arms}
+            for future in concurrent.futures.as_completed(pending):
+                keep(pending[future], future.result())
+    else:
+        for arm in arms:
+            keep(arm, run_arm(arm, config))
+    return done
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
@@ -455,6 +484,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--step-scale", type=float, default=None, help="multiply every training budget")
     parser.add_argument("--figure", default=None, help="reliability figure path (PNG)")
     parser.add_argument("--markdown", default=None, help="write the tables there")
+    parser.add_argument("--work", default=None, help="keep each arm's result there; arms already there are not rerun")
+    parser.add_argument(
+        "--arms", default=None, help="comma-separated arm names to run (with --work: tables once every arm is there)"
+    )
     args = parser.parse_args(argv)
     config = Config.make_smoke() if args.smoke else Config()
     changes = {
@@ -483,19 +516,25 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     )
 
     arms = list(ARMS)
-    results: List[Dict[str, Any]] = []
-    if args.jobs > 1 and not config.smoke:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(args.jobs, maxtasksperchild=1) as pool:
-            pending = [pool.apply_async(run_arm, (arm, config)) for arm in arms]
-            for arm, p in zip(arms, pending):
-                results.append(p.get())
-                print(f"  trained and scored {arm.name} ({results[-1]['train_seconds']:.0f} s training)", flush=True)
-    else:
-        for arm in arms:
-            results.append(run_arm(arm, config))
-            print(f"  trained and scored {arm.name} ({results[-1]['train_seconds']:.0f} s training)", flush=True)
+    work = Path(args.work) if args.work else None
+    chosen = [a for a in arms if args.arms is None or a.name in args.arms.split(",")]
+    if args.arms is not None and len(chosen) != len(set(args.arms.split(","))):
+        raise ValueError(f"--arms: unknown names; the arms are {[a.name for a in ARMS]}")
+    stored: Dict[str, Dict[str, Any]] = {}
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        for a in arms:
+            if _arm_file(work, a).exists():
+                from pyro_meta.metrics import ReliabilityBins
 
+                with torch.serialization.safe_globals([ReliabilityBins]):  # our own result type, nothing else
+                    stored[a.name] = torch.load(_arm_file(work, a), weights_only=True)
+    todo = [a for a in chosen if a.name not in stored]
+    stored.update(_run_arms(todo, config, args.jobs, work))
+    if any(a.name not in stored for a in arms):
+        print(f"partial run: {len(stored)} of {len(arms)} arms in {work}; run the others to get the tables", flush=True)
+        return {"rows": [], "results": list(stored.values()), "checks": [], "text": "", "config": config}
+    results = [stored[a.name] for a in arms]
     rows = [r for res in results for r in res["rows"]]
     for way, shots, queries in SETTINGS:
         setting = f"{way}-way {shots}-shot"
