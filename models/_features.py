@@ -38,7 +38,15 @@ from torch import nn
 
 from pyro_meta.nn.mlp import MODULE_ACTIVATIONS, module_mlp
 
-__all__ = ["BACKBONES", "ClassGaussianEncoder", "FeatureExtractor", "class_means", "encode_sets", "infer_num_classes"]
+__all__ = [
+    "BACKBONES",
+    "ClassGaussianEncoder",
+    "check_labelled_batch",
+    "FeatureExtractor",
+    "class_means",
+    "encode_sets",
+    "infer_num_classes",
+]
 
 BACKBONES = ("conv4", "mlp")
 _CACHE_SIZE = 4
@@ -285,6 +293,29 @@ def class_means(
     counts = onehot.sum(-2)  # [T, K]
     sums = onehot.transpose(-1, -2) @ h  # [..., T, K, F]
     return sums / counts.clamp_min(1.0)[..., None], counts
+
+
+def check_labelled_batch(model: nn.Module, batch) -> int:
+    """``K`` of ``batch`` for a classifier with ``features`` and ``num_classes``; ``TypeError``/``ValueError`` unless
+    the batch holds long class labels ``[T, N]`` below ``K`` and inputs of the extractor's size."""
+    from pyro_meta.data.batch import SPLITS
+    from pyro_meta.model import check_batch
+
+    check_batch(batch)
+    name = type(model).__name__
+    if not batch.is_classification:
+        raise ValueError(f"{name} classifies: batch y must be long class labels [T, N]")
+    if batch.x_dim != model.features.in_features:
+        raise ValueError(
+            f"batch has Dx={batch.x_dim} but {name} was built for inputs of size "
+            f"{model.features.in_features} (x_dim / image_shape)"
+        )
+    K = infer_num_classes(model.num_classes, batch)
+    for split in SPLITS:
+        y = batch.y(split)
+        if y is not None and batch.num_points(split) and bool((y[batch.mask(split)] >= K).any()):
+            raise ValueError(f"batch {split}_y has labels >= K = {K} (num_classes={model.num_classes})")
+    return K
 
 
 def infer_num_classes(num_classes: Optional[int], batch) -> int:

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from pyro_meta.data.batch import SPLITS, TaskBatch
-from pyro_meta.model import MetaModel, check_batch, observe, task_plate
+from pyro_meta.model import MetaModel, observe, task_plate
 
-from ._features import FeatureExtractor, class_means, encode_sets, infer_num_classes
+from ._features import FeatureExtractor, check_labelled_batch, class_means, encode_sets
 
 __all__ = ["ProtoNet", "squared_distances"]
 
@@ -104,20 +104,7 @@ class ProtoNet(MetaModel):
     # ------------------------------------------------------------------ pieces
     def check(self, batch: TaskBatch) -> int:
         """``K`` of this batch; ``TypeError``/``ValueError`` unless it is a classification batch of the right inputs."""
-        check_batch(batch)
-        if not batch.is_classification:
-            raise ValueError(f"{type(self).__name__} classifies: batch y must be long class labels [T, N]")
-        if batch.x_dim != self.features.in_features:
-            raise ValueError(
-                f"batch has Dx={batch.x_dim} but {type(self).__name__} was built for inputs of size "
-                f"{self.features.in_features} (x_dim / image_shape)"
-            )
-        K = infer_num_classes(self.num_classes, batch)
-        for split in SPLITS:
-            y = batch.y(split)
-            if y is not None and batch.num_points(split) and bool((y[batch.mask(split)] >= K).any()):
-                raise ValueError(f"batch {split}_y has labels >= K = {K} (num_classes={self.num_classes})")
-        return K
+        return check_labelled_batch(self, batch)
 
     def encode_batch(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """Features ``(h_context [T, Nc, F], h_target [T, Nt, F])`` (one extractor pass while training)."""
