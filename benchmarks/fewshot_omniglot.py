@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import io
 import math
 import multiprocessing
 import os
@@ -229,7 +230,13 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
     tasks = omniglot_training_episodes(arm.way, arm.shots, arm.queries)
     t0 = time.perf_counter()
     pyro_meta.fit(
-        model, tasks, num_steps=steps, tasks_per_batch=arm.tasks_per_batch, lr=arm.lr, seed=config.seed, progress=False
+        model,
+        tasks,
+        num_steps=steps,
+        tasks_per_batch=arm.tasks_per_batch,
+        lr=arm.lr,
+        seed=config.seed,
+        progress=False,
     )
     train_seconds = time.perf_counter() - t0
     images = load_omniglot("test").images.reshape(-1, 28 * 28)
@@ -450,6 +457,22 @@ def _arm_file(work: Path, arm: Arm) -> Path:
     return work / ("arm_" + "".join(c if c.isalnum() else "_" for c in arm.name) + ".pt")
 
 
+def _run_arm_bytes(arm: Arm, config: Config) -> bytes:
+    """:func:`run_arm` in a worker process, its result serialized here: tensors returned as objects would travel
+    as file descriptors shared with the worker, which is gone (``FileNotFoundError``) once it exits."""
+    buffer = io.BytesIO()
+    torch.save(run_arm(arm, config), buffer)
+    return buffer.getvalue()
+
+
+def _load_result(source: Any) -> Dict[str, Any]:
+    """A saved arm result (path or bytes), loaded with ``weights_only=True``."""
+    from pyro_meta.metrics import ReliabilityBins
+
+    with torch.serialization.safe_globals([ReliabilityBins]):  # our own result type, nothing else
+        return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, weights_only=True)
+
+
 def _run_arms(arms: List[Arm], config: Config, jobs: int, work: Optional[Path]) -> Dict[str, Dict[str, Any]]:
     """Train and score ``arms`` (in ``jobs`` fresh processes); each result is saved to ``work`` as it arrives."""
     done: Dict[str, Dict[str, Any]] = {}
@@ -465,9 +488,9 @@ def _run_arms(arms: List[Arm], config: Config, jobs: int, work: Optional[Path]) 
         # (multiprocessing.Pool would wait forever for its lost result)
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            pending = {pool.submit(run_arm, arm, config): arm for arm in arms}
+            pending = {pool.submit(_run_arm_bytes, arm, config): arm for arm in arms}
             for future in concurrent.futures.as_completed(pending):
-                keep(pending[future], future.result())
+                keep(pending[future], _load_result(future.result()))
     else:
         for arm in arms:
             keep(arm, run_arm(arm, config))
@@ -525,10 +548,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         work.mkdir(parents=True, exist_ok=True)
         for a in arms:
             if _arm_file(work, a).exists():
-                from pyro_meta.metrics import ReliabilityBins
-
-                with torch.serialization.safe_globals([ReliabilityBins]):  # our own result type, nothing else
-                    stored[a.name] = torch.load(_arm_file(work, a), weights_only=True)
+                stored[a.name] = _load_result(_arm_file(work, a))
     todo = [a for a in chosen if a.name not in stored]
     stored.update(_run_arms(todo, config, args.jobs, work))
     if any(a.name not in stored for a in arms):
