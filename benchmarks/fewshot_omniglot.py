@@ -553,6 +553,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for a in arms:
             if _arm_file(work, a).exists():
                 stored[a.name] = _load_result(_arm_file(work, a))
+    loaded = [a.name for a in arms if a.name in stored]
     todo = [a for a in chosen if a.name not in stored]
     stored.update(_run_arms(todo, config, args.jobs, work))
     if any(a.name not in stored for a in arms):
@@ -565,7 +566,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for fn in (nearest_neighbour_row, scratch_row):
             rows.append(dict(fn(way, shots, queries, config), setting=setting))
 
-    out = []
+    out = [
+        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, pyro {info['pyro']}, one torch thread "
+        f"per training process. Meta-train alphabets {', '.join(OMNIGLOT_SPLITS['train'] + OMNIGLOT_SPLITS['val'])} "
+        f"(+ rotations); meta-test {', '.join(OMNIGLOT_SPLITS['test'])}; {config.episodes} episodes per setting.\n"
+    ]
+    if loaded:
+        out.append(
+            f"Arms read from `--work` (trained and scored by earlier invocations of this script, same settings; their "
+            f"train and inference seconds are from those runs): {', '.join(loaded)}.\n"
+        )
     budget = ", ".join(
         f"{a.name} {max(1, int(round(a.steps * config.step_scale)))} x {a.tasks_per_batch} {a.way}-way episodes"
         for a in arms
