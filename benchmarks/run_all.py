@@ -3,7 +3,9 @@
 1. accuracy and calibration (``benchmarks/accuracy.py``), task families split over ``--jobs``
    parallel processes (one torch thread each);
 2. the Neural Process family on GP curves (``benchmarks/np_gp.py``: CNP, ANP, TNP-D, the latent NP and the GP
-   oracle on the DeepMind and BNP/TNP protocols; it writes ``<out>/np_family.md``), included as a section;
+   oracle on the DeepMind and BNP/TNP protocols; it writes ``<out>/np_family.md``), included as a section,
+   and few-shot Omniglot (``benchmarks/fewshot_omniglot.py``: the zoo's classifiers against pixel nearest
+   neighbour, with NUTS over the Bayesian last layer; its reliability figure in ``<out>/figures``);
 3. speed, each arm against its reference in the same process and run, one after the other with
    nothing else of ours running: the NeuralProcess training step vs plain PyTorch
    (``np_overhead.py``), MAML-family meta-iterations vs a per-task loop (``maml_throughput.py``,
@@ -225,6 +227,24 @@ def np_family_section(work: Path, out: Path, smoke: bool, python: str) -> Tuple[
     return "\n" + text + "\n", summary
 
 
+def fewshot_section(work: Path, out: Path, smoke: bool, python: str) -> str:
+    """Run ``benchmarks/fewshot_omniglot.py`` (its reliability figure to ``<out>/figures``); its tables as a section."""
+    log, md = work / "fewshot_omniglot.log", work / "fewshot_omniglot.md"
+    figure = out / "figures" / "fewshot_omniglot_reliability.png"
+    cmd = [python, str(HERE / "fewshot_omniglot.py"), "--markdown", str(md), "--figure", str(figure)]
+    rc, secs, rss = run(cmd + (["--smoke"] if smoke else []), log)
+    if rc != 0:
+        raise RuntimeError(f"fewshot_omniglot.py failed:\n{_tail(log)}")
+    return (
+        "\n## Few-shot classification on Omniglot\n\n"
+        "`benchmarks/fewshot_omniglot.py` (its docstring gives the protocol): the zoo's classifiers meta-trained on "
+        "the shipped alphabets and scored on the two meta-test alphabets, against pixel nearest neighbour and an "
+        f"MLP trained from scratch on each support set; {secs / 60:.1f} min.\n\n"
+        + md.read_text()
+        + "\n![5-way 1-shot reliability](figures/fewshot_omniglot_reliability.png)\n"
+    )
+
+
 def mcmc_speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, Any]]:
     """Run ``benchmarks/mcmc_speed.py``: its table and acceptance checks as a section, and ``{"checks": ...}``."""
     js = work / "mcmc_speed.json"
@@ -383,6 +403,8 @@ def main(argv=None) -> Path:
         checks["np_family"] = np_checks
         acc_md += np_md
         np_seconds = time.perf_counter() - t0
+        # 2b. few-shot Omniglot (its own training processes)
+        acc_md += fewshot_section(work, out, args.smoke, python)
         # 3. speed, alone
         t0 = time.perf_counter()
         speed_md, speed = speed_section(work, args.smoke, python)
