@@ -1,6 +1,7 @@
 """Shared fixtures: every test starts with an empty param store, a fixed seed and one torch thread."""
 
 import os
+import signal
 
 import pyro
 import pytest
@@ -10,6 +11,10 @@ from hypothesis import HealthCheck, settings
 os.environ.setdefault("MPLBACKEND", "Agg")
 # one thread from the start: module-scoped fixtures (meta-training) run before the autouse fixture
 torch.set_num_threads(1)
+# Ctrl-C as in a terminal: a job started in the background by a non-interactive shell (`make test &`) inherits
+# SIGINT ignored, and the interrupt tests (in this process and in the children it starts) would see nothing
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Hypothesis profiles of the fuzz suite (tests/fuzz): "ci" is seeded (derandomized) and small, for every
 # `make test`; "fuzz" (`make fuzz`) explores 1,000 random examples per test. HYPOTHESIS_PROFILE picks one.

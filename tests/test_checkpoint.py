@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import select
 import signal
 import struct
 import subprocess
@@ -416,9 +417,12 @@ def test_sigint_during_write_is_deferred_until_the_file_is_in_place(tmp_path, mo
 
 
 CHILD = textwrap.dedent("""
-    import glob, json, os, sys
+    import glob, json, os, signal, sys
     import torch
     from pyro_meta.checkpoint import load_checkpoint, save_checkpoint
+
+    # a job started in the background by a non-interactive shell inherits SIGINT ignored: Ctrl-C as in a terminal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     path, caught_max = sys.argv[1], int(sys.argv[2])
     torch.manual_seed(0)
@@ -442,6 +446,13 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def _readline(proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The child's next stdout line; ``AssertionError`` (not a hang) when none comes within ``timeout`` seconds."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no line from the child in {timeout:.0f} s (a lost Ctrl-C?)"
+    return proc.stdout.readline()
+
+
 @pytest.mark.slow
 def test_sigint_at_random_times_never_damages_the_checkpoint(tmp_path):
     """Bug on main: a Ctrl-C during torch.save escaped as RuntimeError (inline_container.cc) ~1 in 6 times."""
@@ -463,13 +474,13 @@ def test_sigint_at_random_times_never_damages_the_checkpoint(tmp_path):
             cwd=REPO,
         )
         try:
-            assert proc.stdout.readline().strip() == "ready"
+            assert _readline(proc).strip() == "ready"
             for k in range(11):
                 time.sleep(rng.uniform(0.0, 0.06))  # a save of this model takes about 60 ms
                 proc.send_signal(signal.SIGINT)
                 signals += 1
                 if k < 10:
-                    line = proc.stdout.readline()
+                    line = _readline(proc)
                     assert line, f"child died: {proc.stderr.read()[-2000:]}"
                     report = json.loads(line)
                     assert report["saved"] in (report["step"] - 1, report["step"]) and report["temps"] == []
