@@ -97,7 +97,9 @@ class MetaModelContract:
         "svi": {"num_steps": 5, "num_particles": 2},
         "importance": {"num_proposals": 64},
         "nuts": {"num_warmup": 10, "num_chains": 2, "max_tree_depth": 4},
-        "hmc": {"num_warmup": 10, "num_chains": 1, "num_steps": 4},
+        # a fixed step: Pyro's HMC keeps the trajectory length (num_steps x the initial step size 1), so an adapted
+        # step of 1e-4 would mean 40,000 leapfrog steps per draw (seen: 229 s for one toy ABML contract test)
+        "hmc": {"num_warmup": 10, "num_chains": 1, "num_steps": 4, "step_size": 0.1, "adapt_step_size": False},
         "batched_hmc": {"num_warmup": 10, "num_chains": 2},
     }
     #: also run every method with ``vectorized = False`` (one trace per draw) and compare (slower)

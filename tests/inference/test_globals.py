@@ -21,7 +21,7 @@ METHOD_OPTIONS = {
     "svi": {"num_steps": 5, "num_particles": 2},
     "importance": {"num_proposals": 64},
     "nuts": {"num_warmup": 10, "num_chains": 2, "max_tree_depth": 4},
-    "hmc": {"num_warmup": 10, "num_chains": 1, "num_steps": 4},
+    "hmc": {"num_warmup": 10, "num_chains": 1, "num_steps": 4, "step_size": 0.1, "adapt_step_size": False},
     "batched_hmc": {"num_warmup": 10, "num_chains": 2},
 }
 
