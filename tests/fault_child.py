@@ -128,8 +128,6 @@ def fresh(folder: str) -> None:
 
 
 if __name__ == "__main__":
-    # a job started in the background by a non-interactive shell inherits SIGINT ignored: Ctrl-C as in a terminal
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     if sys.argv[1] == "fresh":
         fresh(sys.argv[2])
     else:

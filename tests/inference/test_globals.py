@@ -16,14 +16,9 @@ from torch import nn
 import pyro_meta
 from pyro_meta import MetaModel, TaskBatch, observe, task_plate
 from pyro_meta.data import Sinusoid
+from pyro_meta.testing import MetaModelContract
 
-METHOD_OPTIONS = {
-    "svi": {"num_steps": 5, "num_particles": 2},
-    "importance": {"num_proposals": 64},
-    "nuts": {"num_warmup": 10, "num_chains": 2, "max_tree_depth": 4},
-    "hmc": {"num_warmup": 10, "num_chains": 1, "num_steps": 4, "step_size": 0.1, "adapt_step_size": False},
-    "batched_hmc": {"num_warmup": 10, "num_chains": 2},
-}
+METHOD_OPTIONS = MetaModelContract.method_options  # the contract's small, fast settings per method
 
 
 def _batch(T=3, seed=0):
