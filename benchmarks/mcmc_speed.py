@@ -98,6 +98,17 @@ REDUCED_PLAN = {
         "numpyro": (50, 200),
     }
 }
+#: ``--plan acceptance``: exactly the arms and T the checks read (the ``mlp`` model), the issue's 300 + 300
+#: iterations: JIT vs inductor NUTS at 50 tasks, joint JIT NUTS vs the compiled batched sampler and NumPyro at
+#: 50 and 200 tasks, the batched sampler's per-task cost at 1,000 tasks
+ACCEPTANCE_PLAN = {
+    "mlp": {
+        "nuts jit": (50, 200),
+        "nuts inductor": (50,),
+        "batched compiled": (50, 200, 1000),
+        "numpyro": (50, 200),
+    }
+}
 SMOKE_PLAN = {
     "mlp": {"nuts jit": (3,), "nuts inductor": (3,), "batched": (3,), "batched compiled": (3,), "numpyro": (3,)}
 }
@@ -399,8 +410,9 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument(
         "--plan",
         default="full",
-        choices=("full", "reduced"),
-        help="full: both models, T up to 1000; reduced: the mlp model's acceptance arms, T up to 200",
+        choices=("full", "reduced", "acceptance"),
+        help="full: both models, T up to 1000; reduced: the mlp model's acceptance arms, T up to 200; "
+        "acceptance: only the arms and T the checks read (mlp, T up to 1000)",
     )
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--samples", type=int, default=300)
@@ -413,7 +425,7 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--markdown", default=None, help="write the tables to this markdown file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    plan = PLAN if args.plan == "full" else REDUCED_PLAN
+    plan = {"full": PLAN, "reduced": REDUCED_PLAN, "acceptance": ACCEPTANCE_PLAN}[args.plan]
     if args.smoke:
         plan, args.warmup, args.samples, args.np_steps = SMOKE_PLAN, 10, 10, 0
     if args.device != "cpu":

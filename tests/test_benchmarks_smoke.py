@@ -215,3 +215,28 @@ def test_scaling_script_smoke(monkeypatch):
     for w in (1, 2):
         cpu = r"[0-9.]+" + r" \+ [0-9.]+" * (w - 1)
         assert re.search(rf"^\| {w} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| {cpu} \| [0-9.]+ \|$", text, flags=re.M), w
+
+
+def test_mcmc_speed_acceptance_plan_feeds_every_check(monkeypatch):
+    """``--plan acceptance`` runs exactly what the acceptance checks read: rows for its arms fill every check but
+    the ones it leaves out on purpose (eager ``batched``, NumPyro at 1,000 tasks); removing an arm empties one."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("mcmc_speed", None)
+    import mcmc_speed
+
+    def rows_of(plan):
+        out = []
+        for arm, Ts in plan["mlp"].items():
+            for T in Ts:
+                for a in ("numpyro first", "numpyro warm") if arm == "numpyro" else (arm,):
+                    out.append(
+                        {"model": "mlp", "T": T, "arm": a, "grads_per_s": 1.0, "ess_per_s": 1.0, "ms_per_task": 1.0}
+                    )
+        return out
+
+    checks = mcmc_speed.checks(rows_of(mcmc_speed.ACCEPTANCE_PLAN))
+    missing = [c[0] for c in checks if c[2] == "n/a"]
+    assert all(m.startswith("batched:") or m.startswith("batched /") or "1000 tasks" in m for m in missing), missing
+    assert not any("nuts inductor" in m or "200 tasks" in m for m in missing), missing
+    thinned = {"mlp": {k: v for k, v in mcmc_speed.ACCEPTANCE_PLAN["mlp"].items() if k != "nuts inductor"}}
+    assert "n/a" in dict((c[0], c[2]) for c in mcmc_speed.checks(rows_of(thinned))).values()
