@@ -235,7 +235,7 @@ def np_family_section(work: Path, out: Path, smoke: bool, python: str) -> Tuple[
 def fewshot_section(work: Path, out: Path, smoke: bool, python: str) -> str:
     """Run ``benchmarks/fewshot_omniglot.py`` (its reliability figure to ``<out>/figures``); its tables as a section."""
     log, md = work / "fewshot_omniglot.log", work / "fewshot_omniglot.md"
-    figure = out / "figures" / "fewshot_omniglot_reliability.png"
+    figure = out / "figures" / "fewshot_omniglot_bench_reliability.png"
     cmd = [python, str(HERE / "fewshot_omniglot.py"), "--markdown", str(md), "--figure", str(figure)]
     budget = ["--smoke"] if smoke else FEWSHOT_BENCH_ARGS
     rc, secs, rss = run(cmd + budget, log)
@@ -250,7 +250,7 @@ def fewshot_section(work: Path, out: Path, smoke: bool, python: str) -> str:
         "(`python benchmarks/fewshot_omniglot.py`, about 70 minutes on 2 cores) is kept in "
         "[runs/fewshot_omniglot.md](runs/fewshot_omniglot.md).\n\n"
         + md.read_text()
-        + "\n![5-way 1-shot reliability](figures/fewshot_omniglot_reliability.png)\n"
+        + "\n![5-way 1-shot reliability](figures/fewshot_omniglot_bench_reliability.png)\n"
     )
 
 

@@ -43,7 +43,7 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     # few-shot Omniglot (benchmarks/fewshot_omniglot.py): its section, tables, checks and reliability figure
     assert "## Few-shot classification on Omniglot" in text and "### 5-way 1-shot (15 queries" in text
     assert "best 5-way 1-shot accuracy" in text
-    assert (tmp_path / "figures" / "fewshot_omniglot_reliability.png").stat().st_size > 1000
+    assert (tmp_path / "figures" / "fewshot_omniglot_bench_reliability.png").stat().st_size > 1000
     # the Neural Process family (benchmarks/np_gp.py): its fragment, figure, tables and checks
     assert (tmp_path / "np_family.md").exists() and (tmp_path / "figures" / "np_family_bands.png").stat().st_size > 1000
     for heading in (
