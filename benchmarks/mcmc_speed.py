@@ -313,8 +313,18 @@ def have_numpyro() -> Optional[str]:
         import jax  # noqa: F401
         import numpyro  # noqa: F401
     except ImportError as err:
-        return f"NumPyro arm skipped: {err} (pip install numpyro 'jax[cpu]')"
+        return f"NumPyro arm skipped: {err} (pip install -e '.[bench]': numpyro and jax[cpu], pinned together)"
     return None
+
+
+def numpyro_versions() -> Dict[str, str]:
+    """``{"numpyro": ..., "jax": ...}`` when both import, else ``{}`` (recorded with the machine facts)."""
+    if have_numpyro():
+        return {}
+    import jax
+    import numpyro
+
+    return {"numpyro": numpyro.__version__, "jax": jax.__version__}
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -483,7 +493,7 @@ def main(argv=None) -> Dict[str, Any]:
         "smoke": args.smoke,
         "device": args.device,
         "numpyro_skipped": skip,
-        "machine": machine_info(),
+        "machine": {**machine_info(), **numpyro_versions()},
         "plan": args.plan,
         "thinning": THINNING if plan is PLAN else f"arms and T of this run: {plan}",
         "table": table,
