@@ -246,7 +246,7 @@ def fewshot_section(work: Path, out: Path, smoke: bool, python: str) -> str:
         f"`benchmarks/fewshot_omniglot.py {' '.join(budget)}` (its docstring gives the protocol): the zoo's "
         "classifiers meta-trained on the shipped alphabets and scored on the two meta-test alphabets, against pixel "
         f"nearest neighbour and an MLP trained from scratch on each support set; {secs / 60:.1f} min. This is the "
-        "make-bench budget (a fifth of every arm's training steps, 200 test episodes per setting): the full run "
+        "make-bench budget (the options above): the full run "
         "(`python benchmarks/fewshot_omniglot.py`, about 70 minutes on 2 cores) is kept in "
         "[runs/fewshot_omniglot.md](runs/fewshot_omniglot.md).\n\n"
         + md.read_text()
