@@ -363,7 +363,9 @@ def train_from_scratch(
     net = FunctionalMLP((batch.x_dim, hidden, way))
     g = torch.Generator().manual_seed(seed)
     phi = torch.nn.Parameter(net.init_params(batch.num_tasks, generator=g))
-    opt = torch.optim.Adam([phi], lr=lr, weight_decay=weight_decay)
+    # fused: one pass over the [T, ~100k] parameters per step; the default foreach Adam makes several (it was 6x
+    # slower on this machine at 200 episodes, and most of this baseline's time)
+    opt = torch.optim.Adam([phi], lr=lr, weight_decay=weight_decay, fused=True)
     m = batch.context_mask.to(phi.dtype)
     for _ in range(steps):
         opt.zero_grad()
@@ -461,15 +463,21 @@ def _arm_file(work: Path, arm: Arm) -> Path:
     return work / ("arm_" + "".join(c if c.isalnum() else "_" for c in arm.name) + ".pt")
 
 
-def _run_arm_bytes(arm: Arm, config: Config) -> bytes:
-    """:func:`run_arm` in a worker process, its result serialized here: tensors returned as objects would travel
+def baseline_rows(way: int, shots: int, queries: int, config: Config) -> List[Dict[str, Any]]:
+    """Both baselines' rows for one setting."""
+    setting = f"{way}-way {shots}-shot"
+    return [dict(fn(way, shots, queries, config), setting=setting) for fn in (nearest_neighbour_row, scratch_row)]
+
+
+def _in_bytes(fn: Any, *args: Any) -> bytes:
+    """``fn(*args)`` in a worker process, its result serialized here: tensors returned as objects would travel
     as file descriptors shared with the worker, which is gone (``FileNotFoundError``) once it exits."""
     buffer = io.BytesIO()
-    torch.save(run_arm(arm, config), buffer)
+    torch.save(fn(*args), buffer)
     return buffer.getvalue()
 
 
-def _load_result(source: Any) -> Dict[str, Any]:
+def _load_result(source: Any) -> Any:
     """A saved arm result (path or bytes), loaded with ``weights_only=True``."""
     from pyro_meta.metrics import ReliabilityBins
 
@@ -477,9 +485,13 @@ def _load_result(source: Any) -> Dict[str, Any]:
         return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, weights_only=True)
 
 
-def _run_arms(arms: List[Arm], config: Config, jobs: int, work: Optional[Path]) -> Dict[str, Dict[str, Any]]:
-    """Train and score ``arms`` (in ``jobs`` fresh processes); each result is saved to ``work`` as it arrives."""
+def _run_arms(
+    arms: List[Arm], config: Config, jobs: int, work: Optional[Path], baselines: Sequence[Tuple[int, int, int]] = ()
+) -> Tuple[Dict[str, Dict[str, Any]], List[Dict[str, Any]]]:
+    """Train and score ``arms``, and score the baselines in the settings ``baselines``, in ``jobs`` fresh
+    processes; each arm's result is saved to ``work`` as it arrives. ``(arm results by name, baseline rows)``."""
     done: Dict[str, Dict[str, Any]] = {}
+    base: Dict[Tuple[int, int, int], List[Dict[str, Any]]] = {}
 
     def keep(arm: Arm, result: Dict[str, Any]) -> None:
         done[arm.name] = result
@@ -487,18 +499,27 @@ def _run_arms(arms: List[Arm], config: Config, jobs: int, work: Optional[Path]) 
             torch.save(result, _arm_file(work, arm))
         print(f"  trained and scored {arm.name} ({result['train_seconds']:.0f} s training)", flush=True)
 
-    if jobs > 1 and not config.smoke and len(arms) > 1:
-        # a fresh process per arm (max_tasks_per_child=1); a worker that dies raises BrokenProcessPool here
-        # (multiprocessing.Pool would wait forever for its lost result)
+    if jobs > 1 and not config.smoke and len(arms) + len(baselines) > 1:
+        # a fresh process per job (max_tasks_per_child=1); a worker that dies raises BrokenProcessPool here
+        # (multiprocessing.Pool would wait forever for its lost result). The baselines (a few minutes each) go
+        # last, so that they fill the gaps the arms leave.
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            pending = {pool.submit(_run_arm_bytes, arm, config): arm for arm in arms}
+            pending: Dict[Any, Any] = {pool.submit(_in_bytes, run_arm, arm, config): arm for arm in arms}
+            pending.update({pool.submit(_in_bytes, baseline_rows, *s, config): s for s in baselines})
             for future in concurrent.futures.as_completed(pending):
-                keep(pending[future], _load_result(future.result()))
+                job = pending[future]
+                if isinstance(job, Arm):
+                    keep(job, _load_result(future.result()))
+                else:
+                    base[job] = _load_result(future.result())
+                    print(f"  scored the baselines in {job[0]}-way {job[1]}-shot", flush=True)
     else:
         for arm in arms:
             keep(arm, run_arm(arm, config))
-    return done
+        for s in baselines:
+            base[s] = baseline_rows(*s, config)
+    return done, [r for s in baselines for r in base[s]]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -555,16 +576,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 stored[a.name] = _load_result(_arm_file(work, a))
     loaded = [a.name for a in arms if a.name in stored]
     todo = [a for a in chosen if a.name not in stored]
-    stored.update(_run_arms(todo, config, args.jobs, work))
-    if any(a.name not in stored for a in arms):
+    complete = all(a.name in stored or a in todo for a in arms)
+    trained, baselines = _run_arms(todo, config, args.jobs, work, SETTINGS if complete else ())
+    stored.update(trained)
+    if not complete:
         print(f"partial run: {len(stored)} of {len(arms)} arms in {work}; run the others to get the tables", flush=True)
         return {"rows": [], "results": list(stored.values()), "checks": [], "text": "", "config": config}
     results = [stored[a.name] for a in arms]
-    rows = [r for res in results for r in res["rows"]]
-    for way, shots, queries in SETTINGS:
-        setting = f"{way}-way {shots}-shot"
-        for fn in (nearest_neighbour_row, scratch_row):
-            rows.append(dict(fn(way, shots, queries, config), setting=setting))
+    rows = [r for res in results for r in res["rows"]] + baselines
 
     out = [
         f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, pyro {info['pyro']}, one torch thread "
