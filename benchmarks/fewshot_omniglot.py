@@ -15,8 +15,9 @@ Models (all meta-trained here, budgets in ``ARMS``: steps x episodes per step, A
 
 * ``ProtoNet``, ``BayesianLastLayer`` (feature_dim 16; amortized guide, and NUTS on the first
   ``--nuts-episodes`` episodes of each setting beside the amortized guide on the same episodes, with R-hat and
-  ESS per task printed), ``NeuralProcessClassifier``: label-exchangeable, so one model (trained on 20-way
-  episodes; ProtoNet on 60-way episodes with the rate decayed tenfold) serves the three settings;
+  ESS per task printed), ``NeuralProcessClassifier`` (trained by its ELBO, and by VERSA's predictive objective with
+  10 particles): label-exchangeable, so one model (trained on 20-way episodes; ProtoNet on 60-way episodes with
+  the rate decayed tenfold) serves the three settings;
 * ``MAML``, ``ABML``, ``BMAML``, ``PLATIPUS`` with ``adapt="head"`` (ANIL: the Conv-4 is a shared meta-learned
   feature extractor and the task latent is the linear head, adapted by each method's inner loop, second
   order through it): a 5-way model (5-way 1-shot and 5-shot) and a 20-way model. Adapting all ~113k
@@ -94,6 +95,17 @@ ARMS = (
     Arm("ProtoNet", "ProtoNet", 60, 1, 5, steps=1500, num_samples=1, lr_decay=0.1),
     Arm("BayesianLastLayer", "BayesianLastLayer", 20, (1, 5), 5, steps=900, options=(("feature_dim", 16),), nuts=True),
     Arm("NeuralProcessClassifier", "NeuralProcessClassifier", 20, (1, 5), 5, steps=900),
+    # VERSA's predictive objective (ML-PIP, 10 particles: log of the mean likelihood over q's draws) trains the
+    # amortized predictive itself, the calibration recipe of Gordon et al. 2019; the ELBO arm above is the default
+    Arm(
+        "NeuralProcessClassifier (versa)",
+        "NeuralProcessClassifier",
+        20,
+        (1, 5),
+        5,
+        steps=900,
+        options=(("objective", "versa"), ("num_particles", 10)),
+    ),
     Arm(
         "MAML 5-way",
         "MAML",
@@ -443,12 +455,18 @@ def acceptance(rows: Sequence[Dict[str, Any]]) -> List[str]:
             for r in zoo
             if r["model"].split()[0] in ("ABML", "BMAML", "PLATIPUS", "BayesianLastLayer", "NeuralProcessClassifier")
         ]
-        ok = [r for r in bayes if r["ece"] < maml["ece"] and abs(r["accuracy"] - maml["accuracy"]) <= 0.01]
-        out.append(
-            f"a Bayesian member with lower ECE than MAML ({maml['ece']:.3f}) at accuracy within 1 point of "
-            f"MAML's ({100 * maml['accuracy']:.1f}%): {'PASS' if ok else 'FAIL'}"
-            + (f" ({', '.join(r['model'] + ' ' + r['method'] for r in ok)})" if ok else "")
-        )
+        # the literal reading (accuracy within 1 point either way), and the one that only forbids buying calibration
+        # with accuracy (at most 1 point below MAML's); both are printed
+        for reading, near in (
+            ("within 1 point of", lambda r: abs(r["accuracy"] - maml["accuracy"]) <= 0.01),
+            ("at most 1 point below", lambda r: r["accuracy"] >= maml["accuracy"] - 0.01),
+        ):
+            ok = [r for r in bayes if r["ece"] < maml["ece"] and near(r)]
+            out.append(
+                f"a Bayesian member with lower ECE than MAML ({maml['ece']:.3f}) at accuracy {reading} "
+                f"MAML's ({100 * maml['accuracy']:.1f}%): {'PASS' if ok else 'FAIL'}"
+                + (f" ({', '.join(r['model'] + ' ' + r['method'] for r in ok)})" if ok else "")
+            )
     return out
 
 
@@ -643,6 +661,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 "PLATIPUS 5-way",
                 "ProtoNet",
                 "NeuralProcessClassifier",
+                "NeuralProcessClassifier (versa)",
                 "BayesianLastLayer",
                 "BayesianLastLayer NUTS",
             )
