@@ -60,3 +60,20 @@ def write_png():
         return path
 
     return write
+
+
+#: the longest tests (2-6 minutes each on a 2-core CI machine, `make test --durations`) go first: pytest-xdist's
+#: work stealing balances the short ones around them, whereas one of them started last keeps a worker busy
+#: while the other idles
+LONGEST_FIRST = (
+    "tests/test_benchmarks_smoke.py::test_docs_generator_smoke",
+    "tests/inference/test_exactness.py::test_method_matches_closed_form[nuts]",
+    "tests/test_readme.py::test_readme_hierarchical_and_flow_blocks_run",
+    "tests/test_diagnostics.py::test_nuts_passes_sbc",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run :data:`LONGEST_FIRST` before the rest (which keep their collection order)."""
+    rank = {nodeid: i for i, nodeid in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))
