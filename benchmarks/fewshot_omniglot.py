@@ -496,7 +496,7 @@ def _in_bytes(fn: Any, *args: Any) -> bytes:
 
 
 def _load_result(source: Any) -> Any:
-    """A saved arm result (path or bytes), loaded with ``weights_only=True``."""
+    """A saved result (an arm's, or one setting's baseline rows; path or bytes), loaded with ``weights_only=True``."""
     from pyro_meta.metrics import ReliabilityBins
 
     with torch.serialization.safe_globals([ReliabilityBins]):  # our own result type, nothing else
