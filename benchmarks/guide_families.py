@@ -13,6 +13,13 @@ B. *The same trained model*: the Normal-guide model's decoder frozen, a fresh gu
    with each guide as proposal; SBC uniformity p-values of each guide (amortized), of NUTS, and of a
    deliberately overconfident guide (the Normal guide's spread x 0.5).
 
+D. *Line or sine? (PLATIPUS's ambiguity demonstration)*: on 100 line-or-sine tasks at 1 and 2 context points,
+   the fraction of each method's predictive function draws nearer a line than a sine (``_ambiguity.py``)
+   against the oracle's posterior probability of a line: its calibration curve, mean absolute error, and on
+   the ambiguous tasks (0.2 <= P(line) <= 0.8) how often both families show (>= 5% of the draws each).
+   The MAML family (PLATIPUS; MixturePLATIPUS, its non-Gaussian member, K = 2; the Normal ABML) meta-trained there with the same budget, next to NUTS and the amortized Normal and flow
+   guides over part A's NeuralProcess.
+
 Prints markdown tables and the checks against stated targets; writes ``--json`` and ``--figure`` (one ambiguous
 task's posterior over z per guide next to NUTS's draws). ``--smoke``: tiny, under two minutes.
 """
@@ -33,13 +40,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _ambiguity import GRID, calibration, line_fraction  # noqa: E402
 from _common import machine_info, markdown_table  # noqa: E402
 
 import pyro_meta  # noqa: E402
 from pyro_meta import InferenceMethod, InferenceResult, Option, metrics  # noqa: E402
 from pyro_meta.data import LineOrSine, Sinusoid  # noqa: E402
 from pyro_meta.diagnostics import sbc  # noqa: E402
-from pyro_meta.models import NeuralProcess  # noqa: E402
+from pyro_meta.models import ABML, PLATIPUS, MixturePLATIPUS, NeuralProcess  # noqa: E402
 from pyro_meta.oracles import LineOrSineOracle, SinusoidOracle  # noqa: E402
 
 GUIDES = ("normal", "mixture", "flow")
@@ -57,7 +65,12 @@ FULL = dict(
     nuts=dict(num_samples=200, num_warmup=200, num_chains=2, jit_compile=True),
     sbc_replicates=100,
     sbc_nuts=dict(num_warmup=150, num_chains=2),
+    sbc_samples=200,
     particles=8,
+    maml_steps=6000,
+    figure_nuts=dict(num_samples=400, num_warmup=300, num_chains=2),
+    figure_draws=800,
+    ambiguity_tasks=100,
 )
 SMOKE = dict(
     train_steps=20,
@@ -71,8 +84,35 @@ SMOKE = dict(
     nuts=dict(num_samples=10, num_warmup=10, num_chains=1, max_tree_depth=3),
     sbc_replicates=10,
     sbc_nuts=dict(num_warmup=10, num_chains=1, max_tree_depth=3),
+    sbc_samples=40,
+    max_contexts=2,  # line-or-sine 1 and 2 (the checks'), noisy sinusoids 1 and 3
     particles=2,
+    maml_steps=5,
+    figure_nuts=dict(num_samples=10, num_warmup=10, num_chains=1, max_tree_depth=3),
+    figure_draws=20,
+    ambiguity_tasks=8,
 )
+#: the make-bench budget (``run_all.py``, about 5 minutes on each of 2 processes): a tenth of the full run's training
+#: and a third of its test tasks; its numbers show the pipeline, the full run's (``docs/runs/guide_families.md``) the
+#: measurements
+BENCH = dict(
+    FULL,
+    train_steps=600,
+    guide_steps=300,
+    test_tasks=40,
+    num_target=30,
+    draws=100,
+    proposals=300,
+    nuts=dict(num_samples=100, num_warmup=100, num_chains=1, jit_compile=True),
+    sbc_replicates=30,
+    sbc_nuts=dict(num_warmup=100, num_chains=1),
+    sbc_samples=80,
+    maml_steps=1000,
+    ambiguity_tasks=50,
+    figure_nuts=dict(num_samples=200, num_warmup=200, num_chains=1),
+    figure_draws=400,
+)
+BUDGETS = {"full": FULL, "bench": BENCH, "smoke": SMOKE}
 FAMILIES = {
     "line_or_sine": dict(
         tasks=lambda: LineOrSine(noise_std=0.1), oracle=LineOrSineOracle, contexts=(1, 2, 3), train_context=(1, 5)
@@ -160,20 +200,26 @@ def score(post, batch, ref_nll=None):
     return row, s, n
 
 
-def run_family(name: str, cfg, out: Dict, smoke: bool) -> None:
+def run_family(name: str, cfg, out: Dict, smoke: bool, parts: str = "ABD") -> None:
+    """Parts ``A`` (joint training per guide), ``B`` (one model, every guide and objective; SBC; the figure) and
+    ``D`` (line or sine, line-or-sine only) of the module docstring; the models of part A are trained for any."""
     fam = FAMILIES[name]
     tasks = fam["tasks"]()
     oracle = fam["oracle"](tasks) if not smoke else fam["oracle"](tasks, num_grid=64, num_fine=32)
     rows: List[Dict] = []
     models = {}
-    for guide in GUIDES:
+    for guide in GUIDES if ("A" in parts or "B" in parts) else ("normal", "flow"):
         models[guide], secs = train(guide, tasks, cfg, fam)
         out.setdefault("train_seconds", {})[f"{name}/joint/{guide}"] = secs
     batches = {
         nc: tasks.sample(cfg["test_tasks"], nc, cfg["num_target"], generator=torch.Generator().manual_seed(7 + nc))
-        for nc in fam["contexts"]
+        for nc in fam["contexts"][: cfg.get("max_contexts")]
     }
     nuts_nll = {}
+    if "D" in parts and name == "line_or_sine":
+        ambiguity_part(tasks, oracle, models, cfg, out)
+    if "A" not in parts and "B" not in parts:
+        return
     for nc, batch in batches.items():
         o = oracle.log_prob(batch).double()
         o_nll, _ = ratio(-(o * batch.target_mask).sum(-1), batch.target_mask.sum(-1).double())
@@ -213,6 +259,10 @@ def run_family(name: str, cfg, out: Dict, smoke: bool) -> None:
                         **r,
                     )
                 )
+    out["rows"] = out.get("rows", []) + rows
+    rows = []
+    if "B" not in parts:
+        return
     # B: one trained model (the Normal guide's decoder), a fresh guide of each family and objective
     base = models["normal"]
     objectives = OBJECTIVES if name == "line_or_sine" else ("elbo",)
@@ -265,6 +315,77 @@ def run_family(name: str, cfg, out: Dict, smoke: bool) -> None:
         figure_part(tasks, fitted, base, oracle, cfg, out)
 
 
+def ambiguity_part(tasks, oracle, np_models, cfg, out) -> None:
+    """Part D: fraction of function draws nearer a line than a sine against the oracle's ``P(line | context)``."""
+    members = {
+        "PLATIPUS": PLATIPUS(),
+        "MixturePLATIPUS (K=2)": MixturePLATIPUS(num_components=2),
+        "ABML (Normal)": ABML(),
+    }
+    for label, model in members.items():
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        pyro_meta.fit(
+            model,
+            tasks,
+            num_steps=cfg["maml_steps"],
+            tasks_per_batch=25,
+            num_context=(1, 3),
+            num_target=10,
+            lr=1e-3,
+            seed=0,
+            progress=False,
+        )
+        out.setdefault("train_seconds", {})[f"line_or_sine/D/{label}"] = time.perf_counter() - t0
+    rows, curves = [], {}
+    for nc in (1, 2):
+        batch = tasks.sample(cfg["ambiguity_tasks"], nc, 20, generator=torch.Generator().manual_seed(60 + nc))
+        p_line = 1.0 - oracle.sine_probability(batch).double()
+        dense = batch.with_targets(GRID)
+        posts = {label: pyro_meta.infer(m, batch, num_samples=cfg["draws"], seed=0) for label, m in members.items()}
+        posts["NeuralProcess (NUTS)"] = pyro_meta.infer(
+            np_models["normal"],
+            batch,
+            method="nuts",
+            seed=0,
+            num_samples=cfg["nuts"]["num_samples"],
+            **{k: v for k, v in cfg["nuts"].items() if k != "num_samples"},
+        )
+        for guide in ("normal", "flow"):
+            posts[f"NeuralProcess ({guide} guide)"] = pyro_meta.infer(
+                np_models[guide], batch, num_samples=cfg["draws"], seed=0
+            )
+        for label, post in posts.items():
+            f, _ = post.function_draws(dense)  # [S, T, G, 1]
+            frac = line_fraction(f[..., 0])
+            cal = calibration(frac, p_line)
+            lp = post.predict().log_prob().double()
+            nll = float(-(lp * batch.target_mask).sum() / batch.target_mask.sum())
+            rows.append(
+                dict(
+                    num_context=nc,
+                    model=label,
+                    mae=cal["mae"],
+                    both_families=cal["both_families"],
+                    num_ambiguous=cal["num_ambiguous"],
+                    mean_line_fraction=float(frac.mean()),
+                    nll=nll,
+                )
+            )
+            curves[f"{label}/{nc}"] = cal["curve"]
+        o = oracle.log_prob(batch).double()
+        rows.append(
+            dict(
+                num_context=nc,
+                model="oracle",
+                mae=0.0,
+                mean_line_fraction=float(p_line.mean()),
+                nll=float(-(o * batch.target_mask).sum() / batch.target_mask.sum()),
+            )
+        )
+    out["ambiguity"] = dict(rows=rows, curves=curves)
+
+
 def sbc_part(tasks, fitted, base, cfg, out) -> None:
     res = {}
     for (guide, objective), model in fitted.items():
@@ -277,8 +398,8 @@ def sbc_part(tasks, fitted, base, cfg, out) -> None:
         num_replicates=cfg["sbc_replicates"],
         num_context=2,
         seed=3,
-        num_samples=200 if cfg is FULL else 20,
-        num_rank_draws=99 if cfg is FULL else 19,
+        num_samples=cfg["sbc_samples"],
+        num_rank_draws=cfg["sbc_samples"] // 2 - 1,
         num_bins=10,
         method_options=cfg["sbc_nuts"],
     )
@@ -295,10 +416,12 @@ def figure_part(tasks, fitted, base, oracle, cfg, out, path=None) -> None:
     p_sine = oracle.sine_probability(batch)
     t = int((p_sine - 0.5).abs().argmin())  # the most ambiguous task
     one = batch.select([t])
-    draws = {"NUTS": pyro_meta.infer(base, one, method="nuts", seed=0, num_samples=400, num_warmup=300, num_chains=2)}
+    draws = {"NUTS": pyro_meta.infer(base, one, method="nuts", seed=0, **cfg["figure_nuts"])}
     for guide in GUIDES:
         best = min((o for g, o in fitted if g == guide), key=lambda o: out_nll(out, guide, o))
-        draws[f"{guide} ({best})"] = pyro_meta.infer(fitted[(guide, best)], one, num_samples=800, seed=0)
+        draws[f"{guide} ({best})"] = pyro_meta.infer(
+            fitted[(guide, best)], one, num_samples=cfg["figure_draws"], seed=0
+        )
     out["figure_task"] = dict(
         p_sine=float(p_sine[t]), draws={k: v.samples["z"].reshape(-1, 2).tolist()[:800] for k, v in draws.items()}
     )
@@ -343,11 +466,41 @@ def save_figure(out, path: str) -> None:
     plt.close(fig)
 
 
+def save_ambiguity_figure(out, path: str) -> None:
+    """Part D: the fraction of line draws against the oracle's P(line), one panel per context size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "ambiguity" not in out:
+        return
+    curves = out["ambiguity"]["curves"]
+    labels = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in curves))
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.0), sharey=True)
+    for ax, nc in zip(axes, (1, 2)):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="calibrated")
+        for i, label in enumerate(labels):
+            pts = curves.get(f"{label}/{nc}", [])
+            if pts:  # marker area ~ tasks in the bin
+                x, y = [p[0] for p in pts], [p[1] for p in pts]
+                ax.plot(x, y, color=f"C{i}", lw=1, alpha=0.7, label=label)
+                ax.scatter(x, y, s=[4 + 2 * p[2] for p in pts], color=f"C{i}", alpha=0.8)
+        ax.set_title(f"{nc} context point{'s' if nc > 1 else ''} (marker area: tasks per bin)", fontsize=10)
+        ax.set_xlabel("oracle P(line | context)")
+    axes[0].set_ylabel("fraction of predictive functions nearer a line")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Line or sine: predictive family fractions against the Bayes-optimal posterior", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------ report
 def checks(out) -> Dict[str, object]:
     """The stated targets (gaps, ESS ratio, SBC), measured."""
     res = {}
-    rows = out["rows"]
+    rows = out.get("rows", [])
 
     def row(**kw):
         hits = [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
@@ -401,6 +554,23 @@ def checks(out) -> Dict[str, object]:
                 ratio=bestf["importance_median_ess"] / n["importance_median_ess"],
             )
     res["importance_ess"] = dict(per_context=ess, passed=bool(ess) and all(v["ratio"] >= 3 for v in ess.values()))
+    if "ambiguity" in out:
+        amb = {}
+        for nc in (1, 2):
+            get = {r["model"]: r for r in out["ambiguity"]["rows"] if r["num_context"] == nc}
+            best = max(("PLATIPUS", "MixturePLATIPUS (K=2)"), key=lambda k: get[k]["both_families"])
+            amb[nc] = dict(
+                member=best,
+                both_families=get[best]["both_families"],
+                mae=get[best]["mae"],
+                abml_mae=get["ABML (Normal)"]["mae"],
+                nuts_mae=get["NeuralProcess (NUTS)"]["mae"],
+            )
+        # "gives predictive functions of both families where the oracle's P(line) is in [0.2, 0.8]": on most
+        # ambiguous tasks (>= 5% of the draws of each family), at both context sizes
+        res["hybrid_shows_both_families"] = dict(
+            per_context=amb, passed=all(v["both_families"] >= 0.5 for v in amb.values())
+        )
     if "sbc" in out:
         res["sbc"] = dict(
             nuts_passes=out["sbc"]["NUTS"]["passed"],
@@ -432,7 +602,21 @@ def report(out) -> str:
         "seconds",
     ]
     fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
-    text = markdown_table(cols, [[fmt(r.get(c)) for c in cols] for r in out["rows"]])
+    text = markdown_table(cols, [[fmt(r.get(c)) for c in cols] for r in out["rows"]]) if out.get("rows") else ""
+    if "ambiguity" in out:
+        acols = ["num_context", "model", "mae", "both_families", "num_ambiguous", "mean_line_fraction", "nll"]
+        text += "\n" + markdown_table(
+            [
+                "context points",
+                "model",
+                "MAE |line fraction - P(line)|",
+                "both families shown (ambiguous tasks)",
+                "ambiguous tasks",
+                "mean line fraction",
+                "NLL / point",
+            ],
+            [[fmt(r.get(c)) for c in acols] for r in out["ambiguity"]["rows"]],
+        )
     if "sbc" in out:
         text += "\n" + markdown_table(
             ["guide (SBC, 2 context points)", "min p", "passes (Bonferroni, 0.01)"],
@@ -441,29 +625,133 @@ def report(out) -> str:
     return text
 
 
-def main(argv=None) -> None:
+def merge(outs: List[Dict]) -> Dict:
+    """One result from runs of different families or parts (``--merge``): rows concatenated, the rest united."""
+    merged: Dict = {"rows": [], "train_seconds": {}, "seconds": 0.0}
+    for o in outs:
+        merged["rows"] += o.get("rows", [])
+        merged["train_seconds"].update(o.get("train_seconds", {}))
+        merged["seconds"] += o.get("seconds", 0.0)
+        for key in ("machine", "config", "np", "budget", "sbc", "figure_task", "ambiguity"):
+            if key in o:
+                merged.setdefault(key, o[key])
+    return merged
+
+
+def checks_table(res: Dict) -> str:
+    """The stated targets as a markdown table: check, target, measured, pass/FAIL."""
+    rows = []
+    if "closes_half_of_gap" in res:
+        c = res["closes_half_of_gap"]
+        rows.append(
+            [
+                "line-or-sine, 2 context: best flow/mixture guide closes >= half the Normal guide's NLL gap to NUTS "
+                "(same model), paired difference > 2 SE, 90% coverage within 0.05 of NUTS's",
+                ">= 50%, > 2 SE, <= 0.05",
+                f"{c['best']}: {100 * c['fraction_closed']:.0f}% of {c['normal_minus_nuts']:.3f} nats, "
+                f"{c['paired_diff']:.3f} +- {c['paired_se']:.3f}; coverage {c['coverage']:.3f} vs NUTS "
+                f"{c['nuts_coverage']:.3f}",
+                "pass" if c["passed"] else "FAIL",
+            ]
+        )
+    if res.get("importance_ess", {}).get("per_context"):
+        e = res["importance_ess"]
+        rows.append(
+            [
+                "importance sampling, flow guide as proposal: median per-task ESS / the Normal guide's, 1-2 context",
+                ">= 3x",
+                "; ".join(
+                    f"{nc} context: {v['flow']:.1f} ({v['objective']}) / {v['normal']:.1f} = {v['ratio']:.2f}x"
+                    for nc, v in e["per_context"].items()
+                ),
+                "pass" if e["passed"] else "FAIL",
+            ]
+        )
+    if "sbc" in res:
+        rows.append(
+            [
+                "SBC (Bonferroni, p < 0.01 fails): NUTS on the trained NeuralProcess passes, the overconfident "
+                "control fails",
+                "pass / fail",
+                f"NUTS {'passes' if res['sbc']['nuts_passes'] else 'FAILS'}, control "
+                f"{'fails' if res['sbc']['overconfident_fails'] else 'PASSES'}",
+                "pass" if res["sbc"]["nuts_passes"] and res["sbc"]["overconfident_fails"] else "FAIL",
+            ]
+        )
+    if "hybrid_shows_both_families" in res:
+        h = res["hybrid_shows_both_families"]
+        rows.append(
+            [
+                "MAML-family hybrid shows both families where 0.2 <= P(line) <= 0.8 (>= 5% of draws each, on most "
+                "ambiguous tasks), 1 and 2 context; its calibration MAE next to ABML's and NUTS's (NeuralProcess)",
+                ">= 50% of ambiguous tasks",
+                "; ".join(
+                    f"{nc} context: {v['member']} {100 * v['both_families']:.0f}%, MAE {v['mae']:.3f} (ABML "
+                    f"{v['abml_mae']:.3f}, NUTS {v['nuts_mae']:.3f})"
+                    for nc, v in h["per_context"].items()
+                ),
+                "pass" if h["passed"] else "FAIL",
+            ]
+        )
+    return markdown_table(["check", "target", "measured", "result"], rows)
+
+
+def markdown(out: Dict) -> str:
+    """The whole report: budget, training seconds, the tables, the checks."""
+    cfg = out.get("config", {})
+    head = (
+        f"Budget `{out.get('budget', 'as configured')}`: NeuralProcess {NP}, {cfg.get('train_steps')} training steps per guide "
+        f"family, {cfg.get('guide_steps')} guide steps per refit, {cfg.get('tasks_per_batch')} tasks per step, Adam "
+        f"(lr {cfg.get('lr')}, decayed x0.2), seed 0 (refits seed 1); {cfg.get('test_tasks')} test tasks per context "
+        f"size (seed 7 + context size), {cfg.get('draws')} draws, NUTS {cfg.get('nuts')}. Wall time "
+        f"{out.get('seconds', 0) / 60:.1f} min (summed over processes).\n\n"
+        "Training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in out.get("train_seconds", {}).items()) + "\n\n"
+    )
+    return head + report(out) + "\n### Checks against stated targets\n\n" + checks_table(out["checks"]) + "\n"
+
+
+def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
+    parser.add_argument("--smoke", action="store_true", help="the same as --budget smoke")
     parser.add_argument("--json", default="")
+    parser.add_argument("--markdown", default="", help="write the report and the checks as markdown")
     parser.add_argument("--figure", default="")
-    parser.add_argument("--families", default="line_or_sine,noisy_sinusoid")
+    parser.add_argument(
+        "--families",
+        default="line_or_sine,noisy_sinusoid",
+        help="comma-separated; a family may name its own parts, e.g. 'noisy_sinusoid,line_or_sine:D'",
+    )
+    parser.add_argument("--parts", default="ABD", help="any of A, B, D (module docstring); B implies A's scoring")
+    parser.add_argument("--ambiguity-figure", default="", help="part D's calibration curves")
+    parser.add_argument("--merge", nargs="+", default=[], help="merge these --json outputs instead of running")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    cfg = SMOKE if args.smoke else FULL
+    budget = "smoke" if args.smoke else args.budget
+    cfg = BUDGETS[budget]
     t0 = time.perf_counter()
-    out: Dict = {"machine": machine_info(), "config": {k: v for k, v in cfg.items()}, "np": NP}
-    for name in args.families.split(","):
-        run_family(name, cfg, out, args.smoke)
+    if args.merge:
+        out = merge([json.loads(Path(p).read_text()) for p in args.merge])
+    else:
+        out = {"machine": machine_info(), "config": dict(cfg), "np": NP, "budget": budget}
+        for token in args.families.split(","):
+            name, _, parts = token.partition(":")
+            run_family(name, cfg, out, budget == "smoke", parts or args.parts)
+        out["seconds"] = time.perf_counter() - t0
     out["checks"] = checks(out)
-    out["seconds"] = time.perf_counter() - t0
     print(report(out))
     print(json.dumps(out["checks"], indent=1))
     print(f"total {out['seconds']:.0f}s")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(out))
     if args.figure:
         save_figure(out, args.figure)
+    if args.ambiguity_figure:
+        save_ambiguity_figure(out, args.ambiguity_figure)
     if args.json:
         Path(args.json).write_text(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 2. the Neural Process family on GP curves (``benchmarks/np_gp.py``: CNP, ANP, TNP-D, the latent NP and the GP
    oracle on the DeepMind and BNP/TNP protocols; it writes ``<out>/np_family.md``), included as a section,
    and few-shot Omniglot (``benchmarks/fewshot_omniglot.py``: the zoo's classifiers against pixel nearest
-   neighbour, with NUTS over the Bayesian last layer; its reliability figure in ``<out>/figures``);
+   neighbour, with NUTS over the Bayesian last layer; its reliability figure in ``<out>/figures``), and the
+   non-Gaussian guides (``benchmarks/guide_families.py`` at its make-bench budget on two processes);
 3. speed, each arm against its reference in the same process and run, one after the other with
    nothing else of ours running: the NeuralProcess training step vs plain PyTorch
    (``np_overhead.py``), MAML-family meta-iterations vs a per-task loop (``maml_throughput.py``,
@@ -49,6 +50,8 @@ NUTS_SMOKE_ARGS = ["--tasks", "2", "--samples", "10", "--warmup", "10", "--chain
 #: budget; their full runs are single commands whose outputs are kept in ``docs/runs/`` (see its README)
 FEWSHOT_BENCH_ARGS = ["--step-scale", "0.2", "--episodes", "200", "--nuts-episodes", "20"]
 MCMC_SPEED_BENCH_ARGS = ["--plan", "reduced", "--warmup", "100", "--samples", "100"]
+#: guide_families.py's make-bench budget, split over two processes of about equal work
+GUIDE_FAMILIES_SPLIT = ["line_or_sine:AB", "noisy_sinusoid:AB,line_or_sine:D"]
 BENCH_MINUTES = 90
 
 
@@ -255,6 +258,41 @@ def fewshot_section(work: Path, out: Path, smoke: bool, python: str) -> str:
     )
 
 
+def guide_families_section(work: Path, out: Path, smoke: bool, python: str) -> str:
+    """Run ``benchmarks/guide_families.py`` at the make-bench budget on two processes, merge, and return its section."""
+    budget = ["--smoke"] if smoke else ["--budget", "bench"]
+    figs = out / "figures"
+    extra = [
+        ["--figure", str(figs / "guide_families_posterior.png")],
+        ["--ambiguity-figure", str(figs / "guide_families_line_or_sine.png")],
+    ]
+    js = [work / f"guide_families_{i}.json" for i in range(len(GUIDE_FAMILIES_SPLIT))]
+    cmds = [
+        [python, str(HERE / "guide_families.py"), *budget, "--families", fams, "--json", str(j), *x]
+        for fams, j, x in zip(GUIDE_FAMILIES_SPLIT, js, extra)
+    ]
+    logs = [work / f"guide_families_{i}.log" for i in range(len(cmds))]
+    t0 = time.perf_counter()
+    for (rc, _, _), log in zip(run_parallel(cmds, logs), logs):
+        if rc != 0:
+            raise RuntimeError(f"guide_families.py failed:\n{_tail(log)}")
+    md = work / "guide_families.md"
+    cmd = [python, str(HERE / "guide_families.py"), "--merge", *map(str, js), "--markdown", str(md)]
+    rc, _, _ = run(cmd, work / "guide_families_merge.log")
+    if rc != 0:
+        raise RuntimeError(f"guide_families.py --merge failed:\n{_tail(work / 'guide_families_merge.log')}")
+    return (
+        "\n## Non-Gaussian amortized guides: amortization and Gaussian gaps, SBC, line or sine\n\n"
+        f"`benchmarks/guide_families.py {' '.join(budget)}` on two processes (families "
+        f"{' | '.join(GUIDE_FAMILIES_SPLIT)}; its docstring gives the protocol), {(time.perf_counter() - t0) / 60:.1f} "
+        "min. This is the make-bench budget: the full run (`python benchmarks/guide_families.py`, about 75 minutes "
+        "on one core) is kept in [runs/guide_families.md](runs/guide_families.md).\n\n"
+        + md.read_text()
+        + "\n![posterior over z](figures/guide_families_posterior.png)\n"
+        + "\n![line or sine](figures/guide_families_line_or_sine.png)\n"
+    )
+
+
 def mcmc_speed_section(work: Path, smoke: bool, python: str) -> Tuple[str, Dict[str, Any]]:
     """Run ``benchmarks/mcmc_speed.py``: its table and acceptance checks as a section, and ``{"checks": ...}``."""
     js = work / "mcmc_speed.json"
@@ -420,6 +458,10 @@ def main(argv=None) -> Path:
         t0 = time.perf_counter()
         acc_md += fewshot_section(work, out, args.smoke, python)
         fewshot_seconds = time.perf_counter() - t0
+        # 2c. non-Gaussian guides (two processes)
+        t0 = time.perf_counter()
+        acc_md += guide_families_section(work, out, args.smoke, python)
+        guides_seconds = time.perf_counter() - t0
         # 3. speed, alone
         t0 = time.perf_counter()
         speed_md, speed = speed_section(work, args.smoke, python)
@@ -427,8 +469,10 @@ def main(argv=None) -> Path:
     total = time.perf_counter() - t_start
     info = machine_info()
     doc = render(info, started, total, acc_seconds, speed_seconds, args, status, acc_md, checks, speed_md, speed)
-    doc = doc.replace("@NP_FAMILY_MIN@", f"{np_seconds / 60:.1f}").replace(
-        "@FEWSHOT_MIN@", f"{fewshot_seconds / 60:.1f}"
+    doc = (
+        doc.replace("@NP_FAMILY_MIN@", f"{np_seconds / 60:.1f}")
+        .replace("@FEWSHOT_MIN@", f"{fewshot_seconds / 60:.1f}")
+        .replace("@GUIDES_MIN@", f"{guides_seconds / 60:.1f}")
     )
     path = out / "benchmarks.md"
     path.write_text(doc)
@@ -548,7 +592,7 @@ Seeds: 0 for training (`fit(seed=0)`, models built after `torch.manual_seed(0)`)
 (`evaluate(seed=0)`: the same tasks for every model and method). One torch thread per process.
 Total wall time {total / 60:.1f} min: accuracy {acc_seconds / 60:.1f} min ({args.jobs} parallel processes, peak RSS
 {acc_rss} MiB), Neural Process family @NP_FAMILY_MIN@ min (`benchmarks/np_gp.py`, 2 worker processes), few-shot
-Omniglot @FEWSHOT_MIN@ min (2 worker processes), speed
+Omniglot @FEWSHOT_MIN@ min (2 worker processes), non-Gaussian guides @GUIDES_MIN@ min (2 processes), speed
 {speed_seconds / 60:.1f} min (one process at a time). Timings measured while other work
 shares the cores are pessimistic; the ratios are measured within one run and are what counts.
 

@@ -67,6 +67,21 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     for method in ("amortized", "importance", "nuts", "prior"):  # part C
         assert re.search(rf"^\| AttentiveNP \| {method} \| -?[0-9.]+ \|", text, flags=re.M), method
     assert "closes >= half the NeuralProcess's gap" in text and "KL(q(z | C) || p(z))" in text
+    # non-Gaussian guides (benchmarks/guide_families.py, two processes merged): parts A, B, D, SBC, checks, figures
+    assert "## Non-Gaussian amortized guides" in text
+    for family, stage in (("line_or_sine", "A joint"), ("line_or_sine", "B same model"), ("noisy_sinusoid", "A joint")):
+        assert re.search(rf"^\| {family} \| {stage} \| flow \|", text, flags=re.M), (family, stage)
+    for check in (
+        "closes >= half the Normal guide's NLL gap",
+        "median per-task ESS",
+        "SBC (Bonferroni",
+        "both families",
+    ):
+        assert check in text, check
+    assert re.search(r"^\| overconfident \(Normal x 0.5\) \| [0-9.e+-]+ \| False \|$", text, flags=re.M)
+    assert re.search(r"^\| 2 \| MixturePLATIPUS \(K=2\) \| [0-9.]+ \|", text, flags=re.M)
+    for figure in ("guide_families_posterior.png", "guide_families_line_or_sine.png"):
+        assert (tmp_path / "figures" / figure).stat().st_size > 1000, figure
 
 
 @pytest.mark.slow
@@ -242,3 +257,25 @@ def test_mcmc_speed_acceptance_plan_feeds_every_check(monkeypatch):
     assert not any("nuts inductor" in m or "200 tasks" in m for m in missing), missing
     thinned = {"mlp": {k: v for k, v in mcmc_speed.ACCEPTANCE_PLAN["mlp"].items() if k != "nuts inductor"}}
     assert "n/a" in dict((c[0], c[2]) for c in mcmc_speed.checks(rows_of(thinned))).values()
+
+
+def test_line_fraction_and_calibration_on_known_draws(monkeypatch):
+    """``benchmarks/_ambiguity.py``: lines and sinusoids (the family's forms, any coefficients) are told apart, and
+    the calibration MAE and the both-families count are those of hand-made fractions."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("_ambiguity", None)
+    from _ambiguity import GRID, calibration, line_fraction
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 30, 1, generator=g) * 6 - 3  # slope, intercept ~ U[-3, 3]
+    amp, phase = torch.rand(2, 30, 1, generator=g) * torch.tensor([[[5.0]], [[3.14]]])
+    lines, sines = a * GRID + b, (amp + 0.1) * torch.sin(GRID - phase)
+    # task 0: all lines; task 1: all sines; task 2: 10 lines of 30
+    draws = torch.stack([lines, sines, torch.cat([lines[:10], sines[10:]])], 1)  # [S=30, T=3, G]
+    frac = line_fraction(draws)
+    assert torch.allclose(frac, torch.tensor([1.0, 0.0, 1 / 3]))
+    cal = calibration(frac, torch.tensor([0.9, 0.3, 0.5]))
+    assert abs(cal["mae"] - (0.1 + 0.3 + 1 / 6) / 3) < 1e-6  # frac in float32
+    assert cal["num_ambiguous"] == 2 and cal["both_families"] == 0.5  # task 1 shows sines only, task 2 both
