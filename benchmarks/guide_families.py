@@ -150,7 +150,9 @@ def train(guide: str, tasks, cfg, fam, objective: str = "elbo", decoder_from=Non
         num_steps=steps,
         tasks_per_batch=cfg["tasks_per_batch"],
         num_context=fam["train_context"],
-        num_target=(5, 15),
+        # joint training: the decoder learns from extra targets (q sees context + targets, 6-20 points); a guide
+        # refitted to a fixed decoder sees the observed sets it will serve (1-5 or 1-10 points), none added
+        num_target=(5, 15) if decoder_from is None else 0,
         lr=cfg["lr"],
         lr_decay=0.2,
         seed=seed,
