@@ -56,7 +56,10 @@ def test_readme_hierarchical_and_flow_blocks_run(capsys):
     """The eight schools block (AutoNormal, NUTS with sampled globals) and the flow-guide block run as written."""
     blocks = python_blocks()
     namespace = {"__name__": "readme"}
-    exec(compile(blocks[0], str(README), "exec"), namespace)  # TinyNP, tasks, batch
+    # TinyNP, tasks and batch from the first block (its fit and NUTS run in test_readme_example_runs)
+    setup = blocks[0].split("model = TinyNP()")[0]
+    setup += next(line for line in blocks[0].splitlines() if line.startswith("batch = tasks.sample("))
+    exec(compile(setup, str(README), "exec"), namespace)
     hier = next(b for b in blocks if "EightSchools" in b)
     exec(compile(hier, str(README), "exec"), namespace)
     hmc = namespace["hmc"]
