@@ -86,6 +86,7 @@ SMOKE = dict(
     sbc_nuts=dict(num_warmup=10, num_chains=1, max_tree_depth=3),
     sbc_samples=40,
     max_contexts=2,  # line-or-sine 1 and 2 (the checks'), noisy sinusoids 1 and 3
+    objectives=("elbo", "sleep"),  # a reverse and a forward KL (the full run: all four)
     particles=2,
     maml_steps=5,
     figure_nuts=dict(num_samples=10, num_warmup=10, num_chains=1, max_tree_depth=3),
@@ -267,7 +268,7 @@ def run_family(name: str, cfg, out: Dict, smoke: bool, parts: str = "ABD") -> No
         return
     # B: one trained model (the Normal guide's decoder), a fresh guide of each family and objective
     base = models["normal"]
-    objectives = OBJECTIVES if name == "line_or_sine" else ("elbo",)
+    objectives = cfg.get("objectives", OBJECTIVES) if name == "line_or_sine" else ("elbo",)
     fitted = {}
     for guide in GUIDES:
         for objective in objectives:
