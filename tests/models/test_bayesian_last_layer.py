@@ -94,7 +94,9 @@ def test_nuts_and_the_guide_match_the_exact_regression_posterior():
     mean, cov = model.exact_posterior(batch)  # [T, 1, 3], [T, 1, 3, 3]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        nuts = pyro_meta.infer(model, batch, method="nuts", num_samples=300, num_warmup=200, num_chains=2, seed=0)
+        nuts = pyro_meta.infer(
+            model, batch, method="nuts", num_samples=300, num_warmup=200, num_chains=2, seed=0, jit_compile=True
+        )
     w = nuts.samples["w"].reshape(-1, 3, 1, 3)
     sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
     # posterior means within 5 Monte Carlo standard errors (ESS >= 100), sds within 25%
