@@ -285,8 +285,8 @@ def guide_families_section(work: Path, out: Path, smoke: bool, python: str) -> s
         "\n## Non-Gaussian amortized guides: amortization and Gaussian gaps, SBC, line or sine\n\n"
         f"`benchmarks/guide_families.py {' '.join(budget)}` on two processes (families "
         f"{' | '.join(GUIDE_FAMILIES_SPLIT)}; its docstring gives the protocol), {(time.perf_counter() - t0) / 60:.1f} "
-        "min. This is the make-bench budget: the full run (`python benchmarks/guide_families.py`, about 75 minutes "
-        "on one core) is kept in [runs/guide_families.md](runs/guide_families.md).\n\n"
+        "min. This is the make-bench budget: the full run (`python benchmarks/guide_families.py`, about an hour "
+        "of CPU) is kept in [runs/guide_families.md](runs/guide_families.md).\n\n"
         + md.read_text()
         + "\n![posterior over z](figures/guide_families_posterior.png)\n"
         + "\n![line or sine](figures/guide_families_line_or_sine.png)\n"
