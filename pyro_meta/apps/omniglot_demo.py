@@ -40,17 +40,19 @@ def omniglot_training_episodes(
     shots: SizeArg,
     queries: SizeArg,
     alphabets: Sequence[str] = OMNIGLOT_SPLITS["train"] + OMNIGLOT_SPLITS["val"],
+    shift: int = 0,
 ) -> Episodes:
     """Episodes over the shipped meta-training alphabets (default: train + val, 155 characters) with rotations.
 
     Rotations by 90, 180 and 270 degrees are new classes (the MAML protocol): 620 classes by default. The
-    meta-test alphabets (``OMNIGLOT_SPLITS["test"]``) are never included.
+    meta-test alphabets (``OMNIGLOT_SPLITS["test"]``) are never included. ``shift``: random translations of
+    up to that many pixels per drawn image (:class:`~pyro_meta.data.Episodes`), a training augmentation.
     """
     overlap = set(alphabets).intersection(OMNIGLOT_SPLITS["test"])
     if overlap:
         raise ValueError(f"alphabets: {sorted(overlap)} are meta-test alphabets")
     return Episodes.from_images(
-        load_omniglot(), groups=list(alphabets), way=way, shots=shots, queries=queries, rotations=True
+        load_omniglot(), groups=list(alphabets), way=way, shots=shots, queries=queries, rotations=True, shift=shift
     )
 
 

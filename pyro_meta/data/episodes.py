@@ -54,6 +54,10 @@ class Episodes:
         Add the images rotated by 90, 180 and 270 degrees as new classes (the MAML protocol's
         augmentation, 4 x the classes). Needs square images (``item_shape[-2] == item_shape[-1]``); the
         rotated copies are stored (4 x the memory of ``x``) so that sampling is one gather.
+    shift : int
+        Translate every drawn image by ``(dy, dx)``, each uniform on ``-shift .. shift`` pixels and drawn
+        per image per episode, filling with 0 (Omniglot's background): a training augmentation against
+        overfitting few classes. 0 (default): the stored images, and the same draws as without the option.
     class_names : sequence of str, optional
         Name of each label value (indexed by label), for plots.
 
@@ -90,6 +94,7 @@ class Episodes:
         queries: SizeArg = 15,
         rotations: bool = False,
         class_names: Optional[Sequence[str]] = None,
+        shift: int = 0,
     ) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a float torch.Tensor [M, *item_shape], got {type(x).__name__}")
@@ -112,6 +117,13 @@ class Episodes:
         self.rotations = bool(rotations)
         self.item_shape = tuple(x.shape[1:])
         self.image_shape = self.item_shape if len(self.item_shape) >= 2 else None
+        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+            raise ValueError(f"shift must be an int >= 0 (pixels), got {shift!r}")
+        if shift and self.image_shape is None:
+            raise ValueError(f"shift needs images [M, H, W] or [M, C, H, W], got item_shape {self.item_shape}")
+        if shift and shift >= min(self.item_shape[-2:]):
+            raise ValueError(f"shift = {shift} must be smaller than the image size {self.item_shape[-2:]}")
+        self.shift = shift
         if self.rotations and (self.image_shape is None or self.item_shape[-1] != self.item_shape[-2]):
             raise ValueError(f"rotations need square images [M, H, W] with H == W, got item_shape {self.item_shape}")
 
@@ -218,6 +230,8 @@ class Episodes:
         rows = self._start[base][..., None] + pos + (turns * self._num_examples)[..., None]  # [T, N, K+Q]
         cx = self._x.index_select(0, rows[:, :, :K].reshape(-1)).view(T, N * K, D)
         tx = self._x.index_select(0, rows[:, :, K:].reshape(-1)).view(T, N * Q, D)
+        if self.shift:
+            cx, tx = (self._translate(v, generator) for v in (cx, tx))
 
         labels = torch.arange(N).view(1, N, 1)
         cy = labels.expand(T, N, K).reshape(T, N * K)
@@ -235,8 +249,22 @@ class Episodes:
             info["image_shape"] = self.image_shape
         return TaskBatch(cx, cy, tx, ty, cmask, tmask, info)
 
+    def _translate(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Each flattened image of ``x [T, n, D]`` moved by random ``(dy, dx)`` in ``-shift .. shift``, 0-filled."""
+        s, (H, W) = self.shift, self.item_shape[-2:]
+        lead = x.shape[:-1]
+        img = x.reshape(-1, *self.item_shape[:-2], H, W)
+        B = img.shape[0]
+        pad = torch.nn.functional.pad(img, (s, s, s, s))  # [B, ..., H + 2s, W + 2s]
+        off = torch.randint(0, 2 * s + 1, (2, B), generator=generator)  # crop corner: shift = s - off
+        r = (off[0][:, None] + torch.arange(H))[:, :, None]  # [B, H, 1]
+        c = (off[1][:, None] + torch.arange(W))[:, None, :]  # [B, 1, W]
+        b = torch.arange(B)[:, None, None]
+        moved = pad.movedim(0, -3)[..., b, r, c].movedim(-3, 0)  # [B, ..., H, W]
+        return moved.reshape(*lead, -1)
+
     def __repr__(self) -> str:
         return (
             f"Episodes(way={self.way}, shots={self.shots}, queries={self.queries}, rotations={self.rotations}, "
-            f"classes={self.num_classes}, item_shape={self.item_shape})"
+            f"classes={self.num_classes}, item_shape={self.item_shape}, shift={self.shift})"
         )

@@ -141,6 +141,54 @@ def test_rotations_are_new_classes_of_rotated_images(generator):
                 assert any(torch.equal(img, o) for o in originals), (t, j, c, r)
 
 
+def _shifted(img, dy, dx):
+    """``img [..., H, W]`` moved down ``dy`` and right ``dx`` pixels, 0-filled (an independent reference)."""
+    H, W = img.shape[-2:]
+    out = torch.zeros_like(img)
+    out[..., max(dy, 0) : H + min(dy, 0), max(dx, 0) : W + min(dx, 0)] = img[
+        ..., max(-dy, 0) : H + min(-dy, 0), max(-dx, 0) : W + min(-dx, 0)
+    ]
+    return out
+
+
+@pytest.mark.parametrize("item_shape", [(6, 6), (2, 6, 6)])
+def test_shift_translates_each_drawn_image_within_the_range(generator, item_shape):
+    """``shift=s``: every drawn image is one of its class's images moved by some (dy, dx) in -s..s, 0-filled;
+    the offsets vary across images and cover the range; shift=0 gives the same draws as no option."""
+    g = torch.Generator().manual_seed(1)
+    images = torch.zeros(4 * 5, *item_shape)
+    images[..., 1:5, 1:5] = torch.rand(20, *item_shape[:-2], 4, 4, generator=g) + 0.1  # ink away from the border
+    labels = torch.arange(4).repeat_interleave(5)
+    eps = Episodes(images, labels, way=3, shots=2, queries=2, shift=1)
+    b = eps.sample(40, generator=generator)
+    moves = set()
+    for t in range(40):
+        for split in ("context", "target"):
+            for img, j in zip(b.x(split)[t].view(-1, *item_shape), b.y(split)[t].tolist()):
+                originals = images[labels == int(b.info["classes"][t, j])]
+                found = [
+                    (dy, dx)
+                    for dy in (-1, 0, 1)
+                    for dx in (-1, 0, 1)
+                    if any(torch.equal(img, _shifted(o, dy, dx)) for o in originals)
+                ]
+                assert found, (t, j)
+                moves.add(found[0])
+    assert len(moves) == 9  # all offsets of -1..1 in both directions occur
+    plain = Episodes(images, labels, way=3, shots=2, queries=2).sample(5, generator=torch.Generator().manual_seed(3))
+    zero = Episodes(images, labels, way=3, shots=2, queries=2, shift=0).sample(
+        5, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(plain.context_x, zero.context_x) and torch.equal(plain.target_y, zero.target_y)
+    x, lab = _features([4, 4])
+    with pytest.raises(ValueError, match="shift needs images"):
+        Episodes(x, lab, way=2, shots=1, queries=1, shift=1)
+    with pytest.raises(ValueError, match="shift must be an int >= 0"):
+        Episodes(images, labels, way=2, shift=-1)
+    with pytest.raises(ValueError, match="smaller than the image size"):
+        Episodes(images, labels, way=2, shift=6)
+
+
 def test_from_images_groups_and_classes(generator):
     images, labels = _images(4, 3)
     data = LabelledImages(
