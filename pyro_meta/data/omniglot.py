@@ -136,6 +136,9 @@ class OmniglotEpisodes(Episodes):
     rotations : bool, optional
         Rotations by 90, 180 and 270 degrees as new classes (the MAML protocol's augmentation:
         4 x the characters). Default: on for ``"train"``, off for ``"val"`` and ``"test"``.
+    shift : int
+        Random translations of up to ``shift`` pixels per drawn image (:class:`~pyro_meta.data.Episodes`), a
+        training augmentation; 0 (default) for none.
 
     Notes
     -----
@@ -149,6 +152,7 @@ class OmniglotEpisodes(Episodes):
         shots: SizeArg = 1,
         queries: SizeArg = 15,
         rotations: Optional[bool] = None,
+        shift: int = 0,
     ) -> None:
         if split not in OMNIGLOT_SPLITS:
             raise ValueError(f"split must be one of {sorted(OMNIGLOT_SPLITS)}, got {split!r}")
@@ -163,10 +167,11 @@ class OmniglotEpisodes(Episodes):
             queries=queries,
             rotations=rotations,
             class_names=data.class_names,
+            shift=shift,
         )
 
     def __repr__(self) -> str:
         return (
             f"OmniglotEpisodes(split={self.split!r}, way={self.way}, shots={self.shots}, "
-            f"queries={self.queries}, rotations={self.rotations})"
+            f"queries={self.queries}, rotations={self.rotations}, shift={self.shift})"
         )

@@ -14,6 +14,7 @@ import torch
 import pyro_meta.data.omniglot as omniglot_module
 from pyro_meta.data import OMNIGLOT_SPLITS, OmniglotEpisodes, load_omniglot, read_images
 from pyro_meta.data.omniglot import OMNIGLOT_CONTENT_SHA256, OMNIGLOT_SHA256, content_sha256
+from pyro_meta.testing import assert_close
 
 ROOT = Path(__file__).resolve().parents[2]
 # characters per alphabet, from the data README (brendenlake/omniglot images_background_small1/2)
@@ -181,3 +182,21 @@ def test_build_script_refuses_differing_duplicates(tmp_path):
     _zips(tmp_path / "src", shared_differs=True)
     with pytest.raises(SystemExit, match="differs from the copy in another zip"):
         build.main([str(tmp_path / "src"), str(tmp_path / "o.npz")])
+
+
+def test_omniglot_episodes_pass_shift_on():
+    """``shift`` reaches Episodes: the same draws (classes, labels) as without it, images moved; a 2-pixel
+    shift keeps all the ink of an image with none in its 2-pixel border, and never adds ink."""
+    plain = OmniglotEpisodes("val", way=5, shots=1, queries=2).sample(8, generator=torch.Generator().manual_seed(0))
+    eps = OmniglotEpisodes("val", way=5, shots=1, queries=2, shift=2)
+    moved = eps.sample(8, generator=torch.Generator().manual_seed(0))
+    assert "shift=2" in repr(eps)
+    assert torch.equal(plain.info["classes"], moved.info["classes"]) and torch.equal(plain.target_y, moved.target_y)
+    assert not torch.equal(plain.context_x, moved.context_x)
+    before, after = plain.context_x.sum(-1), moved.context_x.sum(-1)
+    img = plain.context_x.view(*plain.context_x.shape[:2], 28, 28)
+    inner = img[..., 2:-2, 2:-2].sum((-1, -2))
+    clear = (before - inner).abs() < 1e-6  # no ink in the border
+    assert int(clear.sum()) >= 5
+    assert_close(after[clear], before[clear], atol=1e-4, what="ink of images with a clear border")
+    assert bool((after <= before + 1e-4).all())
