@@ -9,7 +9,7 @@ Guide: ``M`` particles per task, moved from ``Theta_0`` by ``K`` SVGD steps
 ``q(phi_t)`` is the uniform mixture of point masses at the particles (a draw picks one
 particle per task through the auxiliary site ``"particle"``).
 
-Meta-objective (:meth:`BMAML.loss`, the chaser loss): the *chaser* ``Theta_t^K`` = ``K`` SVGD
+Meta-objective (:meth:`BMAML.loss`), ``objective="chaser"`` (default, the chaser loss): the *chaser* ``Theta_t^K`` = ``K`` SVGD
 steps on the context; the *leader* = ``leader_steps`` further SVGD steps from the chaser on
 context + target (no gradient); loss ``1/M sum_m ||Theta_chaser,m - stopgrad(Theta_leader,m)||^2``,
 mean over tasks, differentiated through the chaser's SVGD steps (second order unless
@@ -20,10 +20,17 @@ for any learned ``sigma``; the leader's step is held fixed, so the loss cannot
 shrink it to zero). The noise enters SVGD as a constant and is fit to the chaser particles' target
 residuals of the test-time particles (``eval_inner_steps``) by maximum predictive likelihood
 (a zero-valued term, as in :class:`MAML`).
+
+``objective="bfa"``: Kim et al.'s Bayesian fast adaptation loss (their section 3.1, before the chaser), taken
+per target point: ``-mean_{t, n in target} log (1/M sum_m p(y_tn | x_tn, Theta_t,m^K))``, the log score of the
+particle mixture that the guide serves, differentiated through the ``K`` SVGD steps. A proper scoring rule
+on the test-time predictive (as MAML's cross-entropy is on its point estimate), so the particle mixture is
+trained to be calibrated; the chaser loss only asks the particles to be where more data would move them.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import pyro
@@ -32,12 +39,15 @@ import torch
 from torch import nn
 
 from pyro_meta.data.batch import TaskBatch
+from pyro_meta.likelihoods import likelihood_from_outputs
 from pyro_meta.model import task_plate
 from pyro_meta.svgd import svgd
 
 from ._gradient_based import GradientBasedModel
 
 __all__ = ["BMAML"]
+
+OBJECTIVES = ("chaser", "bfa")
 
 
 class BMAML(GradientBasedModel):
@@ -53,7 +63,9 @@ class BMAML(GradientBasedModel):
     inner_steps, eval_inner_steps : int
         SVGD steps ``K`` of the chaser (training) and of the guide at test time.
     leader_steps : int
-        Extra SVGD steps of the leader on context + target.
+        Extra SVGD steps of the leader on context + target (``objective="chaser"``).
+    objective : "chaser" | "bfa"
+        Meta-objective (module docstring): the chaser loss, or the particle mixture's log score of the targets.
     prior_scale : float
         Initial prior scale ``sigma`` (learned unless ``learn_prior_scale=False``). Default 1: a
         weak prior, as Kim et al.'s weight-decay-like Gamma-Normal prior; a tight prior centred at
@@ -80,6 +92,7 @@ class BMAML(GradientBasedModel):
         prior_scale: float = 1.0,
         learn_prior_scale: bool = True,
         first_order: bool = False,
+        objective: str = "chaser",
         **kwargs,
     ) -> None:
         super().__init__(
@@ -96,6 +109,9 @@ class BMAML(GradientBasedModel):
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
         self.num_particles = num_particles
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
         self.leader_steps = self._check_steps(leader_steps, "leader_steps")
         self.particles = nn.Parameter(self.net.init_params(num_particles))
         self._register_positive("log_svgd_lr", svgd_lr, "svgd_lr", learn_svgd_lr)
@@ -155,6 +171,19 @@ class BMAML(GradientBasedModel):
             create_graph = torch.is_grad_enabled() and self.particles.requires_grad and not self.first_order
         return self.move(start, x, y, mask, steps, create_graph)
 
+    def mixture_nll(
+        self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, particles: torch.Tensor
+    ) -> torch.Tensor:
+        """``-mean_{t, real n} log (1/M sum_m p(y_tn | f_m(x_tn)))``: encoded ``x [T, N, D]``, ``particles [T, M, P]``.
+
+        The noise (normal likelihood) enters detached: it is fit by its own zero-valued term.
+        """
+        out = self.outputs(x, particles.transpose(0, 1), mask)  # [M, T, N, O]
+        lp = likelihood_from_outputs(self.likelihood, out, self.noise_std.detach()).log_prob(y)  # [M, T, N]
+        lp = torch.logsumexp(lp, 0) - math.log(particles.shape[1])
+        m = mask.to(lp.dtype)
+        return -((lp * m).sum(-1) / m.sum(-1).clamp_min(1)).mean()
+
     def guide(self, batch: TaskBatch) -> None:
         """``q(phi_t | context_t)``: a uniformly drawn one of the task's ``M`` SVGD particles."""
         self.check(batch)
@@ -175,13 +204,16 @@ class BMAML(GradientBasedModel):
             pyro.sample("phi", dist.Delta(phi, event_dim=1))
 
     def loss(self, batch: TaskBatch) -> torch.Tensor:
-        """Chaser loss ``1/M sum_m ||chaser_m - stopgrad(leader_m)||^2``, mean over tasks."""
+        """Chaser loss ``1/M sum_m ||chaser_m - stopgrad(leader_m)||^2``, mean over tasks (or the ``"bfa"`` log score)."""
         xc, xt = self.training_inputs(batch)
         chaser = self.adapt(xc, batch.context_y, batch.context_mask)
-        x, y, m = self.observed_inputs(batch, xc.detach(), xt.detach())
-        with torch.no_grad():
-            leader = self.move(chaser.detach(), x, y, m, self.leader_steps, create_graph=False, leader=True)
-        chase = ((chaser - leader) ** 2).sum(-1).mean(-1).mean()
+        if self.objective == "bfa":
+            chase = self.mixture_nll(xt, batch.target_y, batch.target_mask, chaser)
+        else:
+            x, y, m = self.observed_inputs(batch, xc.detach(), xt.detach())
+            with torch.no_grad():
+                leader = self.move(chaser.detach(), x, y, m, self.leader_steps, create_graph=False, leader=True)
+            chase = ((chaser - leader) ** 2).sum(-1).mean(-1).mean()
 
         @torch.no_grad()
         def test_draws() -> torch.Tensor:

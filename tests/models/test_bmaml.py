@@ -68,6 +68,32 @@ def test_chaser_loss_is_zero_without_leader_steps_and_trains_the_initial_particl
         assert float(grads[name].abs().max()) > 0, name
 
 
+def test_bfa_loss_is_the_particle_mixtures_log_score(generator):
+    """objective="bfa": ``-mean_t mean_n log (1/M sum_m N(y_tn | f_m(x_tn), noise^2))`` over the chaser's particles."""
+    model = BMAML(hidden=(5,), num_particles=3, inner_steps=2, svgd_lr=0.1, objective="bfa")
+    batch = Sinusoid(noise_std=0.1).sample(3, (2, 4), (3, 5), generator=generator)
+    loss = model.loss(batch)
+    particles = model.adapt(batch.context_x, batch.context_y, batch.context_mask).detach()  # [T, M, P]
+    per_task = []
+    for t in range(3):
+        m = batch.target_mask[t]
+        x, y = batch.target_x[t][m], batch.target_y[t][m]
+        lp = torch.stack(
+            [
+                Normal(model.net(x[None], particles[t, k][None])[0], model.noise_std).log_prob(y).sum(-1)
+                for k in range(3)
+            ]
+        )
+        per_task.append(-(torch.logsumexp(lp, 0) - torch.log(torch.tensor(3.0))).mean())
+    assert_close(loss.detach(), torch.stack(per_task).mean().detach(), atol=1e-5, what="bfa loss")
+    named = dict(model.named_parameters())
+    grads = dict(zip(named, torch.autograd.grad(loss, list(named.values()), allow_unused=True)))
+    for name in ("particles", "log_sigma", "log_svgd_lr"):  # through the SVGD steps
+        assert float(grads[name].abs().max()) > 0, name
+    with pytest.raises(ValueError, match="objective must be one of"):
+        BMAML(objective="leader")
+
+
 def test_guide_draws_are_adapted_particles(generator):
     model = BMAML(hidden=(5,), num_particles=3, inner_steps=2)
     batch = Sinusoid().sample(2, 5, 3, generator=generator)

@@ -128,9 +128,11 @@ def test_head_adaptation_adapts_only_the_last_layer_on_shared_features():
     assert post.samples["phi"].shape == (1, 5, 3, model.num_params)
 
 
-@pytest.mark.parametrize("cls", [MAML, ABML, BMAML, PLATIPUS])
-def test_family_learns_toy_episodes(cls):
-    """A few dozen meta-steps: every member classifies held-out toy episodes far above chance."""
+@pytest.mark.parametrize(
+    "cls, objective", [(MAML, None), (ABML, None), (BMAML, None), (BMAML, "bfa"), (PLATIPUS, None)]
+)
+def test_family_learns_toy_episodes(cls, objective):
+    """A few dozen meta-steps: every member (and BMAML's second objective) classifies held-out toy episodes."""
     tasks = toy_episodes(way=WAY, num_classes=12, dim=DIM, shots=2, queries=3, seed=1)
     options = {"x_dim": DIM, "hidden": (16,), "likelihood": "categorical", "num_classes": WAY, "inner_steps": 2}
     extra = {
@@ -139,7 +141,7 @@ def test_family_learns_toy_episodes(cls):
         BMAML: {"num_particles": 3, "svgd_lr": 0.5},
         PLATIPUS: {"inner_lr": 0.5},
     }[cls]
-    model = cls(**options, **extra)
+    model = cls(**options, **extra, **({} if objective is None else {"objective": objective}))
     pyro_meta.fit(model, tasks, num_steps=60, tasks_per_batch=8, lr=1e-2, seed=0, progress=False)
     table = pyro_meta.evaluate(model, tasks, methods="amortized", num_tasks=40, num_context=2, num_samples=8, seed=3)
     row = table.rows[0]
