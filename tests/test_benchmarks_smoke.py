@@ -138,6 +138,20 @@ def test_fewshot_omniglot_script_smoke(tmp_path, monkeypatch):
     assert figure.stat().st_size > 1000
 
 
+def test_omniglot_readme_model_script_smoke(monkeypatch, capsys):
+    """``benchmarks/omniglot_readme_model.py --smoke``: the README block's training, both settings scored, the timing check."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("omniglot_readme_model", None)
+    import omniglot_readme_model
+
+    out = omniglot_readme_model.main(["--smoke"])
+    text = capsys.readouterr().out
+    assert [r["setting"] for r in out["rows"]] == ["20-way 1-shot", "5-way 1-shot"]
+    assert all(0 <= r["accuracy"] <= 1 and r["num_tasks"] == 4 for r in out["rows"])
+    assert re.search(r"^\| 20-way 1-shot \| 4 \| [0-9.]+ \+- [0-9.]+ \|", text, flags=re.M)
+    assert re.search(r"meta-training \(2 steps\): [0-9.]+ min: (PASS|FAIL)", text)
+
+
 def test_np_gp_scoring_matches_evaluate(monkeypatch):
     """``benchmarks/np_gp.py`` scores per task in chunks; pooled, its rows equal ``evaluate``'s on the same tasks."""
     import torch
