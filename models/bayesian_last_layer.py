@@ -35,6 +35,12 @@ head weights cost ``F + 1`` coordinates of KL, which a few labelled points canno
 ELBO then trades accuracy for a broad posterior); the tempered objective trains the same model (features and
 prior; the prior still moment-matches the guide's posteriors), its guide is then sharper than the model's exact
 posterior, which ``method="nuts"`` samples.
+
+``objective="versa"`` replaces the ELBO by VERSA's amortized predictive objective (ML-PIP, Gordon et al. 2019),
+``-mean_{n in target} log (1/L) sum_l p(y_tn | x_tn, w_l)``, ``w_l ~ q(w_t | C_t)``: it trains the predictive that
+``infer(method="amortized")`` scores, a proper scoring rule of it, but gives the prior scale ``s`` no gradient
+(``mu`` is still learned through the guide's location), so ``method="nuts"`` then samples the posterior under
+the initial ``prior_scale``.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ from pyro_meta.model import MetaModel, check_batch, observe, task_plate
 from ._features import ClassGaussianEncoder, FeatureExtractor, class_means, encode_sets, infer_num_classes
 
 __all__ = ["BayesianLastLayer"]
+
+OBJECTIVES = ("elbo", "versa")
 
 
 class BayesianLastLayer(MetaModel):
@@ -82,7 +90,9 @@ class BayesianLastLayer(MetaModel):
     num_particles : int
         Reparameterised draws of ``w_t`` per task in :meth:`loss`.
     kl_weight : float
-        Weight of the KL term in :meth:`loss` (1: the ELBO).
+        Weight of the KL term in :meth:`loss` (1: the ELBO; "elbo" objective only).
+    objective : "elbo" | "versa"
+        Meta-training loss (module docstring): the (tempered) negative ELBO, or VERSA's predictive loss.
     """
 
     def __init__(
@@ -102,9 +112,13 @@ class BayesianLastLayer(MetaModel):
         guide_hidden: int = 64,
         num_particles: int = 1,
         kl_weight: float = 1.0,
+        objective: str = "elbo",
     ) -> None:
         super().__init__()
         self.likelihood = check_likelihood(likelihood)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
         for name, value in (("y_dim", y_dim), ("num_particles", num_particles), ("guide_hidden", guide_hidden)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -265,7 +279,8 @@ class BayesianLastLayer(MetaModel):
         """Negative ELBO per task, ``mean_t [kl_weight KL(q(w_t | C_t) || p(w)) - E_q log p(y_{C+T} | x, w_t)]``.
 
         ``num_particles`` reparameterised draws of ``w_t``; the KL in closed form. Equal in expectation to
-        ``TraceMeanField_ELBO().differentiable_loss(model, guide, batch) / T``.
+        ``TraceMeanField_ELBO().differentiable_loss(model, guide, batch) / T``. With ``objective="versa"``:
+        ``mean_t -mean_{n in target} log (1/L) sum_l p(y_tn | x_tn, w_l)`` over ``L = num_particles`` draws.
         """
         R = self.check(batch)
         ac, at = self.encode_batch(batch)
@@ -279,6 +294,13 @@ class BayesianLastLayer(MetaModel):
         else:
             w = loc + scale * torch.randn((S,) + tuple(loc.shape), dtype=loc.dtype, device=loc.device)
             kl = torch.distributions.kl_divergence(dist.Normal(loc, scale), dist.Normal(p_loc, p_scale)).sum((-1, -2))
+        if self.objective == "versa":
+            if batch.target_y is None or batch.num_points("target") == 0:
+                raise ValueError("batch: the 'versa' objective needs observed target points (target_y)")
+            lp = self.likelihood_dist(self.outputs(at, w)).log_prob(batch.target_y)  # [S, T, Nt]
+            lp = torch.logsumexp(lp, 0) - math.log(S)
+            m = batch.target_mask.to(lp.dtype)
+            return -((lp * m).sum(-1) / m.sum(-1).clamp_min(1)).mean()
         log_lik = 0.0
         for split, a in (("context", ac), ("target", at)):
             y = batch.y(split)
@@ -289,7 +311,10 @@ class BayesianLastLayer(MetaModel):
         return (self.kl_weight * kl - log_lik).mean()
 
     def extra_repr(self) -> str:
-        return f"feature_dim={self.feature_dim}, likelihood={self.likelihood!r}, num_classes={self.num_classes}"
+        return (
+            f"feature_dim={self.feature_dim}, likelihood={self.likelihood!r}, num_classes={self.num_classes}, "
+            f"objective={self.objective!r}"
+        )
 
 
 def _kl_mvn_diag(loc: torch.Tensor, tril: torch.Tensor, p_loc: torch.Tensor, p_scale: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """BayesianLastLayer: contracts (labels, binary labels, regression), the ELBO against Pyro, NUTS against the closed form."""
 
+import math
 import warnings
 
 import pyro
@@ -135,6 +136,39 @@ def test_classification_methods_and_arviz_log_likelihood():
     assert_close(lik, lp.reshape(2, 20, -1), atol=1e-5, what="pointwise log-likelihood of the labels")
     probs = post.predict().class_probs
     assert probs.shape == (2, 6, 3)
+
+
+def test_versa_loss_is_the_log_mean_predictive_per_target_point():
+    """``objective="versa"``: ``-mean_n log (1/L) sum_l softmax(W_l a(x_n))[y_n]`` per task, by hand per task."""
+    batch = toy_episodes(way=3, dim=4, shots=(1, 2), queries=(1, 3)).sample(
+        3, generator=torch.Generator().manual_seed(0)
+    )
+    model = BayesianLastLayer(
+        backbone="mlp", x_dim=4, hidden=(8,), feature_dim=3, guide_hidden=8, objective="versa", num_particles=4
+    )
+    pyro.set_rng_seed(3)
+    loss = model.loss(batch)
+    pyro.set_rng_seed(3)
+    loc, scale = model.posterior_params(batch)  # [T, K, F+1]
+    w = loc + scale * torch.randn((4,) + tuple(loc.shape))
+    total = 0.0
+    with torch.no_grad():
+        a = model.augmented(model.features(batch.target_x))
+        for t in range(3):
+            m = batch.target_mask[t]
+            lps = [
+                torch.log_softmax(a[t][m] @ w[s, t].T, -1).gather(-1, batch.target_y[t][m][:, None])[:, 0]
+                for s in range(4)
+            ]
+            total = total - (torch.logsumexp(torch.stack(lps), 0) - math.log(4)).mean()
+    assert_close(loss.detach(), total / 3, atol=1e-5, what="VERSA objective")
+    loss.backward()
+    assert model.prior_log_scale.grad is None or not model.prior_log_scale.grad.any()  # the documented caveat
+    assert model.prior_loc.grad.abs().sum() > 0  # mu is the guide's base location
+    with pytest.raises(ValueError, match="target"):
+        model.loss(batch.without_target_y())
+    with pytest.raises(ValueError, match="objective"):
+        BayesianLastLayer(objective="ml-pip")
 
 
 def test_bad_inputs():
