@@ -97,7 +97,22 @@ ARMS = (
     # (1,500 steps: 93.7%). Now 2,000 steps with random shifts of up to 2 pixels against overfitting the 620 training
     # classes: 95.0% (docs/runs/fewshot_omniglot.md)
     Arm("ProtoNet", "ProtoNet", 60, 1, 5, steps=2000, num_samples=1, lr_decay=0.1, shift=2),
-    Arm("BayesianLastLayer", "BayesianLastLayer", 20, (1, 5), 5, steps=900, options=(("feature_dim", 16),), nuts=True),
+    # the KL tempered to 0.03, chosen on the val alphabet (Early_Aramaic) by models trained on the five train
+    # alphabets only, this recipe otherwise: 5-way 1-shot NLL / ECE 0.168 / 0.018 (underconfident) at kl_weight 0.1,
+    # 0.156 / 0.005 at 0.03, 0.160 / 0.017 (overconfident) with objective="versa"; at kl_weight 1 (900 steps, no
+    # shifts) the meta-test ECE was 0.152, underconfident (docs/runs/fewshot_omniglot.md)
+    Arm(
+        "BayesianLastLayer",
+        "BayesianLastLayer",
+        20,
+        (1, 5),
+        5,
+        steps=1500,
+        lr_decay=0.1,
+        shift=2,
+        options=(("feature_dim", 16), ("kl_weight", 0.03)),
+        nuts=True,
+    ),
     Arm("NeuralProcessClassifier", "NeuralProcessClassifier", 20, (1, 5), 5, steps=900),
     # VERSA's predictive objective (ML-PIP, 10 particles: log of the mean likelihood over q's draws) trains the
     # amortized predictive itself, the calibration recipe of Gordon et al. 2019; the ELBO arm above is the default
