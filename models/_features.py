@@ -46,6 +46,8 @@ __all__ = [
     "class_means",
     "encode_sets",
     "infer_num_classes",
+    "check_versa_targets",
+    "versa_loss",
 ]
 
 BACKBONES = ("conv4", "mlp")
@@ -407,3 +409,19 @@ class ClassGaussianEncoder(nn.Module):
         loc = a if loc0 is None else loc0 + a
         raw = b if raw_scale0 is None else raw_scale0 + b
         return loc, self.min_scale + torch.nn.functional.softplus(raw)
+
+
+def versa_loss(log_probs: torch.Tensor, batch) -> torch.Tensor:
+    """VERSA's predictive loss (ML-PIP): ``mean_t -mean_{n in target} log (1/L) sum_l p(y_tn | w_l)``.
+
+    ``log_probs [L, T, Nt]``: each draw's log-likelihood of each target label; padded targets drop out.
+    """
+    lp = torch.logsumexp(log_probs, 0) - math.log(log_probs.shape[0])
+    m = batch.target_mask.to(lp.dtype)
+    return -((lp * m).sum(-1) / m.sum(-1).clamp_min(1)).mean()
+
+
+def check_versa_targets(batch) -> None:
+    """The VERSA objective scores the target labels: ``ValueError`` without any."""
+    if batch.target_y is None or batch.num_points("target") == 0:
+        raise ValueError("batch: the 'versa' objective needs observed target points (target_y)")

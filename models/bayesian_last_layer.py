@@ -57,7 +57,15 @@ from pyro_meta.data.batch import SPLITS, TaskBatch
 from pyro_meta.likelihoods import check_likelihood, likelihood_from_outputs
 from pyro_meta.model import MetaModel, check_batch, observe, task_plate
 
-from ._features import ClassGaussianEncoder, FeatureExtractor, class_means, encode_sets, infer_num_classes
+from ._features import (
+    ClassGaussianEncoder,
+    FeatureExtractor,
+    check_versa_targets,
+    class_means,
+    encode_sets,
+    infer_num_classes,
+    versa_loss,
+)
 
 __all__ = ["BayesianLastLayer"]
 
@@ -290,17 +298,15 @@ class BayesianLastLayer(MetaModel):
         if self.likelihood == "normal":
             eps = torch.randn((S,) + tuple(loc.shape), dtype=loc.dtype, device=loc.device)
             w = loc + (scale @ eps[..., None])[..., 0]  # [S, T, R, F+1]
-            kl = _kl_mvn_diag(loc, scale, p_loc, p_scale).sum(-1)  # [T]
         else:
             w = loc + scale * torch.randn((S,) + tuple(loc.shape), dtype=loc.dtype, device=loc.device)
+        if self.objective == "versa":  # no KL: the predictive's log score only
+            check_versa_targets(batch)
+            return versa_loss(self.likelihood_dist(self.outputs(at, w)).log_prob(batch.target_y), batch)
+        if self.likelihood == "normal":
+            kl = _kl_mvn_diag(loc, scale, p_loc, p_scale).sum(-1)  # [T]
+        else:
             kl = torch.distributions.kl_divergence(dist.Normal(loc, scale), dist.Normal(p_loc, p_scale)).sum((-1, -2))
-        if self.objective == "versa":
-            if batch.target_y is None or batch.num_points("target") == 0:
-                raise ValueError("batch: the 'versa' objective needs observed target points (target_y)")
-            lp = self.likelihood_dist(self.outputs(at, w)).log_prob(batch.target_y)  # [S, T, Nt]
-            lp = torch.logsumexp(lp, 0) - math.log(S)
-            m = batch.target_mask.to(lp.dtype)
-            return -((lp * m).sum(-1) / m.sum(-1).clamp_min(1)).mean()
         log_lik = 0.0
         for split, a in (("context", ac), ("target", at)):
             y = batch.y(split)

@@ -33,7 +33,6 @@ Meta-objectives:
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple, Union
 
 import pyro
@@ -49,8 +48,10 @@ from ._features import (
     ClassGaussianEncoder,
     FeatureExtractor,
     check_labelled_batch,
+    check_versa_targets,
     class_means,
     encode_sets,
+    versa_loss,
 )
 
 __all__ = ["NeuralProcessClassifier"]
@@ -202,12 +203,9 @@ class NeuralProcessClassifier(MetaModel):
         z = loc + scale * torch.randn((S,) + tuple(loc.shape), dtype=loc.dtype, device=loc.device)  # [S, T, K, D]
         r = self.path(hc, batch, K)
         if self.objective == "versa":
-            if batch.target_y is None or batch.num_points("target") == 0:
-                raise ValueError("batch: the 'versa' objective needs observed target points (target_y)")
+            check_versa_targets(batch)
             lp = torch.distributions.Categorical(logits=self.logits(ht, z, r)).log_prob(batch.target_y)  # [S, T, Nt]
-            lp = torch.logsumexp(lp, 0) - math.log(S)
-            m = batch.target_mask.to(lp.dtype)
-            return -((lp * m).sum(-1) / m.sum(-1).clamp_min(1)).mean()
+            return versa_loss(lp, batch)
         kl = torch.distributions.kl_divergence(dist.Normal(loc, scale), dist.Normal(torch.zeros_like(loc), 1.0))
         log_lik = 0.0
         for split, h in (("context", hc), ("target", ht)):
