@@ -293,3 +293,43 @@ def test_line_fraction_and_calibration_on_known_draws(monkeypatch):
     cal = calibration(frac, torch.tensor([0.9, 0.3, 0.5]))
     assert abs(cal["mae"] - (0.1 + 0.3 + 1 / 6) / 3) < 1e-6  # frac in float32
     assert cal["num_ambiguous"] == 2 and cal["both_families"] == 0.5  # task 1 shows sines only, task 2 both
+
+
+def test_fewshot_omniglot_calibration_check_reads_each_setting(monkeypatch):
+    """The calibration line compares each setting's Bayesian rows with that setting's MAML row, under both readings."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("fewshot_omniglot", None)
+    import fewshot_omniglot
+
+    def row(setting, model, accuracy, ece, method="amortized", num_tasks=600):
+        return dict(
+            setting=setting,
+            model=model,
+            method=method,
+            accuracy=accuracy,
+            ece=ece,
+            accuracy_se=0.004,
+            num_tasks=num_tasks,
+        )
+
+    five, twenty = "5-way 1-shot", "20-way 1-shot"
+    rows = [
+        row(five, "MAML 5-way", 0.79, 0.023),
+        row(five, "BayesianLastLayer", 0.93, 0.011),  # better calibrated, 14 points above MAML
+        row(five, "BayesianLastLayer", 0.785, 0.001, method="nuts", num_tasks=100),  # fewer episodes: not compared
+        row(five, "pixel nearest neighbour", 0.36, 0.07),
+        row(twenty, "MAML 20-way", 0.70, 0.157),
+        row(twenty, "PLATIPUS 20-way", 0.705, 0.15),  # within a point, lower ECE
+        row(twenty, "ProtoNet", 0.705, 0.01),  # not a Bayesian member
+    ]
+    checks = {
+        c.split(": a Bayesian")[0] + (" within" if "within" in c else " below"): c
+        for c in fewshot_omniglot.acceptance(rows)
+        if "Bayesian member" in c
+    }
+    assert checks[f"{five} within"].endswith("FAIL")
+    assert "PASS (BayesianLastLayer amortized)" in checks[f"{five} below"]
+    assert "PASS (PLATIPUS 20-way amortized)" in checks[f"{twenty} within"]
+    rows[5] = row(twenty, "PLATIPUS 20-way", 0.715, 0.15)  # 1.5 points above: only the lenient reading
+    checks = [c for c in fewshot_omniglot.acceptance(rows) if c.startswith(twenty)]
+    assert checks[0].endswith("FAIL") and checks[1].endswith("PASS (PLATIPUS 20-way amortized)")
