@@ -1,6 +1,5 @@
 """``make bench`` in smoke mode: the whole docs generator runs and writes every table and figure."""
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -44,6 +43,21 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     assert "## Few-shot classification on Omniglot" in text and "### 5-way 1-shot (15 queries" in text
     assert "best 5-way 1-shot accuracy" in text
     assert (tmp_path / "figures" / "fewshot_omniglot_bench_reliability.png").stat().st_size > 1000
+    # (this run is also the smoke test of fewshot_omniglot.py: every arm and baseline in every setting, NUTS rows,
+    # per-task diagnostics, the checks)
+    fewshot = text.split("## Few-shot classification on Omniglot")[1].split("\n## ")[0]
+    sys.modules.pop("fewshot_omniglot", None)
+    import fewshot_omniglot
+
+    for way, shots, queries in fewshot_omniglot.SETTINGS:
+        setting = f"{way}-way {shots}-shot"
+        table = fewshot.split(f"### {setting} ({queries} queries")[1].split("###")[0]
+        rows = re.findall(r"^\| ([^|]+) \| (amortized|nuts|-) \| \d+ \| [0-9.]+ \+- [0-9.]+ \|", table, flags=re.M)
+        expected = {a.name for a in fewshot_omniglot.ARMS if (way, shots, queries) in a.settings()}
+        assert {m for m, _ in rows} == expected | {"pixel nearest neighbour", "MLP from scratch on the support set"}
+        assert ("BayesianLastLayer", "nuts") in rows, setting
+    assert re.search(r"R-hat per task \[[0-9., na]+\]", fewshot)
+    assert len(re.findall(r"^\* .*: (PASS|FAIL)", fewshot, flags=re.M)) >= 3
     # the Neural Process family (benchmarks/np_gp.py): its fragment, figure, tables and checks
     assert (tmp_path / "np_family.md").exists() and (tmp_path / "figures" / "np_family_bands.png").stat().st_size > 1000
     for heading in (
@@ -82,6 +96,13 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
     assert re.search(r"^\| 2 \| MixturePLATIPUS \(K=2\) \| [0-9.]+ \|", text, flags=re.M)
     for figure in ("guide_families_posterior.png", "guide_families_line_or_sine.png"):
         assert (tmp_path / "figures" / figure).stat().st_size > 1000, figure
+    # mcmc_speed.py (its smoke test too): every arm on the same 3 tasks, gradients counted, the checks table
+    for arm in ("nuts jit", "nuts inductor", "batched", "batched compiled"):
+        grads = re.findall(
+            rf"^\| [^|]+ \| 3 \| {arm} \| [0-9.]+ \| [0-9.]+ \| ([0-9]+) \| [0-9.]+ \|", text, flags=re.M
+        )
+        assert grads and all(int(g) > 0 for g in grads), arm
+    assert "| check | target | measured |" in text.split("### Exact per-task posteriors")[1]
 
 
 @pytest.mark.slow
@@ -114,28 +135,6 @@ def test_conv4_speed_script_smoke(monkeypatch, capsys):
     for arm in ("grouped conv (FunctionalConv4)", "torch.func.vmap", "per-task loop"):
         assert len(re.findall(rf"^\| {re.escape(arm)} \| 2 \| .* \| [0-9.]+ \|$", out, flags=re.M)) == 2, arm
         assert re.search(rf"^\| {re.escape(arm)} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", out, flags=re.M), arm
-
-
-@pytest.mark.slow
-def test_fewshot_omniglot_script_smoke(tmp_path, monkeypatch):
-    """``benchmarks/fewshot_omniglot.py --smoke``: every arm and baseline in every setting, NUTS diagnostics, checks."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    sys.modules.pop("fewshot_omniglot", None)
-    import fewshot_omniglot
-
-    figure, markdown = tmp_path / "rel.png", tmp_path / "fewshot.md"
-    out = fewshot_omniglot.main(["--smoke", "--figure", str(figure), "--markdown", str(markdown)])
-    rows, text = out["rows"], markdown.read_text()
-    for way, shots, _ in fewshot_omniglot.SETTINGS:
-        setting = f"{way}-way {shots}-shot"
-        assert f"### {setting}" in text
-        models = {r["model"] for r in rows if r["setting"] == setting}
-        expected = {a.name for a in fewshot_omniglot.ARMS if (way, shots, _) in a.settings()}
-        assert expected | {"pixel nearest neighbour", "MLP from scratch on the support set"} == models, setting
-        assert any(r["method"] == "nuts" for r in rows if r["setting"] == setting)
-    assert len(out["checks"]) >= 3 and "Checks against stated targets" in text
-    assert re.search(r"R-hat per task \[[0-9., na]+\]", text)
-    assert figure.stat().st_size > 1000
 
 
 def test_omniglot_readme_model_script_smoke(monkeypatch, capsys):
@@ -192,25 +191,6 @@ def test_np_gp_scoring_matches_evaluate(monkeypatch):
     assert abs(rows[0]["coverage_90"] - table.rows[0]["coverage_90"]) < 0.1  # exact interval vs 30 draws
     diff = np_gp.paired_difference(ref, ref)
     assert diff["mean"] == 0.0 and diff["se"] == 0.0
-
-
-@pytest.mark.slow
-def test_mcmc_speed_script_smoke(tmp_path, monkeypatch, capsys):
-    """``benchmarks/mcmc_speed.py --smoke``: every arm runs on the same tasks, rows and checks are written."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    sys.modules.pop("mcmc_speed", None)
-    import mcmc_speed
-
-    js, md = tmp_path / "mcmc.json", tmp_path / "mcmc.md"
-    out = mcmc_speed.main(["--smoke", "--json", str(js), "--markdown", str(md)])
-    arms = {r["arm"] for r in out["rows"]}
-    assert {"nuts jit", "nuts inductor", "batched", "batched compiled"} <= arms, arms
-    if not out["numpyro_skipped"]:
-        assert {"numpyro first", "numpyro warm"} <= arms
-    for r in out["rows"]:
-        assert r["T"] == 3 and r["grads_per_s"] > 0 and r["ess"] > 0 and r["divergences"] >= 0, r
-    assert "SMOKE RUN" in md.read_text() and "| check | target | measured |" in md.read_text()
-    assert len(json.loads(js.read_text())["rows"]) == len(out["rows"])
 
 
 def test_gpu_check_script_smoke(monkeypatch, capsys):
