@@ -34,7 +34,9 @@ checked in the tests), written without a Pyro trace for speed. ``kl_weight < 1``
 head weights cost ``F + 1`` coordinates of KL, which a few labelled points cannot pay for at full weight (the
 ELBO then trades accuracy for a broad posterior); the tempered objective trains the same model (features and
 prior; the prior still moment-matches the guide's posteriors), its guide is then sharper than the model's exact
-posterior, which ``method="nuts"`` samples.
+posterior, which ``method="nuts"`` samples; with ``temper_likelihood=True`` the model's likelihood is raised to
+``1 / kl_weight`` and NUTS samples the cold posterior ``p(w) p(y | w)^(1 / kl_weight)`` that the tempered ELBO's
+optimum over all ``q`` is (the ELBO divided by ``kl_weight`` is the ELBO of that model).
 
 ``objective="versa"`` replaces the ELBO by VERSA's amortized predictive objective (ML-PIP, Gordon et al. 2019),
 ``-mean_{n in target} log (1/L) sum_l p(y_tn | x_tn, w_l)``, ``w_l ~ q(w_t | C_t)``: it trains the predictive that
@@ -51,6 +53,7 @@ from typing import Optional, Sequence, Tuple, Union
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 
 from pyro_meta.data.batch import SPLITS, TaskBatch
@@ -101,6 +104,11 @@ class BayesianLastLayer(MetaModel):
         Weight of the KL term in :meth:`loss` (1: the ELBO; "elbo" objective only).
     objective : "elbo" | "versa"
         Meta-training loss (module docstring): the (tempered) negative ELBO, or VERSA's predictive loss.
+    temper_likelihood : bool
+        The model's likelihood raised to ``1 / kl_weight``: ``p(w) prod_n p(y_n | x_n, w)^(1 / kl_weight)``, the
+        cold posterior that the tempered ELBO's optimum over all ``q`` is, so that ``method="nuts"`` samples
+        what the amortized guide approximates (False: the model's own posterior; :meth:`loss` and the
+        predictive of a new point are the same either way). Class labels and ``kl_weight > 0`` only.
     """
 
     def __init__(
@@ -121,6 +129,7 @@ class BayesianLastLayer(MetaModel):
         num_particles: int = 1,
         kl_weight: float = 1.0,
         objective: str = "elbo",
+        temper_likelihood: bool = False,
     ) -> None:
         super().__init__()
         self.likelihood = check_likelihood(likelihood)
@@ -137,6 +146,15 @@ class BayesianLastLayer(MetaModel):
         if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or kl_weight < 0:
             raise ValueError(f"kl_weight must be a non-negative number, got {kl_weight!r}")
         self.kl_weight = float(kl_weight)
+        if not isinstance(temper_likelihood, bool):
+            raise TypeError(f"temper_likelihood must be a bool, got {temper_likelihood!r}")
+        if temper_likelihood and (likelihood == "normal" or objective != "elbo" or not kl_weight > 0):
+            raise ValueError(
+                "temper_likelihood=True needs class labels, objective='elbo' and kl_weight > 0 (the 'normal' guide is "
+                f"the exact untempered posterior); got likelihood={likelihood!r}, objective={objective!r}, "
+                f"kl_weight={kl_weight!r}"
+            )
+        self.temper_likelihood = temper_likelihood
         for name, value in (("noise_std", noise_std), ("prior_scale", prior_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -223,14 +241,17 @@ class BayesianLastLayer(MetaModel):
 
     # ------------------------------------------------------------------ Pyro
     def model(self, batch: TaskBatch) -> None:
-        """``w_t ~ N(mu, diag(s^2))`` ([T, 1, R, F+1]); ``y ~ p(y | W_t [h(x), 1])`` (labels [T, N] or [T, N, Dy])."""
+        """``w_t ~ N(mu, diag(s^2))`` ([T, 1, R, F+1]); ``y ~ p(y | W_t [h(x), 1])`` (labels [T, N] or [T, N, Dy]),
+        its log density times ``1 / kl_weight`` with ``temper_likelihood``."""
         R = self.check(batch)
         a = dict(zip(SPLITS, self.encode_batch(batch)))
         loc, scale = self.prior_params(R)
+        power = 1.0 / self.kl_weight if self.temper_likelihood else 1.0
         with task_plate(batch):
             w = pyro.sample("w", dist.Normal(loc, scale).to_event(2)).squeeze(-3)  # [..., T, R, F+1]
-            for split in SPLITS:
-                observe(batch, lambda x, s=split: self.likelihood_dist(self.outputs(a[s], w)), splits=(split,))
+            with poutine.scale(scale=power):
+                for split in SPLITS:
+                    observe(batch, lambda x, s=split: self.likelihood_dist(self.outputs(a[s], w)), splits=(split,))
 
     def posterior_params(
         self, batch: TaskBatch, a_context: Optional[torch.Tensor] = None

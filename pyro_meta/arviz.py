@@ -211,7 +211,10 @@ def _log_lik_draws(
                     f"{type(model).__name__}.model has no observed site {site!r} on this batch "
                     "(pyro_meta.observe writes y_context/y_target)"
                 )
-            lp = trace.nodes[site]["log_prob"].expand(draws.stop - draws.start, tasks.stop - tasks.start, n)
+            lp, scale = trace.nodes[site]["log_prob"], trace.nodes[site]["scale"]
+            if not (isinstance(scale, (int, float)) and scale == 1.0):
+                lp = lp / scale  # log p(y | z) per point, never scaled (poutine.scale, a tempered likelihood)
+            lp = lp.expand(draws.stop - draws.start, tasks.stop - tasks.start, n)
             if plan.single:
                 return lp
             out = fill(out, num, T, draws, tasks, lp)

@@ -6,6 +6,7 @@ import warnings
 import pyro
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 import pyro_meta
@@ -171,6 +172,51 @@ def test_versa_loss_is_the_log_mean_predictive_per_target_point():
         BayesianLastLayer(objective="ml-pip")
 
 
+def test_temper_likelihood_samples_the_cold_posterior_of_the_tempered_elbo():
+    """``temper_likelihood``: the model's log likelihood times ``1 / kl_weight`` (prior unchanged), the loss and the
+    pointwise ArviZ log-likelihood as without it; NUTS on it is sharper than on the model's own posterior."""
+    tasks = toy_episodes(way=3, dim=4, shots=2, queries=2)
+    batch = tasks.sample(2, generator=torch.Generator().manual_seed(5))
+    options = dict(backbone="mlp", x_dim=4, hidden=(8,), feature_dim=3, guide_hidden=8, kl_weight=0.25)
+    torch.manual_seed(0)
+    base = BayesianLastLayer(**options)
+    pyro_meta.fit(base, tasks, num_steps=20, tasks_per_batch=8, lr=1e-2, progress=False)
+    cold = BayesianLastLayer(**options, temper_likelihood=True)
+    cold.load_state_dict(base.state_dict())
+    w = poutine.trace(base.model).get_trace(batch).nodes["w"]["value"]
+
+    def parts(model):
+        trace = poutine.trace(poutine.condition(model.model, {"w": w})).get_trace(batch)
+        trace.compute_log_prob()
+        sites = [n for n in trace.nodes.values() if n["type"] == "sample"]
+        lik = sum(n["log_prob_sum"] for n in sites if n["is_observed"] and n["name"] != "w")
+        return trace.nodes["w"]["log_prob_sum"], lik
+
+    (prior_b, lik_b), (prior_c, lik_c) = parts(base), parts(cold)
+    assert_close(prior_c, prior_b, what="prior unchanged")
+    assert_close(lik_c, 4.0 * lik_b, rtol=1e-5, what="likelihood ^ (1 / kl_weight)")
+    pyro.set_rng_seed(3)
+    loss_b = base.loss(batch)
+    pyro.set_rng_seed(3)
+    assert_close(cold.loss(batch), loss_b, what="the meta-objective does not change")
+    sharpness = []
+    for model in (base, cold):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            post = pyro_meta.infer(
+                model, batch, method="nuts", num_samples=40, num_warmup=40, num_chains=1, max_tree_depth=5, seed=0
+            )
+        sharpness.append(float(post.predict().class_probs.max(-1).values.mean()))
+        lik = torch.as_tensor(post.to_arviz().log_likelihood["y_context"].values)  # [1, S, M], never scaled
+        with torch.no_grad():
+            a = model.augmented(model.features(batch.context_x))
+            logits = torch.einsum("tnf,cstkf->cstnk", a, post.samples["w"])
+            y = batch.context_y[None, None, ..., None].expand(1, 40, -1, -1, 1)
+            lp = torch.log_softmax(logits, -1).gather(-1, y)[..., 0]
+        assert_close(lik, lp.reshape(1, 40, -1), atol=1e-5, what="pointwise log-likelihood")
+    assert sharpness[1] > sharpness[0] + 0.02, sharpness
+
+
 def test_bad_inputs():
     model = BayesianLastLayer(backbone="mlp", x_dim=4, hidden=(8,), feature_dim=3)
     with pytest.raises(ValueError, match="long class labels"):
@@ -179,5 +225,10 @@ def test_bad_inputs():
         model.exact_posterior(toy_episodes(way=3, dim=4).sample(2))
     with pytest.raises(ValueError, match="likelihood"):
         BayesianLastLayer(likelihood="poisson")
+    for bad in (dict(likelihood="normal"), dict(objective="versa"), dict(kl_weight=0.0)):
+        with pytest.raises(ValueError, match="temper_likelihood=True needs"):
+            BayesianLastLayer(temper_likelihood=True, **bad)
+    with pytest.raises(TypeError, match="temper_likelihood must be a bool"):
+        BayesianLastLayer(temper_likelihood=1)
     with pytest.raises(ValueError, match="image_shape"):
         BayesianLastLayer(image_shape=None)
