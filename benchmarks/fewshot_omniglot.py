@@ -82,6 +82,9 @@ class Arm:
     options: Tuple[Tuple[str, Any], ...] = ()
     num_samples: int = 50
     nuts: bool = False
+    # NUTS also on the cold posterior p(w) p(y | w)^(1 / kl_weight) that the tempered ELBO's guide approximates (the
+    # trained weights in a twin built with temper_likelihood=True), on the same tasks
+    nuts_cold: bool = False
 
     def settings(self) -> List[Tuple[int, int, int]]:
         """The meta-test settings this model serves (fixed-K heads only their own way)."""
@@ -113,6 +116,7 @@ ARMS = (
         shift=2,
         options=(("feature_dim", 16), ("kl_weight", 0.03)),
         nuts=True,
+        nuts_cold=True,
     ),
     Arm("NeuralProcessClassifier", "NeuralProcessClassifier", 20, (1, 5), 5, steps=900),
     # VERSA's predictive objective (ML-PIP, 10 particles: log of the mean likelihood over q's draws) trains the
@@ -281,6 +285,11 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
     train_seconds = time.perf_counter() - t0
     images = load_omniglot("test").images.reshape(-1, 28 * 28)
     rows, nuts_tasks, bins = [], {}, {}
+    cold = None
+    if arm.nuts_cold:  # the same trained weights, the likelihood raised to 1 / kl_weight
+        cold = build(dataclasses.replace(arm, options=arm.options + (("temper_likelihood", True),)), config.channels)
+        cold.load_state_dict(model.state_dict())
+        cold.eval()
     nuts_opts = {
         "nuts": {
             "num_samples": config.nuts_samples,
@@ -321,6 +330,24 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
                 if (way, shots) == (5, 1):
                     bins[arm.name + " NUTS"] = _bins(nuts.predict())
                 table = table + paired
+                if arm.nuts_cold:
+                    cold_name = arm.name + " (cold posterior)"
+                    with feature_memo(cold, images):
+                        paired = pyro_meta.evaluate(
+                            {cold_name: cold},
+                            test,
+                            methods=["nuts"],
+                            num_tasks=config.nuts_episodes,
+                            method_options=nuts_opts,
+                            **dict(common, seed=config.seed + 1),
+                        )
+                    nuts = kept[(config.nuts_episodes, "nuts")]
+                    nuts_tasks[f"{way}-way {shots}-shot, cold posterior"] = {
+                        k: nuts.diagnostics[k].tolist() for k in ("r_hat", "ess_bulk", "ess_tail")
+                    }
+                    if (way, shots) == (5, 1):
+                        bins[arm.name + " NUTS (cold posterior)"] = _bins(nuts.predict())
+                    table = table + paired
             for r in table:
                 r.update(setting=f"{way}-way {shots}-shot", train_seconds=train_seconds, train_steps=steps)
                 rows.append(dict(r))

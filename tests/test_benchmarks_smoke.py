@@ -53,9 +53,10 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
         setting = f"{way}-way {shots}-shot"
         table = fewshot.split(f"### {setting} ({queries} queries")[1].split("###")[0]
         rows = re.findall(r"^\| ([^|]+) \| (amortized|nuts|-) \| \d+ \| [0-9.]+ \+- [0-9.]+ \|", table, flags=re.M)
-        expected = {a.name for a in fewshot_omniglot.ARMS if (way, shots, queries) in a.settings()}
+        arms = [a for a in fewshot_omniglot.ARMS if (way, shots, queries) in a.settings()]
+        expected = {a.name for a in arms} | {a.name + " (cold posterior)" for a in arms if a.nuts_cold}
         assert {m for m, _ in rows} == expected | {"pixel nearest neighbour", "MLP from scratch on the support set"}
-        assert ("BayesianLastLayer", "nuts") in rows, setting
+        assert ("BayesianLastLayer", "nuts") in rows and ("BayesianLastLayer (cold posterior)", "nuts") in rows, setting
     assert re.search(r"R-hat per task \[[0-9., na]+\]", fewshot)
     assert len(re.findall(r"^\* .*: (PASS|FAIL)", fewshot, flags=re.M)) >= 3
     # the Neural Process family (benchmarks/np_gp.py): its fragment, figure, tables and checks
