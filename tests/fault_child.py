@@ -66,7 +66,7 @@ def rounds(mode: str, folder: str, num_rounds: int, seed: int, resumes: int) -> 
         os.makedirs(run_dir)
         path = os.path.join(run_dir, "c.ckpt")
         report = os.path.join(run_dir, "result.json")
-        delay = rng.uniform(0.002, duration)
+        delay = rng.uniform(0.002, 0.75 * duration)  # within the run even when a round runs faster than the reference
         model = new_model()  # built before the fork: the child's first statement is the call of fit
         pid = os.fork()
         if pid == 0:  # the training process

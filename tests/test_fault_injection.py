@@ -40,7 +40,7 @@ def _rounds(mode: str, folder: Path, rounds: int, seed: int, resumes: int, timeo
 def test_sigkill_at_random_points_leaves_a_loadable_checkpoint_and_an_exact_resume(tmp_path):
     reports = _rounds("kill", tmp_path, rounds=12, seed=0, resumes=12, timeout=600)
     killed = [r for r in reports if r["exit"] == -signal.SIGKILL]
-    assert len(killed) >= 10, reports  # the delays are drawn within the run's duration
+    assert len(killed) >= 8, reports  # the delays are drawn within 3/4 of the reference run (timed under other load)
     for r in reports:
         assert "load_error" not in r, r  # atomic writes: the file is the old or the new checkpoint
         assert r["equal"] and r["resumed_steps"] == 40, r  # resumed from it: the uninterrupted run's parameters
