@@ -721,6 +721,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 "NeuralProcessClassifier (versa)",
                 "BayesianLastLayer",
                 "BayesianLastLayer NUTS",
+                "BayesianLastLayer NUTS (cold posterior)",
             )
             if k in bins
         ]
