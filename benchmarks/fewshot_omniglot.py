@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import math
@@ -315,38 +316,28 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
             if (way, shots) == (5, 1):
                 bins[arm.name] = _bins(kept[(config.episodes, "amortized")].predict())
             if arm.nuts:
-                paired = pyro_meta.evaluate(
-                    {arm.name: model},
-                    test,
-                    methods=["amortized", "nuts"],
-                    num_tasks=config.nuts_episodes,
-                    method_options=nuts_opts,
-                    **dict(common, seed=config.seed + 1),
-                )
-                nuts = kept[(config.nuts_episodes, "nuts")]
-                nuts_tasks[f"{way}-way {shots}-shot"] = {
-                    k: nuts.diagnostics[k].tolist() for k in ("r_hat", "ess_bulk", "ess_tail")
-                }
-                if (way, shots) == (5, 1):
-                    bins[arm.name + " NUTS"] = _bins(nuts.predict())
-                table = table + paired
+                # the model's posterior (beside the amortized guide), then the cold posterior, on the same tasks
+                runs = [(arm.name, model, ["amortized", "nuts"], "", "")]
                 if arm.nuts_cold:
-                    cold_name = arm.name + " (cold posterior)"
-                    with feature_memo(cold, images):
+                    runs.append(
+                        (arm.name + " (cold posterior)", cold, ["nuts"], ", cold posterior", " (cold posterior)")
+                    )
+                for name, m, methods, suffix, label in runs:
+                    with feature_memo(m, images) if m is not model else contextlib.nullcontext():
                         paired = pyro_meta.evaluate(
-                            {cold_name: cold},
+                            {name: m},
                             test,
-                            methods=["nuts"],
+                            methods=methods,
                             num_tasks=config.nuts_episodes,
                             method_options=nuts_opts,
                             **dict(common, seed=config.seed + 1),
                         )
                     nuts = kept[(config.nuts_episodes, "nuts")]
-                    nuts_tasks[f"{way}-way {shots}-shot, cold posterior"] = {
+                    nuts_tasks[f"{way}-way {shots}-shot{suffix}"] = {
                         k: nuts.diagnostics[k].tolist() for k in ("r_hat", "ess_bulk", "ess_tail")
                     }
                     if (way, shots) == (5, 1):
-                        bins[arm.name + " NUTS (cold posterior)"] = _bins(nuts.predict())
+                        bins[arm.name + " NUTS" + label] = _bins(nuts.predict())
                     table = table + paired
             for r in table:
                 r.update(setting=f"{way}-way {shots}-shot", train_seconds=train_seconds, train_steps=steps)
