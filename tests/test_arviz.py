@@ -393,3 +393,26 @@ def test_loo_works_without_var_name_and_targets_have_their_own_group(nuts_idata)
     assert np.isfinite(loo.elpd_loo)
     assert "y_target" not in nuts_idata.log_likelihood
     assert nuts_idata.target_log_likelihood["y_target"].dims == ("chain", "draw", "target_obs")
+
+
+class WeightedTinyClassifier(TinyClassifier):
+    """A user's model that weights its likelihood (``poutine.scale``, as in a tempered or power posterior)."""
+
+    def model(self, batch):
+        with task_plate(batch):
+            w = pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+            with pyro.poutine.scale(scale=3.0):
+                observe(batch, lambda x: dist.Categorical(logits=w * x))
+
+
+def test_pointwise_log_likelihood_is_never_scaled():
+    """LOO/WAIC need ``log p(y_n | w)`` per point: a user's ``poutine.scale`` on the likelihood is divided out."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 1, generator=g)
+    y = torch.randint(0, 3, (2, 4), generator=g)
+    batch = TaskBatch(x, y, torch.randn(2, 3, 1, generator=g), torch.randint(0, 3, (2, 3), generator=g))
+    post = pyro_meta.infer(WeightedTinyClassifier(), batch, method="prior", num_samples=5, seed=0)
+    got = pointwise_log_likelihood(post)["y_context"]  # [1, 5, 2, 4]
+    w = post.samples["w"]
+    ref = torch.log_softmax(w[:, :, :, None, :] * x, -1).gather(-1, y[None, None, ..., None].expand(1, 5, 2, 4, 1))
+    assert_close(got, ref[..., 0], atol=1e-5, what="unscaled log p(y | w)")
