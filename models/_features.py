@@ -187,7 +187,9 @@ class FeatureExtractor(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         keep = None if mask is None or bool(mask.all()) else mask.reshape(-1)
         rows = flat if keep is None else flat[keep]
-        h = self._lookup(rows) if cacheable else None
+        # inside a memoize block the table serves in eval mode even with gradients on (a gradient-based guide's
+        # inner loop needs them for its head, not for the frozen extractor): its features are constants
+        h = self._lookup(rows) if cacheable or (self._memo is not None and not self.training) else None
         if h is None:
             h = self._run(rows)
         if keep is not None:
@@ -214,17 +216,18 @@ class FeatureExtractor(nn.Module):
     def memoize(self, images: torch.Tensor, batch_size: int = 1024) -> Iterator[None]:
         """Within the block (eval mode, weights unchanged), serve the features of ``images [M, D]`` by lookup.
 
-        The features of every row of ``images`` are computed once (``batch_size`` rows per pass); any
-        later input all of whose real rows are rows of ``images`` gets them by exact lookup instead of
-        running the network. Results equal the network's up to the float rounding of a different batch
-        composition. Useful to evaluate many episodes drawn from one image table.
+        The features of every row of ``images`` are computed once (``batch_size`` rows per pass); later
+        inputs get the features of their rows that are rows of ``images`` by exact lookup, and the network
+        runs only on the others. Results equal the network's up to the float rounding of a different batch
+        composition. Useful to evaluate many episodes drawn from one image table. Served features carry no
+        gradient to the extractor's weights, also when gradients are on (the block is for evaluation).
         """
         if not isinstance(images, torch.Tensor) or images.dim() != 2 or images.shape[1] != self.in_features:
             raise ValueError(
                 f"images must be a tensor [M, {self.in_features}], got "
                 f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
             )
-        was_training = self.training
+        was_training, previous = self.training, self._memo
         self.eval()
         try:
             with torch.no_grad():
@@ -238,11 +241,12 @@ class FeatureExtractor(nn.Module):
             self._memo = (keys[order], order, images, feats, self._weights_version())
             yield
         finally:
-            self._memo = None
+            self._memo = previous  # a nested block leaves the outer one's table in place
             self.train(was_training)
 
     def _lookup(self, rows: torch.Tensor) -> Optional[torch.Tensor]:
-        """Features of ``rows [M, D]`` from the memo table, or None if any row is not there (or weights changed)."""
+        """Features of ``rows [M, D]``: rows of the memo table by lookup, the others (e.g. padding) by the network;
+        None if no row is there (or the weights changed)."""
         if self._memo is None or rows.shape[0] == 0:
             return None
         keys, order, table, feats, version = self._memo
@@ -253,9 +257,13 @@ class FeatureExtractor(nn.Module):
         k = rows.detach().double() @ proj
         pos = torch.searchsorted(keys, k).clamp_max(keys.shape[0] - 1)
         idx = order[pos]
-        if not torch.equal(table[idx].to(rows.dtype), rows.detach()):
+        hit = (table[idx].to(rows.dtype) == rows.detach()).all(-1)
+        if not bool(hit.any()):
             return None
-        return feats[idx].to(rows.dtype)
+        out = feats[idx].to(rows.dtype)
+        if not bool(hit.all()):
+            out[~hit] = self._run(rows[~hit]).to(out.dtype)
+        return out
 
     def extra_repr(self) -> str:
         what = f"image_shape={self.image_shape}" if self.image_shape is not None else f"x_dim={self.in_features}"

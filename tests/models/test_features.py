@@ -65,6 +65,18 @@ def test_memoize_equals_the_network_and_skips_it():
         assert len(calls) == 1, "one pass over the table, none for the episode"
         outside = fe(torch.rand(3, 2, 256))  # not in the table: the network runs
         assert len(calls) == 2 and outside.shape == (3, 2, 3)
+        mixed = torch.cat([batch.target_x[:1], torch.zeros_like(batch.target_x[:1])])  # + a task of blank rows
+        h = fe(mixed)
+        assert calls[2:] == [mixed.shape[1]], "only the rows missing from the table run the network"
+        assert_close(h[0], direct[0], atol=1e-5, what="served rows of a mixed input")
+        assert_close(h[1], fe._run(mixed[1]), atol=1e-5, what="computed rows of a mixed input")
+    with fe.memoize(table):  # gradients on (a gradient-based guide's inner loop): the table still serves
+        again = fe(batch.target_x)
+        assert len(calls) == 5 and not again.requires_grad
+        with fe.memoize(table[:4]):  # a nested block: on leaving it, the outer table serves again
+            assert len(calls) == 6
+        fe(batch.target_x.clone())
+        assert len(calls) == 6, "the outer table still serves after the inner block"
     assert_close(served, direct, atol=1e-5, what="memoized features")
     with pytest.raises(ValueError, match="images"):
         with fe.memoize(torch.rand(3, 10)):
