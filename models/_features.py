@@ -77,6 +77,12 @@ class FeatureExtractor(nn.Module):
         Project the backbone's output linearly to this size ``F`` (no activation after it); None: keep it.
     activation : "relu" | "gelu" | "silu" | "tanh"
         Nonlinearity of the MLP.
+    test_shifts : int
+        ``"conv4"`` only: in eval mode an image's features are the mean of the network's features over its
+        ``(2r+1)^2`` copies translated by ``-r .. r`` pixels in each direction (zero-filled), ``r = test_shifts``:
+        ``h(x) = mean_{dy, dx} f(shift(x, dy, dx))``, the feature map averaged over the translations that
+        ``Episodes(shift=r)`` draws while training (test-time augmentation). 0 (default): ``h = f``. Training
+        mode always runs ``f`` once. A plain attribute: set ``model.features.test_shifts`` on a trained model.
     """
 
     def __init__(
@@ -88,10 +94,15 @@ class FeatureExtractor(nn.Module):
         hidden: Union[int, Sequence[int]] = (64, 64),
         feature_dim: Optional[int] = None,
         activation: str = "relu",
+        test_shifts: int = 0,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        if isinstance(test_shifts, bool) or not isinstance(test_shifts, int) or test_shifts < 0:
+            raise ValueError(f"test_shifts must be an int >= 0 (pixels), got {test_shifts!r}")
+        if test_shifts and backbone != "conv4":
+            raise ValueError(f"test_shifts translates images: it needs backbone='conv4', got {backbone!r}")
         self.backbone = backbone
         if backbone == "conv4":
             shape = tuple(image_shape) if isinstance(image_shape, (tuple, list, torch.Size)) else None
@@ -101,6 +112,8 @@ class FeatureExtractor(nn.Module):
                 )
             if shape[1] < 16 or shape[2] < 16:
                 raise ValueError(f"image_shape: H and W must be at least 16 (four 2x2 pools), got {shape!r}")
+            if test_shifts >= min(shape[1:]):
+                raise ValueError(f"test_shifts = {test_shifts} must be smaller than the image size {shape[1:]}")
             if not _pos_int(channels):
                 raise ValueError(f"channels must be a positive int, got {channels!r}")
             layers: List[nn.Module] = []
@@ -134,18 +147,31 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"feature_dim must be a positive int or None, got {feature_dim!r}")
         self.projection = nn.Linear(out, feature_dim) if feature_dim is not None else None
         self.feature_dim = feature_dim if feature_dim is not None else out
+        self.test_shifts = test_shifts
         self._recent: List[tuple] = []
         self._memo: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]] = None
 
     # ------------------------------------------------------------------ evaluation
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        """The network on rows ``x [M, D] -> [M, F]``."""
+        """The network on rows ``x [M, D] -> [M, F]`` (in eval mode averaged over ``test_shifts`` translations)."""
         if x.shape[0] == 0:
             return x.new_zeros(0, self.feature_dim)
-        if self.image_shape is not None:
-            h = self.net(x.reshape((-1,) + self.image_shape).contiguous(memory_format=torch.channels_last))
-        else:
+        if self.image_shape is None:
             h = self.net(x)
+        elif self.test_shifts and not self.training:
+            r = self.test_shifts
+            img = x.reshape((-1,) + self.image_shape)
+            H, W = self.image_shape[1:]
+            pad = nn.functional.pad(img, (r, r, r, r))
+            h = torch.stack(
+                [
+                    self.net(pad[..., i : i + H, j : j + W].contiguous(memory_format=torch.channels_last))
+                    for i in range(2 * r + 1)
+                    for j in range(2 * r + 1)
+                ]
+            ).mean(0)
+        else:
+            h = self.net(x.reshape((-1,) + self.image_shape).contiguous(memory_format=torch.channels_last))
         return self.projection(h) if self.projection is not None else h
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -209,7 +235,7 @@ class FeatureExtractor(nn.Module):
         return (
             tuple(t._version for t in self.parameters())
             + tuple(b._version for b in self.buffers())
-            + (tuple(id(t) for t in self.parameters()),)
+            + (tuple(id(t) for t in self.parameters()), self.test_shifts)
         )
 
     @contextlib.contextmanager
@@ -267,7 +293,8 @@ class FeatureExtractor(nn.Module):
 
     def extra_repr(self) -> str:
         what = f"image_shape={self.image_shape}" if self.image_shape is not None else f"x_dim={self.in_features}"
-        return f"backbone={self.backbone!r}, {what}, feature_dim={self.feature_dim}"
+        shifts = f", test_shifts={self.test_shifts}" if self.test_shifts else ""
+        return f"backbone={self.backbone!r}, {what}, feature_dim={self.feature_dim}{shifts}"
 
 
 def encode_sets(extractor: FeatureExtractor, batch) -> Tuple[torch.Tensor, torch.Tensor]:

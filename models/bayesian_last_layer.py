@@ -87,6 +87,9 @@ class BayesianLastLayer(MetaModel):
     feature_dim : int, optional
         ``F``: the extractor's output is projected linearly to ``F`` features (keeps the task latent small);
         None keeps the backbone's size.
+    test_shifts : int
+        Eval-mode features averaged over translations of up to this many pixels (``"conv4"``; see
+        :class:`~pyro_meta.models._features.FeatureExtractor`); 0: none.
     likelihood : "categorical" | "bernoulli" | "normal"
     num_classes : int, optional
         ``K`` for "categorical" (default: each batch's way).
@@ -119,6 +122,7 @@ class BayesianLastLayer(MetaModel):
         channels: int = 64,
         hidden: Union[int, Sequence[int]] = (64, 64),
         feature_dim: Optional[int] = 16,
+        test_shifts: int = 0,
         likelihood: str = "categorical",
         num_classes: Optional[int] = None,
         y_dim: int = 1,
@@ -165,6 +169,7 @@ class BayesianLastLayer(MetaModel):
             channels=channels,
             hidden=hidden,
             feature_dim=feature_dim,
+            test_shifts=test_shifts,
         )
         F = self.features.feature_dim
         self.feature_dim = F

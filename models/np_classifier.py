@@ -66,7 +66,7 @@ class NeuralProcessClassifier(MetaModel):
     ----------
     backbone : "conv4" | "mlp"
         Shared extractor: Conv-4 on flattened images (``image_shape``) or an MLP on ``x [T, N, x_dim]``.
-    image_shape, x_dim, channels, hidden, feature_dim :
+    image_shape, x_dim, channels, hidden, feature_dim, test_shifts :
         Extractor options (see :class:`~pyro_meta.models._features.FeatureExtractor`).
     latent_dim : int
         ``D``, the size of each class's latent.
@@ -90,6 +90,7 @@ class NeuralProcessClassifier(MetaModel):
         channels: int = 64,
         hidden: Union[int, Sequence[int]] = (64, 64),
         feature_dim: Optional[int] = None,
+        test_shifts: int = 0,
         latent_dim: int = 8,
         deterministic_path: bool = True,
         decoder_hidden: int = 64,
@@ -120,6 +121,7 @@ class NeuralProcessClassifier(MetaModel):
             channels=channels,
             hidden=hidden,
             feature_dim=feature_dim,
+            test_shifts=test_shifts,
         )
         F = self.features.feature_dim
         self.feature_dim, self.latent_dim = F, latent_dim

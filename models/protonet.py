@@ -61,8 +61,10 @@ class ProtoNet(MetaModel):
         For ``"conv4"`` (Omniglot: ``(1, 28, 28)``, 64 features with 64 channels).
     x_dim : int, optional
         For ``"mlp"``.
-    channels, hidden, feature_dim :
-        Extractor options (Conv-4 channels; MLP widths; optional projection to ``F`` features).
+    channels, hidden, feature_dim, test_shifts :
+        Extractor options (Conv-4 channels; MLP widths; optional projection to ``F`` features; eval-mode
+        features averaged over translations of up to ``test_shifts`` pixels, see
+        :class:`~pyro_meta.models._features.FeatureExtractor`).
     num_classes : int, optional
         Fix ``K``; default: each batch's way.
     prior_scale : float
@@ -77,6 +79,7 @@ class ProtoNet(MetaModel):
         channels: int = 64,
         hidden: Union[int, Sequence[int]] = (64, 64),
         feature_dim: Optional[int] = None,
+        test_shifts: int = 0,
         num_classes: Optional[int] = None,
         prior_scale: float = 1.0,
     ) -> None:
@@ -94,6 +97,7 @@ class ProtoNet(MetaModel):
             channels=channels,
             hidden=hidden,
             feature_dim=feature_dim,
+            test_shifts=test_shifts,
         )
         F = self.features.feature_dim
         self.feature_dim = F

@@ -101,3 +101,54 @@ def test_class_means_and_sets():
     assert hc.shape == (2, 3, 6) and ht.shape == (2, 6, 6)
     hc0, ht0 = encode_sets(fe, batch.context_only())
     assert ht0.shape == (2, 0, 6)
+
+
+def test_test_shifts_average_the_features_over_translations_in_eval_mode_only():
+    torch.manual_seed(0)
+    fe = FeatureExtractor("conv4", image_shape=(1, 16, 16), channels=3, feature_dim=5, test_shifts=1)
+    x = torch.rand(2, 3, 256)
+    plain = FeatureExtractor("conv4", image_shape=(1, 16, 16), channels=3, feature_dim=5)
+    plain.load_state_dict(fe.state_dict())
+    assert_close(fe(x), plain(x), atol=1e-6, what="training mode runs the net once")
+    fe.eval(), plain.eval()
+    img = torch.nn.functional.pad(x.reshape(6, 1, 16, 16), (1, 1, 1, 1))
+    with torch.no_grad():
+        # every (dy, dx) in -1..1: the image moved by (dy, dx) (zero-filled), then the plain net
+        copies = [
+            img[..., 1 - dy : 17 - dy, 1 - dx : 17 - dx].reshape(2, 3, 256) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+        ]
+        want = torch.stack([plain(c) for c in copies]).mean(0)
+        got = fe(x)
+        assert_close(got, want, atol=1e-5, what="mean of the nine translated copies' features")
+        assert not torch.allclose(got, plain(x), atol=1e-3), "the average differs from the unshifted features"
+        images = x.reshape(6, 256)
+        with fe.memoize(images):
+            assert_close(fe(x), want, atol=1e-5, what="memoized shift-averaged features")
+            fe.test_shifts = 0  # the memo was built with shifts: changing them invalidates it
+            assert_close(fe(x), plain(x), atol=1e-5, what="after test_shifts = 0")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(test_shifts=-1), "test_shifts must be an int >= 0"),
+        (dict(test_shifts=True), "test_shifts must be an int >= 0"),
+        (dict(test_shifts=16), "smaller than the image size"),
+        (dict(backbone="mlp", image_shape=None, x_dim=4, test_shifts=1), "needs backbone='conv4'"),
+    ],
+)
+def test_test_shifts_bad_values_are_refused(kwargs, match):
+    args = dict(backbone="conv4", image_shape=(1, 16, 16), channels=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        FeatureExtractor(**args)
+
+
+@pytest.mark.parametrize("name", ["ProtoNet", "BayesianLastLayer", "NeuralProcessClassifier"])
+def test_image_classifiers_pass_test_shifts_to_their_extractor(name):
+    import pyro_meta.models as zoo
+
+    model = getattr(zoo, name)(image_shape=(1, 16, 16), channels=3, test_shifts=1)
+    assert model.features.test_shifts == 1
+    with pytest.raises(ValueError, match="test_shifts"):
+        getattr(zoo, name)(image_shape=(1, 16, 16), channels=3, test_shifts=-1)
