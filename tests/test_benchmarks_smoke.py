@@ -146,9 +146,14 @@ def test_omniglot_readme_model_script_smoke(monkeypatch, capsys):
 
     out = omniglot_readme_model.main(["--smoke"])
     text = capsys.readouterr().out
-    assert [r["setting"] for r in out["rows"]] == ["20-way 1-shot", "5-way 1-shot"]
+    assert [(r["setting"], r["test_shifts"]) for r in out["rows"]] == [
+        ("20-way 1-shot", 2),
+        ("5-way 1-shot", 2),
+        ("20-way 1-shot", 0),
+        ("5-way 1-shot", 0),
+    ]
     assert all(0 <= r["accuracy"] <= 1 and r["num_tasks"] == 4 for r in out["rows"])
-    assert re.search(r"^\| 20-way 1-shot \| 4 \| [0-9.]+ \+- [0-9.]+ \|", text, flags=re.M)
+    assert re.search(r"^\| 20-way 1-shot \| 2 \| 4 \| [0-9.]+ \+- [0-9.]+ \|", text, flags=re.M)
     assert re.search(r"meta-training \(2 steps\): [0-9.]+ min: (PASS|FAIL)", text)
 
 
