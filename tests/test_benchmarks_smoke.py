@@ -54,7 +54,12 @@ def test_docs_generator_smoke(tmp_path, monkeypatch):
         table = fewshot.split(f"### {setting} ({queries} queries")[1].split("###")[0]
         rows = re.findall(r"^\| ([^|]+) \| (amortized|nuts|-) \| \d+ \| [0-9.]+ \+- [0-9.]+ \|", table, flags=re.M)
         arms = [a for a in fewshot_omniglot.ARMS if (way, shots, queries) in a.settings()]
-        expected = {a.name for a in arms} | {a.name + " (cold posterior)" for a in arms if a.nuts_cold}
+        expected = (
+            {a.name for a in arms}
+            | {a.name + " (cold posterior)" for a in arms if a.nuts_cold}
+            | {f"{a.name} (test shifts {a.test_shifts})" for a in arms if a.test_shifts}
+        )
+        assert "ProtoNet (test shifts 2)" in expected, "the benchmark's ProtoNet is also scored with test shifts"
         assert {m for m, _ in rows} == expected | {"pixel nearest neighbour", "MLP from scratch on the support set"}
         assert ("BayesianLastLayer", "nuts") in rows and ("BayesianLastLayer (cold posterior)", "nuts") in rows, setting
     assert re.search(r"R-hat per task \[[0-9., na]+\]", fewshot)
