@@ -1,6 +1,7 @@
 """``run_workers``: run ``fn(rank, world_size, *args)`` in ``world_size`` gloo processes on this machine."""
 
 import os
+import sys
 import tempfile
 
 import torch
@@ -13,8 +14,17 @@ def _entry(rank: int, fn, world_size: int, init_file: str, args) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # every rank done before the group goes, then leave without the interpreter's teardown: there a still-joinable
+    # C++ worker thread (gloo) can abort the process with SIGABRT ("terminate called without an active
+    # exception"), seen about once in a CI run; workers report through files, not return values
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_workers(fn, world_size: int, *args) -> None:
