@@ -197,7 +197,7 @@ class FeatureExtractor(nn.Module):
             for cx, cm, cv, out in self._recent:
                 if cx() is x and (cm() if cm is not None else None) is mask and cv == version:
                     return out
-        out = self._compute(x, mask, cacheable)
+        out = self._compute(x, mask)
         if cacheable:  # weak references: the cache never keeps a batch alive
             entry = (
                 weakref.ref(x),
@@ -208,14 +208,14 @@ class FeatureExtractor(nn.Module):
             self._recent = [entry] + [e for e in self._recent if e[0]() is not None][: _CACHE_SIZE - 1]
         return out
 
-    def _compute(self, x: torch.Tensor, mask: Optional[torch.Tensor], cacheable: bool) -> torch.Tensor:
+    def _compute(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
         keep = None if mask is None or bool(mask.all()) else mask.reshape(-1)
         rows = flat if keep is None else flat[keep]
-        # inside a memoize block the table serves in eval mode even with gradients on (a gradient-based guide's
-        # inner loop needs them for its head, not for the frozen extractor): its features are constants
-        h = self._lookup(rows) if cacheable or (self._memo is not None and not self.training) else None
+        # in eval mode a memoize table serves even with gradients on (a gradient-based guide's inner loop needs
+        # them for its head, not for the frozen extractor): its features are constants; no table: None
+        h = None if self.training else self._lookup(rows)
         if h is None:
             h = self._run(rows)
         if keep is not None:
