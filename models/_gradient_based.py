@@ -41,10 +41,11 @@ from pyro_meta.nn import FunctionalConv4, FunctionalMLP
 
 from ._features import FeatureExtractor, encode_sets
 
-__all__ = ["ADAPTS", "NETS", "GradientBasedModel", "kl_diag_normal", "positive_param"]
+__all__ = ["ADAPTS", "HEAD_INITS", "NETS", "GradientBasedModel", "kl_diag_normal", "positive_param"]
 
 NETS = ("mlp", "conv4")
 ADAPTS = ("all", "head")
+HEAD_INITS = ("random", "zeros")
 
 
 def positive_param(value: float, name: str, learn: bool) -> Tuple[torch.Tensor, bool]:
@@ -106,6 +107,12 @@ class GradientBasedModel(MetaModel):
     adapt : "all" | "head"
         Adapt every weight (``phi`` = the whole network, MAML) or only the last linear layer on top of a
         shared meta-learned feature extractor (``phi`` = the head, ANIL).
+    head_init : "random" | "zeros"
+        Start of the meta-learned initialisation's last linear layer (weights and biases): ``nn.Linear``'s
+        random default, or all zeros. With labels permuted per episode a class-specific random start only
+        biases the first steps towards arbitrary classes; zeros is permutation-invariant (Ye & Chao 2022,
+        "How to train your MAML to excel in few-shot classification"). Only for models with one
+        initialisation ``theta`` (not BMAML's particles, which SVGD could never separate).
     """
 
     #: the prior mean ``theta`` is an ``nn.Parameter`` of its own (BMAML derives it from its particles)
@@ -131,6 +138,7 @@ class GradientBasedModel(MetaModel):
         channels: int = 64,
         norm: str = "batch",
         adapt: str = "all",
+        head_init: str = "random",
     ) -> None:
         super().__init__()
         for name, value in (("x_dim", x_dim), ("y_dim", y_dim)):
@@ -141,6 +149,13 @@ class GradientBasedModel(MetaModel):
             raise ValueError(f"net must be one of {NETS}, got {net!r}")
         if adapt not in ADAPTS:
             raise ValueError(f"adapt must be one of {ADAPTS}, got {adapt!r}")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, got {head_init!r}")
+        if head_init != "random" and not self.owns_theta:
+            raise ValueError(
+                f"head_init={head_init!r} needs a single initialisation theta; {type(self).__name__}'s initial "
+                "particles or components would start identical"
+            )
         if likelihood != "normal" and y_dim != 1:
             raise ValueError(f"y_dim is for likelihood='normal' (class labels are [T, N]), got y_dim={y_dim}")
         self.num_classes = num_classes if likelihood == "categorical" else (2 if likelihood == "bernoulli" else None)
@@ -174,7 +189,10 @@ class GradientBasedModel(MetaModel):
         self.out_features = out
         self.num_params = self.net.num_params
         if self.owns_theta:
-            self.theta = nn.Parameter(self.net.init_params())
+            theta = self.net.init_params()
+            if head_init == "zeros":
+                theta[theta.numel() - self.head_size :] = 0.0
+            self.theta = nn.Parameter(theta)
         self._register_positive("log_sigma", prior_scale, "prior_scale", learn_prior_scale, shape=(self.num_params,))
         self._register_positive("log_noise", noise_std, "noise_std", learn_noise and likelihood == "normal")
         self.inner_steps = self._check_steps(inner_steps, "inner_steps")
@@ -197,6 +215,14 @@ class GradientBasedModel(MetaModel):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         return value
+
+    @property
+    def head_size(self) -> int:
+        """Numbers in the last linear layer (weights and biases): the tail of ``theta [P]``."""
+        if isinstance(self.net, FunctionalMLP):
+            _, d_in, d_out, _ = self.net._slices[-1]
+            return d_in * d_out + d_out
+        return self.net.num_head_params
 
     @property
     def sigma(self) -> torch.Tensor:

@@ -175,6 +175,49 @@ def test_conv4_family_runs_on_images():
     )
 
 
+@pytest.mark.parametrize("net, adapt", [("mlp", "all"), ("mlp", "head"), ("conv4", "all"), ("conv4", "head")])
+def test_zero_head_init_zeroes_exactly_the_last_layer(net, adapt):
+    """``head_init="zeros"``: the last linear layer of theta is 0, every other number is the random default's."""
+    image = {"net": "conv4", "image_shape": (1, 16, 16), "channels": 3} if net == "conv4" else {"hidden": (8, 6)}
+    kwargs = dict(x_dim=DIM, likelihood="categorical", num_classes=WAY, adapt=adapt, **image)
+    torch.manual_seed(0)
+    rand = MAML(**kwargs)
+    torch.manual_seed(0)
+    zero = MAML(head_init="zeros", **kwargs)
+    feature_dim = 3 if net == "conv4" else 6
+    head = feature_dim * WAY + WAY
+    assert zero.head_size == rand.head_size == head
+    assert torch.equal(zero.theta[-head:], torch.zeros(head)) and bool((rand.theta[-head:] != 0).all())
+    assert torch.equal(zero.theta[:-head], rand.theta[:-head])  # the same random stream: only the head differs
+    for cls in (ABML, PLATIPUS):
+        assert torch.equal(cls(head_init="zeros", **kwargs).theta[-head:], torch.zeros(head)), cls.__name__
+
+
+def test_zero_head_maml_predictions_follow_a_relabelling():
+    """From a zero head, MAML's adapted predictive is equivariant to permuting the episode's labels (not so from a
+    random head): relabel the context and the class probabilities permute the same way."""
+    batch = toy_episodes(way=WAY, dim=DIM, shots=2, queries=2).sample(2, generator=torch.Generator().manual_seed(0))
+    perm = torch.tensor([2, 0, 1])  # old label k -> new label perm[k]
+    relabelled = batch.replace(context_y=perm[batch.context_y], target_y=perm[batch.target_y])
+    gaps = {}
+    for head_init in ("zeros", "random"):
+        torch.manual_seed(0)
+        model = MAML(
+            x_dim=DIM,
+            hidden=(8,),
+            likelihood="categorical",
+            num_classes=WAY,
+            adapt="head",
+            inner_lr=0.5,
+            inner_steps=3,
+            head_init=head_init,
+        ).eval()
+        p = pyro_meta.infer(model, batch, method="amortized", num_samples=1, seed=0).predict().class_probs
+        q = pyro_meta.infer(model, relabelled, method="amortized", num_samples=1, seed=0).predict().class_probs
+        gaps[head_init] = float((q[..., perm] - p).abs().max())
+    assert gaps["zeros"] < 1e-6 and gaps["random"] > 1e-3, gaps
+
+
 def test_bad_options_and_batches():
     with pytest.raises(ValueError, match="num_classes"):
         MAML(likelihood="categorical")
@@ -184,6 +227,10 @@ def test_bad_options_and_batches():
         MAML(net="conv4", likelihood="categorical", num_classes=2)
     with pytest.raises(ValueError, match="adapt"):
         MAML(adapt="last")
+    with pytest.raises(ValueError, match="head_init"):
+        MAML(head_init="zero")
+    with pytest.raises(ValueError, match="head_init.*particles"):
+        BMAML(head_init="zeros")
     episodes = toy_episodes(way=3, dim=DIM).sample(2)
     with pytest.raises(ValueError, match="regression model"):
         MAML(x_dim=DIM).loss(episodes)
