@@ -105,6 +105,17 @@ class Arm:
 # of the head, Ye & Chao 2022) lifts MAML's val 5-way 1-shot accuracy 74.1% -> 78.2% and ABML's 57.2% -> 64.4%, and
 # lowers PLATIPUS's 79.2% -> 71.9% (kept random); BMAML's particles must differ (SVGD cannot separate equal ones)
 FAMILY = {"inner_steps": 5, "eval_inner_steps": 50}
+#: each member's options, the same for its 5-way and 20-way arm
+MAML_OPTIONS = (("inner_lr", 0.4), ("head_init", "zeros")) + tuple(FAMILY.items())
+ABML_OPTIONS = (
+    ("inner_lr", 0.4),
+    ("inner_lr_scale", 0.1),
+    ("prior_scale", 0.1),
+    ("kl_weight", 0.01),
+    ("head_init", "zeros"),
+) + tuple(FAMILY.items())
+BMAML_OPTIONS = (("num_particles", 5), ("svgd_lr", 0.4)) + tuple(FAMILY.items())
+PLATIPUS_OPTIONS = (("inner_lr", 0.4), ("prior_scale", 0.1), ("kl_weight", 0.01)) + tuple(FAMILY.items())
 ARMS = (
     # 60-way training episodes (Snell et al.'s recipe): in a trial, 1,000 steps of them (360 images a step) gave
     # 93.0% 5-way 1-shot against 92.0% for 1,500 steps of 20-way episodes (120 images a step)
@@ -155,7 +166,7 @@ ARMS = (
         steps=500,
         tasks_per_batch=2,
         num_samples=1,
-        options=(("inner_lr", 0.4), ("head_init", "zeros")) + tuple(FAMILY.items()),
+        options=MAML_OPTIONS,
     ),
     Arm(
         "ABML 5-way",
@@ -165,14 +176,7 @@ ARMS = (
         5,
         steps=500,
         tasks_per_batch=2,
-        options=(
-            ("inner_lr", 0.4),
-            ("inner_lr_scale", 0.1),
-            ("prior_scale", 0.1),
-            ("kl_weight", 0.01),
-            ("head_init", "zeros"),
-        )
-        + tuple(FAMILY.items()),
+        options=ABML_OPTIONS,
     ),
     # BMAML's meta-objective is its chaser loss. Kim et al.'s "bfa" log score of the particle mixture was chosen on one
     # seed of the val alphabet (5-way 1-shot ECE 0.233 -> 0.033), but its training is unstable across seeds: on the
@@ -187,7 +191,7 @@ ARMS = (
         5,
         steps=500,
         tasks_per_batch=2,
-        options=(("num_particles", 5), ("svgd_lr", 0.4)) + tuple(FAMILY.items()),
+        options=BMAML_OPTIONS,
     ),
     Arm(
         "PLATIPUS 5-way",
@@ -197,7 +201,7 @@ ARMS = (
         5,
         steps=500,
         tasks_per_batch=2,
-        options=(("inner_lr", 0.4), ("prior_scale", 0.1), ("kl_weight", 0.01)) + tuple(FAMILY.items()),
+        options=PLATIPUS_OPTIONS,
     ),
     Arm(
         "MAML 20-way",
@@ -207,7 +211,7 @@ ARMS = (
         5,
         steps=250,
         num_samples=1,
-        options=(("inner_lr", 0.4), ("head_init", "zeros")) + tuple(FAMILY.items()),
+        options=MAML_OPTIONS,
     ),
     Arm(
         "ABML 20-way",
@@ -216,14 +220,7 @@ ARMS = (
         1,
         5,
         steps=250,
-        options=(
-            ("inner_lr", 0.4),
-            ("inner_lr_scale", 0.1),
-            ("prior_scale", 0.1),
-            ("kl_weight", 0.01),
-            ("head_init", "zeros"),
-        )
-        + tuple(FAMILY.items()),
+        options=ABML_OPTIONS,
     ),
     Arm(
         "BMAML 20-way",
@@ -232,7 +229,7 @@ ARMS = (
         1,
         5,
         steps=250,
-        options=(("num_particles", 5), ("svgd_lr", 0.4)) + tuple(FAMILY.items()),
+        options=BMAML_OPTIONS,
     ),
     Arm(
         "PLATIPUS 20-way",
@@ -241,7 +238,7 @@ ARMS = (
         1,
         5,
         steps=250,
-        options=(("inner_lr", 0.4), ("prior_scale", 0.1), ("kl_weight", 0.01)) + tuple(FAMILY.items()),
+        options=PLATIPUS_OPTIONS,
     ),
 )
 

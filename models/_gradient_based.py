@@ -220,7 +220,7 @@ class GradientBasedModel(MetaModel):
     def head_size(self) -> int:
         """Numbers in the last linear layer (weights and biases): the tail of ``theta [P]``."""
         if isinstance(self.net, FunctionalMLP):
-            _, d_in, d_out, _ = self.net._slices[-1]
+            d_in, d_out = self.net.sizes[-2:]
             return d_in * d_out + d_out
         return self.net.num_head_params
 
