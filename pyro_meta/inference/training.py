@@ -15,6 +15,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
+from pyro.poutine import runtime as _runtime
 
 from ..checkpoint import _defer_sigint, check_writable, load_checkpoint, save_checkpoint
 from ..data.batch import TaskBatch
@@ -31,6 +32,28 @@ __all__ = ["OPTIMIZERS"]
 OptimizerSpec = Union[str, Callable[..., torch.optim.Optimizer]]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+class _PyroRuntimeSnapshot:
+    """Pyro's global handler stack and plate-dim allocator, and torch's grad mode, as they were; ``restore``
+    puts them back in place.
+
+    A Ctrl-C landing inside ``plate.__enter__`` after its dim is allocated (before the ``with`` block has
+    an exit to run) leaves the dim taken in ``_DIM_ALLOCATOR`` for the rest of the process: every later
+    trace then fails with 'at plates "a" and "b", collide at dim=-1'. Measured in the fault-injection test.
+    """
+
+    def __init__(self) -> None:
+        self.stack = list(_runtime._PYRO_STACK)
+        self.dims = list(_runtime._DIM_ALLOCATOR._stack)
+        self.grad = torch.is_grad_enabled()
+
+    def restore(self) -> None:
+        if _runtime._PYRO_STACK != self.stack:
+            _runtime._PYRO_STACK[:] = self.stack
+        if _runtime._DIM_ALLOCATOR._stack != self.dims:
+            _runtime._DIM_ALLOCATOR._stack[:] = self.dims
+        torch.set_grad_enabled(self.grad)  # an interrupt inside ``no_grad().__enter__`` has no exit to run
 
 
 def _check_optimizer(spec: Any) -> OptimizerSpec:
@@ -451,6 +474,7 @@ class _Training:
 
         t0 = time.perf_counter()
         ready = False
+        runtime = _PyroRuntimeSnapshot()
         try:
             with local_params():
                 stop = False
@@ -463,6 +487,7 @@ class _Training:
                 while not stop and self.step < self.num_steps:
                     stop = self.train_step()
         except KeyboardInterrupt:
+            runtime.restore()
             if not ready:
                 raise
             self.interrupted = True

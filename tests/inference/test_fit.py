@@ -128,6 +128,31 @@ def test_interrupt_keeps_progress_and_writes_checkpoint(tmp_path):
     assert torch.equal(fresh.mu, model.mu)
 
 
+def test_interrupt_inside_a_plate_enter_leaves_pyro_runtime_clean(monkeypatch):
+    """A Ctrl-C after a plate's dim is allocated but before its ``with`` block can exit (seen in CI) must not
+    leave the dim taken: the next fit of the process would fail with 'collide at dim=-1'."""
+    from pyro.poutine import runtime
+
+    allocate, calls = runtime._DIM_ALLOCATOR.allocate, []
+
+    def interrupted_allocate(name, dim):
+        out = allocate(name, dim)
+        calls.append(name)
+        if name == "target_points" and len(calls) > 20:  # a few steps in, inside the model's trace
+            monkeypatch.setattr(runtime._DIM_ALLOCATOR, "allocate", allocate)
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(runtime._DIM_ALLOCATOR, "allocate", interrupted_allocate)
+    before = (list(runtime._PYRO_STACK), list(runtime._DIM_ALLOCATOR._stack))
+    with pytest.warns(UserWarning, match="interrupted"):
+        res = pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=50, progress=False, seed=0)
+    assert res.interrupted and 0 < res.num_steps < 50
+    assert (list(runtime._PYRO_STACK), list(runtime._DIM_ALLOCATOR._stack)) == before
+    again = pyro_meta.fit(BayesianLinear(), LinearTasks(), num_steps=3, progress=False, seed=0)
+    assert again.num_steps == 3 and not again.interrupted
+
+
 def test_callback_can_stop_and_non_finite_loss_raises():
     res = pyro_meta.fit(
         BayesianLinear(), LinearTasks(), num_steps=50, progress=False, callback=lambda step, loss, m: step >= 3
