@@ -106,6 +106,11 @@ class Arm:
 # of the head, Ye & Chao 2022) lifts MAML's val 5-way 1-shot accuracy 74.1% -> 78.2% and ABML's 57.2% -> 64.4%, and
 # lowers PLATIPUS's 79.2% -> 71.9% (kept random); BMAML's particles must differ (SVGD cannot separate equal ones)
 FAMILY = {"inner_steps": 5, "eval_inner_steps": 50}
+# Meta-training steps of the family's 5-way arms (2 episodes a step) and 20-way arms (1 a step): 4 x the budgets of
+# the runs up to f0d028a (500, 250), which trained each arm 35-110 s against ProtoNet's ~1,300 s and the NP's ~240 s.
+# On the val alphabet, 20-way 1-shot, 250 -> 1,000 steps: MAML 74.8% / ECE 0.061 -> 79.1% / 0.066, BMAML (bfa,
+# clipped) 73.8% / 0.129 -> 81.4% / 0.112 (docs/runs/fewshot_omniglot.md, "The MAML family's training budget")
+FAMILY_STEPS = {5: 2000, 20: 1000}
 #: each member's options, the same for its 5-way and 20-way arm
 MAML_OPTIONS = (("inner_lr", 0.4), ("head_init", "zeros")) + tuple(FAMILY.items())
 ABML_OPTIONS = (
@@ -166,7 +171,7 @@ ARMS = (
         5,
         (1, 5),
         5,
-        steps=500,
+        steps=FAMILY_STEPS[5],
         tasks_per_batch=2,
         num_samples=1,
         options=MAML_OPTIONS,
@@ -177,7 +182,7 @@ ARMS = (
         5,
         (1, 5),
         5,
-        steps=500,
+        steps=FAMILY_STEPS[5],
         tasks_per_batch=2,
         options=ABML_OPTIONS,
     ),
@@ -194,7 +199,7 @@ ARMS = (
         5,
         (1, 5),
         5,
-        steps=500,
+        steps=FAMILY_STEPS[5],
         tasks_per_batch=2,
         options=BMAML_OPTIONS,
         clip_norm=BMAML_CLIP,
@@ -205,7 +210,7 @@ ARMS = (
         5,
         (1, 5),
         5,
-        steps=500,
+        steps=FAMILY_STEPS[5],
         tasks_per_batch=2,
         options=PLATIPUS_OPTIONS,
     ),
@@ -215,7 +220,7 @@ ARMS = (
         20,
         1,
         5,
-        steps=250,
+        steps=FAMILY_STEPS[20],
         num_samples=1,
         options=MAML_OPTIONS,
     ),
@@ -225,7 +230,7 @@ ARMS = (
         20,
         1,
         5,
-        steps=250,
+        steps=FAMILY_STEPS[20],
         options=ABML_OPTIONS,
     ),
     Arm(
@@ -234,7 +239,7 @@ ARMS = (
         20,
         1,
         5,
-        steps=250,
+        steps=FAMILY_STEPS[20],
         options=BMAML_OPTIONS,
         clip_norm=BMAML_CLIP,
     ),
@@ -244,7 +249,7 @@ ARMS = (
         20,
         1,
         5,
-        steps=250,
+        steps=FAMILY_STEPS[20],
         options=PLATIPUS_OPTIONS,
     ),
 )
