@@ -308,8 +308,11 @@ def test_episodes(way: int, shots: int, queries: int) -> OmniglotEpisodes:
     return OmniglotEpisodes("test", way=way, shots=shots, queries=queries)
 
 
-def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
-    """Meta-train one arm, evaluate it on its settings; rows, NUTS per-task diagnostics and reliability bins."""
+def run_arm(arm: Arm, config: Config, keep_predictions: bool = False) -> Dict[str, Any]:
+    """Meta-train one arm, evaluate it on its settings; rows, NUTS per-task diagnostics and reliability bins.
+
+    ``keep_predictions``: also return, per setting (``"5-way 1-shot"``...), the amortized rows' predictive class
+    probabilities ``probs [T, Nt, K]``, labels ``y [T, Nt]`` and ``mask [T, Nt]`` (``"predictions"``)."""
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", UserWarning)
     torch.manual_seed(config.seed)
@@ -330,7 +333,7 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
     )
     train_seconds = time.perf_counter() - t0
     images = load_omniglot("test").images.reshape(-1, 28 * 28)
-    rows, nuts_tasks, bins = [], {}, {}
+    rows, nuts_tasks, bins, predictions = [], {}, {}, {}
     cold = None
     if arm.nuts_cold:  # the same trained weights, the likelihood raised to 1 / kl_weight
         cold = build(dataclasses.replace(arm, options=arm.options + (("temper_likelihood", True),)), config.channels)
@@ -360,6 +363,13 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
             )
             if (way, shots) == (5, 1):
                 bins[arm.name] = _bins(kept[(config.episodes, "amortized")].predict())
+            if keep_predictions:
+                pred = kept[(config.episodes, "amortized")].predict()
+                predictions[f"{way}-way {shots}-shot"] = {
+                    "probs": pred.class_probs.detach(),
+                    "y": pred.batch.target_y,
+                    "mask": pred.batch.target_mask,
+                }
             if arm.test_shifts:  # the same weights, features averaged over translated copies
                 extractor = model.features
                 extractor.test_shifts = arm.test_shifts
@@ -401,7 +411,10 @@ def run_arm(arm: Arm, config: Config) -> Dict[str, Any]:
             for r in table:
                 r.update(setting=f"{way}-way {shots}-shot", train_seconds=train_seconds, train_steps=steps)
                 rows.append(dict(r))
-    return {"arm": arm.name, "rows": rows, "nuts": nuts_tasks, "bins": bins, "train_seconds": train_seconds}
+    result = {"arm": arm.name, "rows": rows, "nuts": nuts_tasks, "bins": bins, "train_seconds": train_seconds}
+    if keep_predictions:
+        result["predictions"] = predictions
+    return result
 
 
 def _bins(pred) -> Any:

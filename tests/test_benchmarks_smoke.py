@@ -162,6 +162,51 @@ def test_omniglot_readme_model_script_smoke(monkeypatch, capsys):
     assert re.search(r"meta-training \(2 steps\): [0-9.]+ min: (PASS|FAIL)", text)
 
 
+def test_fewshot_calibration_bootstrap_script_smoke(monkeypatch):
+    """``benchmarks/fewshot_calibration_bootstrap.py --smoke``: both arms retrained, rows and the bootstrap table."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("fewshot_calibration_bootstrap", None)
+    import fewshot_calibration_bootstrap as fcb
+
+    text = fcb.main(["--smoke"])
+    for arm in ("MAML 5-way", "PLATIPUS 5-way"):
+        for setting in ("5-way 1-shot", "5-way 5-shot"):
+            assert re.search(rf"^\| {arm} \| {setting} \| [0-9.]+ \| [0-9.]+ \|$", text, flags=re.M), (arm, setting)
+    assert len(re.findall(r"^\| 5-way [15]-shot \| [0-9.]+ \(.*\| [0-9]+% \| [0-9]+% \|$", text, flags=re.M)) == 2
+    with pytest.raises(ValueError, match="--arms"):
+        fcb.main(["--smoke", "--arms", "MAML 5-way,MAML 20-way"])
+
+
+def test_paired_bootstrap_known_answers(monkeypatch):
+    """The episode bootstrap: an arm against itself differs by exactly 0; swapping the arms negates the differences;
+    the point ECE is ``metrics.expected_calibration_error``'s; episodes that differ are refused."""
+    import torch
+
+    from pyro_meta.metrics import expected_calibration_error
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("fewshot_calibration_bootstrap", None)
+    import fewshot_calibration_bootstrap as fcb
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(5, (40, 15), generator=g)
+    mask = torch.ones(40, 15, dtype=torch.bool)
+    mask[:, -2:] = False
+    a = {"probs": torch.softmax(torch.randn(40, 15, 5, generator=g) * 2, -1), "y": y, "mask": mask}
+    b = {"probs": torch.softmax(torch.randn(40, 15, 5, generator=g), -1), "y": y, "mask": mask}
+    same = fcb.paired_bootstrap(a, a, resamples=30)
+    assert same["d_ece_ci"] == [0.0, 0.0] and same["d_acc_ci"] == [0.0, 0.0]
+    assert same["share_lower_ece"] == 0.0 and same["share_line_holds"] == 0.0
+    ab, ba = fcb.paired_bootstrap(a, b, resamples=30), fcb.paired_bootstrap(b, a, resamples=30)
+    assert ab["ece_ref"] == pytest.approx(float(expected_calibration_error(a["probs"], y, mask, bins=15)[0]))
+    assert ab["d_ece_ci"][0] == pytest.approx(-ba["d_ece_ci"][1]) and ab["d_acc_ci"][1] == pytest.approx(
+        -ba["d_acc_ci"][0]
+    )
+    assert ab["share_lower_ece"] + ba["share_lower_ece"] == pytest.approx(1.0)  # no ties between these two arms
+    with pytest.raises(ValueError, match="same episodes"):
+        fcb.paired_bootstrap(a, dict(b, y=(y + 1) % 5), resamples=2)
+
+
 def test_np_gp_scoring_matches_evaluate(monkeypatch):
     """``benchmarks/np_gp.py`` scores per task in chunks; pooled, its rows equal ``evaluate``'s on the same tasks."""
     import torch
