@@ -252,7 +252,7 @@ def fewshot_section(work: Path, out: Path, smoke: bool, python: str) -> str:
         "classifiers meta-trained on the shipped alphabets and scored on the two meta-test alphabets, against pixel "
         f"nearest neighbour and an MLP trained from scratch on each support set; {secs / 60:.1f} min. This is the "
         "make-bench budget (the options above): the full run "
-        "(`python benchmarks/fewshot_omniglot.py`, about 30 minutes on 2 cores) is kept in "
+        "(`python benchmarks/fewshot_omniglot.py`, about 40 minutes on 2 cores) is kept in "
         "[runs/fewshot_omniglot.md](runs/fewshot_omniglot.md).\n\n"
         + md.read_text()
         + "\n![5-way 1-shot reliability](figures/fewshot_omniglot_bench_reliability.png)\n"
