@@ -113,3 +113,28 @@ def test_a_locked_sequence_is_atomic():
     finally:
         stop.set()
         t.join(timeout=60)
+
+
+def test_an_interrupted_infer_leaves_pyro_runtime_clean(monkeypatch):
+    """A Ctrl-C inside a plate's ``__enter__`` (dim allocated, no exit to run yet) during ``infer``: the interrupt
+    reaches the caller, and Pyro's allocator, handler stack and grad mode are as before, so the next call works."""
+    import pytest
+    from pyro.poutine import runtime
+
+    model, batch = BayesianLinear(), LinearTasks().sample(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    allocate = runtime._DIM_ALLOCATOR.allocate
+
+    def interrupted_allocate(name, dim):
+        out = allocate(name, dim)
+        if name == "target_points":
+            monkeypatch.setattr(runtime._DIM_ALLOCATOR, "allocate", allocate)
+            raise KeyboardInterrupt
+        return out
+
+    before = (list(runtime._PYRO_STACK), list(runtime._DIM_ALLOCATOR._stack), torch.is_grad_enabled())
+    monkeypatch.setattr(runtime._DIM_ALLOCATOR, "allocate", interrupted_allocate)
+    with pytest.raises(KeyboardInterrupt):
+        pyro_meta.infer(model, batch, method="svi", num_samples=4, seed=0, num_steps=3)
+    assert (list(runtime._PYRO_STACK), list(runtime._DIM_ALLOCATOR._stack), torch.is_grad_enabled()) == before
+    post = pyro_meta.infer(model, batch, method="svi", num_samples=4, seed=0, num_steps=3)
+    assert next(iter(post.samples.values())).shape[:3] == (1, 4, 3)

@@ -15,12 +15,12 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
-from pyro.poutine import runtime as _runtime
 
 from ..checkpoint import _defer_sigint, check_writable, load_checkpoint, save_checkpoint
 from ..data.batch import TaskBatch
 from ..data.tasks import SizeSpec
 from ..distributed import DataParallel
+from ..locking import PyroRuntimeSnapshot
 from ..model import TASK_PLATE, MetaModel, _jsonable, autoguides, check_model, local_params
 from ..validation import check_bool, check_int, check_number, optional
 from .common import check_compatible
@@ -32,28 +32,6 @@ __all__ = ["OPTIMIZERS"]
 OptimizerSpec = Union[str, Callable[..., torch.optim.Optimizer]]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-
-
-class _PyroRuntimeSnapshot:
-    """Pyro's global handler stack and plate-dim allocator, and torch's grad mode, as they were; ``restore``
-    puts them back in place.
-
-    A Ctrl-C landing inside ``plate.__enter__`` after its dim is allocated (before the ``with`` block has
-    an exit to run) leaves the dim taken in ``_DIM_ALLOCATOR`` for the rest of the process: every later
-    trace then fails with 'at plates "a" and "b", collide at dim=-1'. Measured in the fault-injection test.
-    """
-
-    def __init__(self) -> None:
-        self.stack = list(_runtime._PYRO_STACK)
-        self.dims = list(_runtime._DIM_ALLOCATOR._stack)
-        self.grad = torch.is_grad_enabled()
-
-    def restore(self) -> None:
-        if _runtime._PYRO_STACK != self.stack:
-            _runtime._PYRO_STACK[:] = self.stack
-        if _runtime._DIM_ALLOCATOR._stack != self.dims:
-            _runtime._DIM_ALLOCATOR._stack[:] = self.dims
-        torch.set_grad_enabled(self.grad)  # an interrupt inside ``no_grad().__enter__`` has no exit to run
 
 
 def _check_optimizer(spec: Any) -> OptimizerSpec:
@@ -474,7 +452,7 @@ class _Training:
 
         t0 = time.perf_counter()
         ready = False
-        runtime = _PyroRuntimeSnapshot()
+        runtime = PyroRuntimeSnapshot()
         try:
             with local_params():
                 stop = False
